@@ -7,7 +7,6 @@ the model was trained with. Sampling lives in `sdlab.sampling`, loading in `sdla
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch

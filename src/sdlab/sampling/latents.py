@@ -1,0 +1,62 @@
+"""The maths around the denoising loop, as pure functions: seeds, noise, strength, VAE scaling.
+
+Randomness enters only through explicit CPU generators, one per image, so image i of a batch equals
+that image generated alone, and a seed gives the same noise on every device.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.utils.torch_utils import randn_tensor
+
+
+def generators_for(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: noise drawn on the CPU is identical on CPU, CUDA and MPS."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def initial_noise(
+    shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Gaussian noise of `shape` (batch first), each row from its own generator."""
+    return randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+
+
+def start_step(num_inference_steps: int, strength: float) -> int:
+    """Index of the first denoising step for image-to-image: skip the first (1 - strength) of the schedule.
+
+    strength 1 starts from pure noise (step 0); strength 0.3 runs only the last 30% of the steps.
+    """
+    init = min(int(num_inference_steps * strength), num_inference_steps)
+    return max(num_inference_steps - init, 0)
+
+
+@torch.no_grad()
+def encode_images(
+    vae: AutoencoderKL, images: torch.Tensor, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """Images in [-1, 1] (batch, 3, H, W) -> scaled latents, sampling each posterior with its own generator."""
+    latents = [
+        vae.encode(images[i : i + 1]).latent_dist.sample(generator=generators[i])
+        for i in range(len(generators))
+    ]
+    latents = torch.cat(latents)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> images in [-1, 1]."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return vae.decode(latents / vae.config.scaling_factor + shift, return_dict=False)[0]
+
+
+def guided_noise(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: move from the unconditional prediction towards (and past) the conditional one.
+
+    eps = eps_uncond + s * (eps_cond - eps_uncond); the "uncond" branch is the negative prompt when one is given,
+    so guidance also pushes away from it (Ho & Salimans 2022).
+    """
+    return uncond + guidance_scale * (cond - uncond)

@@ -1,0 +1,330 @@
+"""The sampling loop: text-to-image, image-to-image and inpainting in one readable function.
+
+Stable Diffusion in one paragraph: the text encoder turns the prompt into embeddings; starting from
+noise (or from a noised input image), the UNet predicts the noise in the latent at each timestep, once
+with the prompt and once with the negative (or empty) prompt; classifier-free guidance extrapolates
+from the second towards the first; the scheduler turns that prediction into a slightly less noisy
+latent; after the last step the VAE decodes the latent into pixels.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import PIL.Image
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+from sdlab.errors import InputError
+from sdlab.images import load_image, load_mask
+from sdlab.prompts import count_chunks, encode_prompts
+from sdlab.sampling.latents import (
+    decode_latents,
+    encode_images,
+    generators_for,
+    guided_noise,
+    initial_noise,
+    start_step,
+)
+from sdlab.sampling.schedulers import make_scheduler, scheduler_name_from_config
+
+if TYPE_CHECKING:
+    from sdlab.pipeline import Pipeline
+
+MAX_SIDE = 4096  # pixels; beyond this a request is a typo, not an image
+ImageInput = str | Path | PIL.Image.Image | torch.Tensor
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (step, total, timestep, latents)
+
+
+@dataclass
+class GenerationResult:
+    images: list[PIL.Image.Image]
+    pixels: torch.Tensor  # (batch, 3, H, W) in [0, 1], before rounding to 8 bits
+    latents: torch.Tensor  # final latents, scaled: a valid `init_image` for the next call
+    seeds: list[int]  # seed of each image; image i alone with seeds[i] gives the same image
+    prompts: list[str]
+    negative_prompts: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)  # every resolved option of the call
+
+
+@torch.no_grad()
+def generate(
+    pipe: Pipeline,
+    prompt: str | list[str] = "",
+    negative_prompt: str | list[str] | None = None,
+    *,
+    num_inference_steps: int = 30,
+    guidance_scale: float = 7.5,
+    guidance_rescale: float = 0.0,
+    scheduler: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_images_per_prompt: int = 1,
+    seed: int | list[int] | None = None,
+    init_image: ImageInput | None = None,
+    strength: float | None = None,
+    mask_image: str | Path | PIL.Image.Image | None = None,
+    eta: float = 0.0,
+    callback: StepCallback | None = None,
+) -> GenerationResult:
+    """Generate images; see the README for every argument. Bad arguments raise `InputError` (a ValueError).
+
+    - text-to-image: `prompt` (+ `negative_prompt`), guided when `guidance_scale > 1`;
+    - image-to-image: `init_image` (an image, a path, or the `latents` of an earlier result) and
+      `strength` in (0, 1]: the share of the schedule that is re-run (default 0.8);
+    - inpainting: `init_image` + `mask_image` (white = repaint), default strength 1.0.
+    """
+    # 1. Check inputs and resolve defaults
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    negatives = _negative_prompts(negative_prompt, len(prompts))
+    _check_numbers(num_inference_steps, guidance_scale, guidance_rescale, num_images_per_prompt, eta)
+    if mask_image is not None and init_image is None:
+        raise InputError("a mask needs an init image to inpaint; pass init_image (--init-image) too")
+    if strength is not None and init_image is None:
+        raise InputError("strength applies only to image-to-image; pass init_image (--init-image) too")
+    if strength is None:
+        strength = 1.0 if mask_image is not None else 0.8 if init_image is not None else 1.0
+    if not (0 < strength <= 1):
+        raise InputError(f"strength must be in (0, 1], got {strength}")
+    if init_image is not None and int(num_inference_steps * strength) < 1:
+        raise InputError(
+            f"steps x strength = {num_inference_steps} x {strength} runs no denoising step; "
+            "raise the steps or the strength so that their product is at least 1"
+        )
+    device, dtype = pipe.device, pipe.dtype
+    factor = pipe.vae_scale_factor
+    image_processor = VaeImageProcessor(vae_scale_factor=factor)
+    init_pixels, init_latents, init_size = _prepare_init(pipe, init_image, height, width, image_processor)
+    if init_latents is not None:
+        height, width = init_latents.shape[2] * factor, init_latents.shape[3] * factor
+    elif init_pixels is not None:
+        height, width = init_pixels.shape[2], init_pixels.shape[3]
+    height = height or pipe.default_size
+    width = width or pipe.default_size
+    _check_size(height, width, factor)
+    batch_size = len(prompts) * num_images_per_prompt
+    seeds = _seeds(seed, batch_size)
+    generators = generators_for(seeds)
+    scheduler_name = scheduler or scheduler_name_from_config(pipe.scheduler_config)
+    sched = make_scheduler(scheduler_name, pipe.scheduler_config)
+    do_cfg = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+
+    # 2. Encode the prompts; the unconditional branch is the negative prompt (or "")
+    prompts_b = [p for p in prompts for _ in range(num_images_per_prompt)]
+    negatives_b = [n for n in negatives for _ in range(num_images_per_prompt)]
+    chunks = count_chunks(pipe.tokenizer, prompts_b + (negatives_b if do_cfg else []))
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts_b, chunks).to(dtype)
+    if do_cfg:
+        uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, negatives_b, chunks).to(dtype)
+        embeds = torch.cat([uncond, embeds])
+
+    # 3. Timesteps: image-to-image skips the first (1 - strength) of the schedule
+    sched.set_timesteps(num_inference_steps, device=device)
+    first = start_step(num_inference_steps, strength) if init_image is not None else 0
+    timesteps = sched.timesteps[first * sched.order :]
+    if first > 0 and hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(first * sched.order)
+
+    # 4. Latents: pure noise, or the init image's latents noised to the first timestep
+    latent_shape = (batch_size, pipe.vae.config.latent_channels, height // factor, width // factor)
+    image_latents = None
+    needs_image_latents = init_image is not None and (mask_image is None or not pipe.is_inpainting_unet)
+    if needs_image_latents or (init_image is not None and strength < 1):
+        if init_latents is None:
+            pixels_b = _repeat_to(init_pixels, batch_size).to(device, dtype)
+            init_latents = encode_images(pipe.vae, pixels_b, generators)
+        image_latents = _repeat_to(init_latents, batch_size).to(device, dtype)
+    noise = initial_noise(latent_shape, generators, device, dtype)
+    if init_image is None or (mask_image is not None and strength == 1.0):
+        latents = noise * sched.init_noise_sigma
+    else:
+        latents = sched.add_noise(image_latents, noise, timesteps[:1].repeat(batch_size))
+
+    # 5. Inpainting: the mask at latent resolution; 9-channel UNets also see the masked image's latents
+    mask = masked_latents = None
+    if mask_image is not None:
+        mask, masked_latents = _prepare_mask(
+            pipe, mask_image, init_pixels, init_size, height, width, batch_size, generators
+        )
+
+    # 6. Denoising loop
+    step_kwargs = _step_kwargs(sched, generators, eta)
+    for i, t in enumerate(timesteps):
+        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        model_input = sched.scale_model_input(model_input, t)
+        if masked_latents is not None:
+            extra = [mask, masked_latents]
+            model_input = torch.cat(
+                [model_input] + [torch.cat([x] * 2) if do_cfg else x for x in extra], dim=1
+            )
+        noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        if do_cfg:
+            noise_uncond, noise_cond = noise_pred.chunk(2)
+            noise_pred = guided_noise(noise_uncond, noise_cond, guidance_scale)
+            if guidance_rescale > 0:
+                noise_pred = rescale_noise_cfg(noise_pred, noise_cond, guidance_rescale=guidance_rescale)
+        latents = sched.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        if mask is not None and masked_latents is None:
+            # 4-channel UNet: keep the known region on the image's own noising path (RePaint-style blend)
+            known = image_latents
+            if i < len(timesteps) - 1:
+                known = sched.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
+            latents = (1 - mask) * known + mask * latents
+        if callback is not None:
+            callback(i, len(timesteps), t, latents)
+
+    # 7. Decode
+    pixels = image_processor.postprocess(decode_latents(pipe.vae, latents), output_type="pt")
+    settings = {
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "guidance_rescale": guidance_rescale,
+        "scheduler": scheduler_name,
+        "height": height,
+        "width": width,
+        "strength": strength if init_image is not None else None,
+        "eta": eta,
+    }
+    return GenerationResult(
+        images=image_processor.numpy_to_pil(image_processor.pt_to_numpy(pixels)),
+        pixels=pixels.float().cpu(),
+        latents=latents,
+        seeds=seeds,
+        prompts=prompts_b,
+        negative_prompts=negatives_b,
+        settings=settings,
+    )
+
+
+def _negative_prompts(negative_prompt: str | list[str] | None, n: int) -> list[str]:
+    if negative_prompt is None:
+        return [""] * n
+    if isinstance(negative_prompt, str):
+        return [negative_prompt] * n
+    if len(negative_prompt) != n:
+        raise InputError(
+            f"got {len(negative_prompt)} negative prompts for {n} prompts; give one per prompt, or a single one"
+        )
+    return list(negative_prompt)
+
+
+def _check_numbers(steps: int, guidance: float, rescale: float, per_prompt: int, eta: float) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"num_inference_steps (--steps) must be an integer >= 1, got {steps!r}")
+    if not math.isfinite(guidance):
+        raise InputError(f"guidance_scale (--guidance-scale) must be a finite number, got {guidance}")
+    if not (0 <= rescale <= 1):
+        raise InputError(f"guidance_rescale must be in [0, 1], got {rescale}")
+    if not isinstance(per_prompt, int) or per_prompt < 1:
+        raise InputError(f"num_images_per_prompt (--num-images) must be an integer >= 1, got {per_prompt!r}")
+    if not (0 <= eta <= 1):
+        raise InputError(f"eta must be in [0, 1], got {eta}")
+
+
+def _check_size(height: int, width: int, factor: int) -> None:
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value <= 0 or value % factor:
+            raise InputError(
+                f"{name} must be a positive multiple of {factor} (the VAE's factor), got {value!r}"
+            )
+        if value > MAX_SIDE:
+            raise InputError(f"{name} {value} is larger than the maximum of {MAX_SIDE} pixels")
+
+
+def _seeds(seed: int | list[int] | None, batch_size: int) -> list[int]:
+    """Image i gets `seed + i`; a list gives each image's seed; None draws one at random."""
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        seeds = [seed + i for i in range(batch_size)]
+    else:
+        seeds = list(seed)
+        if len(seeds) != batch_size:
+            raise InputError(f"got {len(seeds)} seeds for a batch of {batch_size} images")
+    for s in seeds:
+        if not isinstance(s, int) or not (0 <= s < 2**63):
+            raise InputError(f"a seed must be an integer in [0, 2**63), got {s!r}")
+    return seeds
+
+
+def _prepare_init(
+    pipe: Pipeline,
+    init_image: ImageInput | None,
+    height: int | None,
+    width: int | None,
+    processor: VaeImageProcessor,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[int, int] | None]:
+    """(pixels in [-1, 1], None, (W, H) as given) for an image; (None, latents, None) for earlier latents.
+
+    Images always arrive as 3-channel RGB (alpha composited by `load_image`), so only a tensor with the
+    VAE's latent channel count is ever taken for latents.
+    """
+    if init_image is None:
+        return None, None, None
+    if isinstance(init_image, torch.Tensor):
+        x = init_image if init_image.ndim == 4 else init_image.unsqueeze(0)
+        if x.shape[1] == pipe.vae.config.latent_channels:
+            return None, x, None
+        if x.shape[1] != 3:
+            raise InputError(
+                f"an init_image tensor must have 3 channels (an image in [0, 1]) or "
+                f"{pipe.vae.config.latent_channels} (latents), got shape {tuple(x.shape)}"
+            )
+        return processor.preprocess(x, height=height, width=width), None, (x.shape[3], x.shape[2])
+    image = load_image(init_image, what="init image")
+    return processor.preprocess(image, height=height, width=width), None, image.size
+
+
+def _prepare_mask(
+    pipe: Pipeline,
+    mask_image: str | Path | PIL.Image.Image,
+    init_pixels: torch.Tensor | None,
+    init_size: tuple[int, int] | None,
+    height: int,
+    width: int,
+    batch_size: int,
+    generators: list[torch.Generator],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if init_pixels is None:
+        raise InputError("inpainting needs an init image, not latents, to know which pixels to keep")
+    mask = load_mask(mask_image, size=init_size)
+    processor = VaeImageProcessor(
+        vae_scale_factor=pipe.vae_scale_factor,
+        do_normalize=False,
+        do_binarize=True,
+        do_convert_grayscale=True,
+    )
+    mask = processor.preprocess(mask, height=height, width=width)  # (1, 1, H, W) of 0/1
+    masked_latents = None
+    if pipe.is_inpainting_unet:
+        masked = (init_pixels * (mask < 0.5)).to(pipe.device, pipe.dtype)
+        masked_latents = encode_images(pipe.vae, _repeat_to(masked, batch_size), generators)
+    latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    small = torch.nn.functional.interpolate(mask, size=latent_size)
+    return _repeat_to(small, batch_size).to(pipe.device, pipe.dtype), masked_latents
+
+
+def _repeat_to(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if x.shape[0] == batch_size:
+        return x
+    if batch_size % x.shape[0]:
+        raise InputError(f"cannot spread {x.shape[0]} init images over a batch of {batch_size}")
+    return x.repeat(batch_size // x.shape[0], 1, 1, 1)
+
+
+def _step_kwargs(sched: Any, generators: list[torch.Generator], eta: float) -> dict[str, Any]:
+    """`eta` for DDIM, per-image generators for the stochastic samplers (Euler a, DDPM, LCM)."""
+    params = inspect.signature(sched.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generators
+    return kwargs

@@ -1,0 +1,86 @@
+"""Tiny seeded random Stable Diffusion models (diffusers' own test sizes) for fast CPU tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from sdlab.loading.tokenizer import clip_tokenizer
+from sdlab.pipeline import Pipeline
+
+# SD 1.5's noise schedule (its scheduler/scheduler_config.json), the config every sampler is built from.
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+
+def tiny_pipeline(in_channels: int = 4, seed: int = 0) -> Pipeline:
+    """A 2-level UNet, VAE (factor 2) and 5-layer CLIP text model of width 32: random but seeded."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=49408,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return Pipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        scheduler_config=dict(SD15_SCHEDULER),
+        name="tiny",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Pipeline:
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint() -> Pipeline:
+    return tiny_pipeline(in_channels=9, seed=1)
