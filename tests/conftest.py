@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -84,3 +86,11 @@ def tiny() -> Pipeline:
 @pytest.fixture(scope="session")
 def tiny_inpaint() -> Pipeline:
     return tiny_pipeline(in_channels=9, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny) -> Path:
+    """The tiny model saved as a diffusers-format folder."""
+    from sdlab.loading.folder import save_folder
+
+    return save_folder(tiny, tmp_path_factory.mktemp("models") / "tiny")

@@ -1,0 +1,84 @@
+"""Loading Stable Diffusion models from local files, offline: diffusers folders and single-file checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from sdlab.errors import InputError
+from sdlab.pipeline import Pipeline
+
+# Nothing sdlab loads may reach a model hub; set before diffusers/transformers look at it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """ "auto" picks CUDA, then Apple's MPS, then the CPU."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for, but this machine has no CUDA GPU")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r} was asked for, but MPS is not available here")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """ "auto" is float16 on CUDA and float32 elsewhere (CPU half precision is slow and lossy)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_pipeline(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    allow_pickle: bool = False,
+    config: str | Path | None = None,
+) -> Pipeline:
+    """Load a model from a diffusers folder or a single-file SD 1.x/2.x checkpoint, with no network.
+
+    `config` (single files only) is a diffusers-format folder describing the checkpoint's architecture,
+    for models that are not a standard SD 1.x/2.x; by default sdlab picks its shipped config by the
+    checkpoint's keys. Pickle files (.ckpt/.pt/.bin) load only with `allow_pickle`, and then with
+    `torch.load(weights_only=True)`.
+    """
+    from sdlab.loading.checkpoint import is_single_file
+    from sdlab.loading.folder import is_diffusers_folder, load_folder
+    from sdlab.loading.single_file import load_single_file
+
+    path = Path(path).expanduser()
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if not path.exists():
+        raise InputError(f"model {path} does not exist; give a diffusers folder or a .safetensors checkpoint")
+    if is_diffusers_folder(path):
+        pipe = load_folder(path, allow_pickle=allow_pickle, dtype=dtype)
+    elif path.is_file() and is_single_file(path):
+        pipe = load_single_file(path, config=config, allow_pickle=allow_pickle, dtype=dtype)
+    elif path.is_dir():
+        raise InputError(f"model folder {path} has no model_index.json; is it a diffusers-format model?")
+    else:
+        raise InputError(
+            f"model {path} is neither a diffusers folder nor a checkpoint (.safetensors, or with "
+            "--allow-pickle .ckpt/.pt/.bin)"
+        )
+    return pipe.to(device)

@@ -60,3 +60,14 @@ def guided_noise(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float
     so guidance also pushes away from it (Ho & Salimans 2022).
     """
     return uncond + guidance_scale * (cond - uncond)
+
+
+def rescale_guided_noise(guided: torch.Tensor, cond: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
+    """Pull the guided prediction's std back towards the conditional one's, against over-exposure.
+
+    Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", section 3.4; the same
+    formula as diffusers' `rescale_noise_cfg`, kept here so sampling needs no pipeline module imports.
+    """
+    dims = list(range(1, cond.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return guidance_rescale * rescaled + (1 - guidance_rescale) * guided

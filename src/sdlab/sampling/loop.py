@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import PIL.Image
 import torch
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from sdlab.errors import InputError
 from sdlab.images import load_image, load_mask
@@ -31,6 +30,7 @@ from sdlab.sampling.latents import (
     generators_for,
     guided_noise,
     initial_noise,
+    rescale_guided_noise,
     start_step,
 )
 from sdlab.sampling.schedulers import make_scheduler, scheduler_name_from_config
@@ -106,8 +106,8 @@ def generate(
         height, width = init_latents.shape[2] * factor, init_latents.shape[3] * factor
     elif init_pixels is not None:
         height, width = init_pixels.shape[2], init_pixels.shape[3]
-    height = height or pipe.default_size
-    width = width or pipe.default_size
+    height = pipe.default_size if height is None else height
+    width = pipe.default_size if width is None else width
     _check_size(height, width, factor)
     batch_size = len(prompts) * num_images_per_prompt
     seeds = _seeds(seed, batch_size)
@@ -169,7 +169,7 @@ def generate(
             noise_uncond, noise_cond = noise_pred.chunk(2)
             noise_pred = guided_noise(noise_uncond, noise_cond, guidance_scale)
             if guidance_rescale > 0:
-                noise_pred = rescale_noise_cfg(noise_pred, noise_cond, guidance_rescale=guidance_rescale)
+                noise_pred = rescale_guided_noise(noise_pred, noise_cond, guidance_rescale)
         latents = sched.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
         if mask is not None and masked_latents is None:
             # 4-channel UNet: keep the known region on the image's own noising path (RePaint-style blend)

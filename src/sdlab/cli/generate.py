@@ -1,0 +1,92 @@
+"""`sdlab generate` and `sdlab replay`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sdlab.cli.options import GenerateOptions, ModelOptions, ReplayOptions
+from sdlab.errors import InputError
+from sdlab.images import load_image
+from sdlab.loading import load_pipeline
+from sdlab.outputs import read_recipe, save_result
+from sdlab.pipeline import Pipeline
+from sdlab.sampling.loop import GenerationResult, generate
+
+GENERATE_ARGS = (
+    "negative_prompt", "scheduler", "num_inference_steps", "guidance_scale", "guidance_rescale", "seed",
+    "height", "width", "num_images_per_prompt", "init_image", "strength", "mask_image", "eta",
+)  # fmt: skip
+
+
+def load_model(opts: ModelOptions) -> Pipeline:
+    if opts.model is None:
+        raise InputError(
+            "no model given; pass --model PATH (a diffusers folder or a .safetensors checkpoint)"
+        )
+    return load_pipeline(
+        opts.model, device=opts.device, dtype=opts.dtype, allow_pickle=opts.allow_pickle, config=opts.config
+    )
+
+
+def run_generate(opts: GenerateOptions) -> list[Path]:
+    pipe = load_model(opts)
+    result = _generate_with_progress(pipe, opts.prompt, **{k: getattr(opts, k) for k in GENERATE_ARGS})
+    sources = {"init_image": _abs(opts.init_image), "mask_image": _abs(opts.mask_image)}
+    written = save_result(result, opts.output or _next_output(), pipe, sources)
+    for path in written:
+        print(path)
+    return written
+
+
+def run_replay(opts: ReplayOptions) -> Path:
+    recipe = read_recipe(opts.image)
+    model = opts.model or recipe.get("model")
+    if not model:
+        raise InputError(f"{opts.image} does not say which model made it; pass --model PATH")
+    pipe = load_model(dataclasses.replace(opts, model=model))
+    kwargs = {k: recipe[k] for k in GENERATE_ARGS if k in recipe and k != "num_images_per_prompt"}
+    for key in ("init_image", "mask_image"):
+        if key in kwargs and not Path(kwargs[key]).exists():
+            raise InputError(
+                f"{opts.image} was made from {key.replace('_', ' ')} {kwargs[key]}, which no longer exists"
+            )
+    if recipe.get("strength") is not None and "init_image" not in kwargs:
+        raise InputError(f"{opts.image} is an image-to-image result, but its recipe names no init image file")
+    result = _generate_with_progress(pipe, recipe["prompt"], **kwargs)
+    sources = {k: recipe.get(k) for k in ("init_image", "mask_image")}
+    output = Path(opts.output or Path(opts.image).with_name(Path(opts.image).stem + "-replay.png"))
+    (path,) = save_result(result, output, pipe, sources)
+    original = np.asarray(load_image(opts.image), dtype=np.int16)
+    replayed = np.asarray(result.images[0], dtype=np.int16)
+    if original.shape != replayed.shape:
+        print(f"{path}: size differs from {opts.image}")
+    else:
+        diff = np.abs(original - replayed).max()
+        print(
+            f"{path}: {'identical pixels' if diff == 0 else f'max pixel difference {diff}'} to {opts.image}"
+        )
+    return path
+
+
+def _generate_with_progress(pipe: Pipeline, prompt: str, **kwargs) -> GenerationResult:
+    with tqdm(desc="denoising", unit="step", leave=False) as bar:
+
+        def callback(step: int, total: int, t, latents) -> None:
+            bar.total = total
+            bar.update(1)
+
+        return generate(pipe, prompt, callback=callback, **kwargs)
+
+
+def _abs(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+def _next_output(folder: Path = Path("outputs")) -> Path:
+    """outputs/00001.png, 00002.png, ...: a default output never overwrites an earlier one."""
+    taken = [int(p.stem.split("-")[0]) for p in folder.glob("*.png") if p.stem.split("-")[0].isdigit()]
+    return folder / f"{max(taken, default=0) + 1:05d}.png"

@@ -1,0 +1,66 @@
+"""`sdlab info MODEL`: what a model is made of."""
+
+from __future__ import annotations
+
+import json
+
+from sdlab.cli.generate import load_model
+from sdlab.cli.options import InfoOptions
+from sdlab.pipeline import Pipeline
+from sdlab.sampling.schedulers import scheduler_name_from_config
+
+
+def describe(pipe: Pipeline) -> dict:
+    def params(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    unet, vae, te = pipe.unet.config, pipe.vae.config, pipe.text_encoder.config
+    return {
+        "model": pipe.source,
+        "model_hash": pipe.model_hash(),
+        "resolution": pipe.default_size,
+        "latent_shape": [vae.latent_channels, unet.sample_size, unet.sample_size],
+        "vae_scale_factor": pipe.vae_scale_factor,
+        "inpainting_unet": pipe.is_inpainting_unet,
+        "prediction_type": pipe.scheduler_config.get("prediction_type", "epsilon"),
+        "scheduler": scheduler_name_from_config(pipe.scheduler_config),
+        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "unet": {
+            "parameters": params(pipe.unet),
+            "block_out_channels": list(unet.block_out_channels),
+            "down_block_types": list(unet.down_block_types),
+            "cross_attention_dim": unet.cross_attention_dim,
+        },
+        "vae": {
+            "parameters": params(pipe.vae),
+            "block_out_channels": list(vae.block_out_channels),
+            "scaling_factor": vae.scaling_factor,
+        },
+        "text_encoder": {
+            "parameters": params(pipe.text_encoder),
+            "hidden_size": te.hidden_size,
+            "layers": te.num_hidden_layers,
+            "vocab_size": len(pipe.tokenizer),
+            "max_length": pipe.tokenizer.model_max_length,
+        },
+    }
+
+
+def run_info(opts: InfoOptions) -> dict:
+    info = describe(load_model(opts))
+    if opts.json:
+        print(json.dumps(info, indent=2))
+        return info
+    print(f"model           {info['model']}  (hash {info['model_hash']})")
+    print(
+        f"resolution      {info['resolution']}x{info['resolution']} px, latents {'x'.join(map(str, info['latent_shape']))}"
+    )
+    print(f"scheduler       {info['scheduler']}, {info['prediction_type']} prediction")
+    print(f"dtype           {info['dtype']}")
+    for name in ("unet", "vae", "text_encoder"):
+        part = info[name]
+        rest = ", ".join(f"{k} {v}" for k, v in part.items() if k != "parameters")
+        print(f"{name:<15} {part['parameters'] / 1e6:.2f} M parameters; {rest}")
+    if info["inpainting_unet"]:
+        print("inpainting      9-channel UNet (latents + mask + masked image)")
+    return info

@@ -1,0 +1,53 @@
+"""The `sdlab` command: subcommands, and one sentence (never a traceback) for bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sdlab import __version__
+from sdlab.cli.options import GenerateOptions, InfoOptions, ReplayOptions, add_options, from_namespace
+from sdlab.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the whole usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sdlab.cli.generate import run_generate, run_replay
+    from sdlab.cli.info import run_info
+
+    parser = _Parser(
+        prog="sdlab", description="Stable Diffusion end to end: generate, train and measure, offline."
+    )
+    parser.add_argument("--version", action="version", version=f"sdlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = [
+        ("generate", GenerateOptions, run_generate, "text-to-image, image-to-image and inpainting"),
+        ("replay", ReplayOptions, run_replay, "regenerate an image from the recipe stored in its PNG"),
+        ("info", InfoOptions, run_info, "describe a model: components, sizes, scheduler, resolution"),
+    ]
+    for name, options, run, help in commands:
+        p = sub.add_parser(name, help=help, description=help)
+        add_options(p, options)
+        p.set_defaults(run=run, options=options)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(from_namespace(args.options, args))
+    except InputError as err:
+        print(f"sdlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sdlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

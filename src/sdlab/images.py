@@ -1,0 +1,230 @@
+"""Reading and writing images safely: every bad file is refused by name, every mode becomes RGB.
+
+A pipeline wants a 3-channel 8-bit RGB image. Files in the wild are 16-bit, CMYK, palette with
+transparency, rotated by EXIF, truncated by a failed download or built to exhaust memory
+(decompression bombs). `load_image` turns each of these into RGB or into an `InputError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from sdlab.errors import InputError
+
+# Formats a user may hand us. Pillow can open more (EPS runs Ghostscript, others are rarely
+# maintained), so we don't let a file's contents pick the decoder from the whole list.
+FORMATS = ("PNG", "JPEG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "PPM", "TGA")
+_FORMAT_NAMES = "PNG, JPEG, WebP, AVIF, GIF, BMP, TIFF, PPM or TGA"
+
+# Modes PNG can hold as they are; anything else is converted to RGB before saving.
+_PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
+
+Source = str | os.PathLike | Image.Image
+
+MAX_PIXELS = 8192 * 8192  # 67 megapixels (200 MB as RGB): far beyond any SD resolution
+
+
+def load_image(source: Source, *, what: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open `source` (a path or a PIL image) and return it as an 8-bit, 3-channel RGB image.
+
+    `what` names the image's role in error messages ("init image", "mask"). Images with more than
+    `max_pixels` pixels are refused from their header, before any pixel is decoded.
+    """
+    if isinstance(source, Image.Image):
+        _check_pixels(source.size, what, max_pixels)
+        return _decode(source, what)
+    path = Path(source)
+    with _open_checked(path, what, max_pixels) as image:
+        return _decode(image, f"{what} '{path}'")
+
+
+def load_mask(source: Source, *, size: tuple[int, int] | None = None) -> Image.Image:
+    """Open an inpainting mask as mode "L": white is repainted, black is kept (as diffusers and A1111).
+
+    Transparent areas count as white, as everywhere in `load_image`. `size` is the init image's
+    (width, height); a mask of another size is refused rather than silently stretched.
+    """
+    mask = load_image(source, what="mask").convert("L")
+    if size is not None and mask.size != tuple(size):
+        (w, h), (iw, ih) = mask.size, size
+        raise InputError(f"mask is {w}x{h} but the init image is {iw}x{ih}; they must be the same size.")
+    return mask
+
+
+def save_png(
+    image: Image.Image,
+    path: str | os.PathLike,
+    *,
+    parameters: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Write `image` as a PNG with text chunks, atomically, creating parent folders.
+
+    `parameters` is A1111's infotext chunk (see `sdlab.metadata.format_parameters`); `extra` adds
+    more chunks, e.g. {"sdlab": json}. The file appears whole or not at all: we write a temporary
+    file in the same folder and `os.replace` it, so a crash never leaves a half-written PNG.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"output path '{path}' must end in .png; save_png writes PNG files only.")
+    chunks = {"parameters": parameters} if parameters is not None else {}
+    chunks.update(extra or {})
+    info = PngInfo()
+    for key, value in chunks.items():
+        # PNG keywords are 1-79 Latin-1 characters; we keep to printable ASCII, which every reader takes.
+        if not 1 <= len(key) <= 79 or not key.isprintable() or not key.isascii():
+            raise InputError(f"PNG text key {key!r} is invalid; use 1 to 79 printable ASCII characters.")
+        info.add_text(key, str(value))  # Pillow writes iTXt (UTF-8) when Latin-1 can't hold it
+    if image.mode not in _PNG_MODES:
+        image = _to_rgb(image, "image to save")
+
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 lets the umask decide permissions, as a plain open() would;
+        # tempfile.mkstemp would leave every output readable by its owner only (0o600).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror or str(e)
+        raise InputError(
+            f"cannot write '{path}' ({reason}); check that its folder is writable and has space."
+        ) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_png_text(path: str | os.PathLike) -> dict[str, str]:
+    """The text chunks (tEXt, zTXt, iTXt) of a PNG file, e.g. {"parameters": ...}."""
+    path = Path(path)
+    with _open_checked(path, "PNG", MAX_PIXELS) as image:
+        if image.format != "PNG":
+            raise InputError(f"'{path}' is a {image.format} file, not a PNG; PNG text chunks need a PNG.")
+        try:
+            image.load()  # chunks after the image data are only read once the pixels are
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise InputError(f"PNG '{path}' is truncated or corrupt ({e}); re-export it.") from e
+        return dict(image.text)
+
+
+def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
+    """Tile same-sized images into one RGB image, row by row; `cols` defaults to ceil(sqrt(n))."""
+    if not images:
+        raise InputError("make_grid got no images; give at least one.")
+    n = len(images)
+    cols = math.ceil(math.sqrt(n)) if cols is None else cols
+    if not isinstance(cols, int) or cols < 1:
+        raise InputError(f"cols is {cols!r}; it must be a positive integer.")
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    w, h = images[0].size
+    for i, image in enumerate(images):
+        if image.size != (w, h):
+            iw, ih = image.size
+            raise InputError(f"image {i} is {iw}x{ih} but image 0 is {w}x{h}; a grid needs one size.")
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, image in enumerate(images):
+        grid.paste(_to_rgb(image, f"image {i}"), ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def _decode(image: Image.Image, label: str) -> Image.Image:
+    try:
+        image.load()  # decode now, so a truncated or corrupt file fails here, by name
+        image = ImageOps.exif_transpose(image)  # phones store pixels sideways plus an orientation tag
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"{label} is truncated or corrupt ({e}); re-export or re-download it.") from e
+    return _to_rgb(image, label)
+
+
+@contextmanager
+def _open_checked(path: Path, what: str, max_pixels: int) -> Iterator[Image.Image]:
+    """`Image.open` with every refusal a user can hit turned into an `InputError` naming the file.
+
+    Only the header is read: the caller decodes (`.load()`) once the pixel count is known to be safe.
+    """
+    label = f"{what} '{path}'"
+    if not path.exists():
+        raise InputError(f"{label} does not exist; give the path of a {_FORMAT_NAMES} file.")
+    if path.is_dir():
+        raise InputError(f"{label} is a folder; give the path of a {_FORMAT_NAMES} file.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{label} is empty (0 bytes); give a valid {_FORMAT_NAMES} file.")
+    try:
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we refuse both.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path, formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{label} is refused as a decompression bomb ({e}); downscale it first.") from e
+    except UnidentifiedImageError as e:
+        raise InputError(f"{label} is not an image we can read; give a {_FORMAT_NAMES} file.") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"{label} cannot be read ({e}); give a valid {_FORMAT_NAMES} file.") from e
+    with image:
+        _check_pixels(image.size, label, max_pixels)
+        yield image
+
+
+def _check_pixels(size: tuple[int, int], label: str, max_pixels: int) -> None:
+    w, h = size
+    if w == 0 or h == 0:
+        raise InputError(f"{label} is {w}x{h}; an image needs at least one pixel.")
+    if w * h > max_pixels:
+        raise InputError(
+            f"{label} is {w}x{h} = {w * h:,} pixels, more than the {max_pixels:,} allowed; "
+            "downscale it or raise max_pixels."
+        )
+
+
+def _to_rgb(image: Image.Image, label: str) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image.copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image), mode), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info:
+        if mode == "La":  # Pillow has no direct La -> RGBA conversion
+            image = image.convert("LA")
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV, RGBX
+    except ValueError as e:
+        raise InputError(f"{label} has pixel mode {mode}, which we cannot convert to RGB.") from e
+
+
+def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a high-bit-depth single-channel array to 0..255, keeping proportions (never clipping)."""
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and 255 < hi <= 65535):
+        scaled = a / 257  # 65535 / 257 == 255 exactly: the 16-bit range onto the 8-bit one
+    elif mode == "I" and lo >= 0 and hi <= 255:
+        scaled = a  # 8-bit data widened to 32-bit (e.g. L.convert("I"))
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        scaled = a * 255  # the 0..1 convention of float images
+    elif mode == "F" and lo >= 0 and hi <= 255:
+        scaled = a
+    else:  # signed or wider than 16 bits: stretch the values present onto 0..255
+        scaled = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)

@@ -1,0 +1,140 @@
+"""Loading a diffusers-format model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from sdlab.errors import InputError
+from sdlab.loading.tokenizer import clip_tokenizer
+from sdlab.pipeline import Pipeline
+
+COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
+PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "pytorch_model.bin")
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file()
+
+
+def load_folder(path: Path, *, allow_pickle: bool = False, dtype: torch.dtype = torch.float32) -> Pipeline:
+    """Each component with its own from_pretrained, offline; safetensors only unless `allow_pickle`.
+
+    diffusers and transformers load `.bin` weights with `torch.load(weights_only=True)`; sdlab still
+    refuses them by default, since a pickle is code.
+    """
+    for name in COMPONENTS:
+        if not (path / name).is_dir():
+            raise InputError(f"model folder {path} has no {name}/ subfolder; is it a Stable Diffusion model?")
+    for name in ("unet", "vae", "text_encoder"):
+        _check_weights(path / name, allow_pickle)
+    common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": not allow_pickle or None}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **common)
+        text_encoder = CLIPTextModel.from_pretrained(
+            path / "text_encoder", local_files_only=True, use_safetensors=common["use_safetensors"]
+        ).to(dtype)
+    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot load the model in {path}: {_first_line(err)}") from err
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    try:
+        scheduler_config = json.loads(scheduler_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read {scheduler_file}: {_first_line(err)}") from err
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return Pipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_tokenizer(path / "tokenizer"),
+        scheduler_config=dict(scheduler_config),
+        source=str(path),
+        name=path.name,
+    )
+
+
+def _tokenizer(folder: Path) -> CLIPTokenizer:
+    """The folder's own tokenizer when it has one, else the CLIP tokenizer shipped with sdlab."""
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        try:
+            return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot load the tokenizer in {folder}: {_first_line(err)}") from err
+    return clip_tokenizer()
+
+
+def _check_weights(folder: Path, allow_pickle: bool) -> None:
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = [
+        p.name for p in folder.iterdir() if p.name in PICKLE_WEIGHTS or p.suffix in (".bin", ".pt", ".ckpt")
+    ]
+    if pickles and not allow_pickle:
+        raise InputError(
+            f"{folder} holds only pickle weights ({pickles[0]}), which can run code when loaded; "
+            "pass --allow-pickle (allow_pickle=True) if you trust it"
+        )
+    if not pickles:
+        raise InputError(f"{folder} has no weights file (*.safetensors)")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def save_folder(pipe: Pipeline, path: str | Path, *, safe_serialization: bool = True) -> Path:
+    """Write `pipe` as a diffusers-format folder that `StableDiffusionPipeline.from_pretrained` loads.
+
+    Written into a sibling temporary folder first and renamed into place, so `path` is either the
+    complete model or untouched; an existing folder at `path` is replaced only once the new one is whole.
+    """
+    import diffusers
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        pipe.unet.save_pretrained(tmp / "unet", safe_serialization=safe_serialization)
+        pipe.vae.save_pretrained(tmp / "vae", safe_serialization=safe_serialization)
+        pipe.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=safe_serialization)
+        pipe.tokenizer.save_pretrained(tmp / "tokenizer")
+        scheduler_cls = pipe.scheduler_config.get("_class_name", "PNDMScheduler")
+        scheduler = getattr(diffusers, scheduler_cls).from_config(pipe.scheduler_config)
+        scheduler.save_pretrained(tmp / "scheduler")
+        index = {
+            "_class_name": "StableDiffusionInpaintPipeline"
+            if pipe.is_inpainting_unet
+            else "StableDiffusionPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", scheduler_cls],
+            "text_encoder": ["transformers", type(pipe.text_encoder).__name__],
+            "tokenizer": ["transformers", type(pipe.tokenizer).__name__],
+            "unet": ["diffusers", type(pipe.unet).__name__],
+            "vae": ["diffusers", type(pipe.vae).__name__],
+        }
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -1,0 +1,107 @@
+"""Saving generated images with their recipe, and reading a recipe back for `sdlab replay`.
+
+Every PNG carries two text chunks: `parameters`, AUTOMATIC1111's format, which the PNG-info readers
+people already use understand; and `sdlab`, the resolved options as JSON, enough to regenerate it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sdlab import __version__
+from sdlab.errors import InputError
+from sdlab.images import make_grid, read_png_text, save_png
+from sdlab.metadata import format_parameters, parse_parameters
+from sdlab.pipeline import Pipeline
+from sdlab.sampling.loop import GenerationResult
+from sdlab.sampling.schedulers import scheduler_from_a1111, scheduler_spec
+
+
+def recipe(
+    result: GenerationResult, index: int, pipe: Pipeline, sources: dict[str, Any] | None = None
+) -> dict:
+    """Everything needed to make image `index` of `result` again, alone."""
+    settings = {k: v for k, v in result.settings.items() if v is not None}
+    return {
+        "prompt": result.prompts[index],
+        "negative_prompt": result.negative_prompts[index],
+        "seed": result.seeds[index],
+        **settings,
+        **{k: v for k, v in (sources or {}).items() if v is not None},
+        "model": pipe.source,
+        "model_hash": pipe.model_hash(),
+        "sdlab_version": __version__,
+    }
+
+
+def infotext(r: dict) -> str:
+    """A1111's `parameters` text for one image's recipe."""
+    settings = {
+        "Steps": r["num_inference_steps"],
+        "Sampler": scheduler_spec(r["scheduler"]).a1111,
+        "CFG scale": r["guidance_scale"],
+        "Seed": r["seed"],
+        "Size": f"{r['width']}x{r['height']}",
+        "Model hash": r["model_hash"],
+        "Model": Path(r["model"]).stem if r.get("model") else "",
+    }
+    if r.get("strength") is not None:
+        settings["Denoising strength"] = r["strength"]
+    if r.get("guidance_rescale"):
+        settings["CFG Rescale phi"] = r["guidance_rescale"]
+    settings["Version"] = f"sdlab {r['sdlab_version']}"
+    return format_parameters(r["prompt"], r["negative_prompt"], settings)
+
+
+def save_result(
+    result: GenerationResult, output: str | Path, pipe: Pipeline, sources: dict[str, Any] | None = None
+) -> list[Path]:
+    """One image to `output`; several to `out-0.png ... out-(N-1).png` plus a grid `out-grid.png`."""
+    output = Path(output)
+    if output.suffix.lower() != ".png":
+        raise InputError(f"output {output} must end in .png (the recipe is stored in PNG text chunks)")
+    if len(result.images) == 1:
+        targets = [output]
+    else:
+        targets = [output.with_name(f"{output.stem}-{i}.png") for i in range(len(result.images))]
+    written = []
+    for i, (image, target) in enumerate(zip(result.images, targets, strict=True)):
+        r = recipe(result, i, pipe, sources)
+        written.append(save_png(image, target, parameters=infotext(r), extra={"sdlab": json.dumps(r)}))
+    if len(result.images) > 1:
+        written.append(save_png(make_grid(result.images), output.with_name(f"{output.stem}-grid.png")))
+    return written
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The recipe of an image sdlab made (its `sdlab` chunk), or one rebuilt from A1111 `parameters`."""
+    chunks = read_png_text(path)
+    if "sdlab" in chunks:
+        try:
+            return json.loads(chunks["sdlab"])
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path} has a damaged sdlab recipe chunk: {err}") from err
+    if "parameters" not in chunks:
+        raise InputError(f"{path} carries no generation parameters (no 'parameters' or 'sdlab' PNG chunk)")
+    prompt, negative, s = parse_parameters(chunks["parameters"])
+    try:
+        width, height = (int(v) for v in s["Size"].split("x"))
+        r = {
+            "prompt": prompt,
+            "negative_prompt": negative,
+            "seed": int(s["Seed"]),
+            "num_inference_steps": int(s["Steps"]),
+            "guidance_scale": float(s["CFG scale"]),
+            "scheduler": scheduler_from_a1111(s.get("Sampler", "PLMS")),
+            "width": width,
+            "height": height,
+        }
+    except (KeyError, ValueError) as err:
+        raise InputError(f"{path}: its 'parameters' chunk lacks a readable {err} setting") from err
+    if "Denoising strength" in s:
+        r["strength"] = float(s["Denoising strength"])
+    if "CFG Rescale phi" in s:
+        r["guidance_rescale"] = float(s["CFG Rescale phi"])
+    return r
