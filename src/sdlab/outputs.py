@@ -28,6 +28,10 @@ def recipe(
         "prompt": result.prompts[index],
         "negative_prompt": result.negative_prompts[index],
         "seed": result.seeds[index],
+        # batched convolutions may differ from a lone image's in the last float bit, which can flip an
+        # 8-bit rounding: replay regenerates the whole batch to give identical pixels
+        "batch_size": len(result.images),
+        "batch_index": index,
         **settings,
         **{k: v for k, v in (sources or {}).items() if v is not None},
         "model": pipe.source,
@@ -59,9 +63,7 @@ def save_result(
     result: GenerationResult, output: str | Path, pipe: Pipeline, sources: dict[str, Any] | None = None
 ) -> list[Path]:
     """One image to `output`; several to `out-0.png ... out-(N-1).png` plus a grid `out-grid.png`."""
-    output = Path(output)
-    if output.suffix.lower() != ".png":
-        raise InputError(f"output {output} must end in .png (the recipe is stored in PNG text chunks)")
+    output = check_output(output)
     if len(result.images) == 1:
         targets = [output]
     else:
@@ -73,6 +75,13 @@ def save_result(
     if len(result.images) > 1:
         written.append(save_png(make_grid(result.images), output.with_name(f"{output.stem}-grid.png")))
     return written
+
+
+def check_output(output: str | Path) -> Path:
+    output = Path(output)
+    if output.suffix.lower() != ".png":
+        raise InputError(f"output {output} must end in .png (the recipe is stored in PNG text chunks)")
+    return output
 
 
 def read_recipe(path: str | Path) -> dict:

@@ -52,8 +52,9 @@ class Pipeline:
         return self.unet.config.sample_size * self.vae_scale_factor
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Pipeline:
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device=device, dtype=dtype)
+            module.to(**kwargs)
         return self
 
     def model_hash(self) -> str:
@@ -64,8 +65,10 @@ class Pipeline:
             self._hash = model_hash(self.source) if self.source else "0000000000"
         return self._hash
 
-    def generate(self, prompt: str | list[str] = "", **kwargs: Any) -> GenerationResult:
-        """Shortcut for `sdlab.sampling.generate(self, prompt, **kwargs)`."""
+    def generate(
+        self, prompt: str | list[str] = "", negative_prompt: str | list[str] | None = None, **kwargs: Any
+    ) -> GenerationResult:
+        """Shortcut for `sdlab.sampling.loop.generate(self, prompt, negative_prompt, **kwargs)`."""
         from sdlab.sampling.loop import generate
 
-        return generate(self, prompt, **kwargs)
+        return generate(self, prompt, negative_prompt, **kwargs)

@@ -89,7 +89,7 @@ def tokenize_prompt(tokenizer: CLIPTokenizer, prompt: str, num_chunks: int | Non
         if weight < 0:  # BREAK
             chunks.append([])
             continue
-        for token in tokenizer(text, add_special_tokens=False).input_ids:
+        for token in tokenizer(text, add_special_tokens=False, verbose=False).input_ids:
             if len(chunks[-1]) == window:
                 chunks.append([])
             chunks[-1].append((token, weight))
@@ -135,7 +135,9 @@ def encode_prompts(
             w = t.weights.reshape(1, -1, 1).to(device=device, dtype=hidden.dtype)
             original_mean = hidden[i].mean()
             hidden[i] = hidden[i] * w.squeeze(0)
-            hidden[i] = hidden[i] * (original_mean / hidden[i].mean())
+            ratio = original_mean / hidden[i].mean()
+            if 0.5 < ratio < 2:  # a mean near zero (untrained encoders) would make the ratio explode
+                hidden[i] = hidden[i] * ratio
     return hidden
 
 

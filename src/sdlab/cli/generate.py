@@ -12,7 +12,7 @@ from sdlab.cli.options import GenerateOptions, ModelOptions, ReplayOptions
 from sdlab.errors import InputError
 from sdlab.images import load_image
 from sdlab.loading import load_pipeline
-from sdlab.outputs import read_recipe, save_result
+from sdlab.outputs import check_output, read_recipe, save_result
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.loop import GenerationResult, generate
 
@@ -33,16 +33,20 @@ def load_model(opts: ModelOptions) -> Pipeline:
 
 
 def run_generate(opts: GenerateOptions) -> list[Path]:
+    output = Path(opts.output) if opts.output else _next_output()
+    check_output(output)
     pipe = load_model(opts)
     result = _generate_with_progress(pipe, opts.prompt, **{k: getattr(opts, k) for k in GENERATE_ARGS})
     sources = {"init_image": _abs(opts.init_image), "mask_image": _abs(opts.mask_image)}
-    written = save_result(result, opts.output or _next_output(), pipe, sources)
+    written = save_result(result, output, pipe, sources)
     for path in written:
         print(path)
     return written
 
 
 def run_replay(opts: ReplayOptions) -> Path:
+    output = Path(opts.output or Path(opts.image).with_name(Path(opts.image).stem + "-replay.png"))
+    check_output(output)
     recipe = read_recipe(opts.image)
     model = opts.model or recipe.get("model")
     if not model:
@@ -56,9 +60,12 @@ def run_replay(opts: ReplayOptions) -> Path:
             )
     if recipe.get("strength") is not None and "init_image" not in kwargs:
         raise InputError(f"{opts.image} is an image-to-image result, but its recipe names no init image file")
+    index = recipe.get("batch_index", 0)
+    kwargs["num_images_per_prompt"] = recipe.get("batch_size", 1)
+    kwargs["seed"] = recipe["seed"] - index
     result = _generate_with_progress(pipe, recipe["prompt"], **kwargs)
+    result = result.select(index)
     sources = {k: recipe.get(k) for k in ("init_image", "mask_image")}
-    output = Path(opts.output or Path(opts.image).with_name(Path(opts.image).stem + "-replay.png"))
     (path,) = save_result(result, output, pipe, sources)
     original = np.asarray(load_image(opts.image), dtype=np.int16)
     replayed = np.asarray(result.images[0], dtype=np.int16)
@@ -73,13 +80,19 @@ def run_replay(opts: ReplayOptions) -> Path:
 
 
 def _generate_with_progress(pipe: Pipeline, prompt: str, **kwargs) -> GenerationResult:
-    with tqdm(desc="denoising", unit="step", leave=False) as bar:
+    """`generate` with a tqdm bar, opened at the first step so that bad input prints only its error."""
+    bars: list[tqdm] = []
 
-        def callback(step: int, total: int, t, latents) -> None:
-            bar.total = total
-            bar.update(1)
+    def callback(step: int, total: int, t, latents) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="denoising", unit="step", leave=False))
+        bars[0].update(1)
 
+    try:
         return generate(pipe, prompt, callback=callback, **kwargs)
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _abs(path: str | None) -> str | None:

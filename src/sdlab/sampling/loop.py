@@ -53,6 +53,19 @@ class GenerationResult:
     negative_prompts: list[str]
     settings: dict[str, Any] = field(default_factory=dict)  # every resolved option of the call
 
+    def select(self, index: int) -> GenerationResult:
+        """Image `index` alone, as a result of its own."""
+        i = slice(index, index + 1)
+        return GenerationResult(
+            images=self.images[i],
+            pixels=self.pixels[i],
+            latents=self.latents[i],
+            seeds=self.seeds[i],
+            prompts=self.prompts[i],
+            negative_prompts=self.negative_prompts[i],
+            settings=dict(self.settings),
+        )
+
 
 @torch.no_grad()
 def generate(

@@ -1,0 +1,148 @@
+"""The `sdlab` command end to end on the tiny model: outputs, recipes, replay, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from sdlab.cli.main import main
+from sdlab.images import read_png_text
+from sdlab.metadata import parse_parameters
+
+FAST = ["--steps", "3", "--height", "32", "--width", "32"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_writes_png_with_a1111_parameters_and_replay_reproduces_it(capsys, tmp_path, tiny_dir):
+    out = tmp_path / "cat.png"
+    code, stdout, _ = run(
+        capsys, "generate", "a (red:1.2) cat", "--negative-prompt", "blurry", "--model", tiny_dir,
+        "--scheduler", "dpmpp_2m_karras", "--seed", 1234, "--guidance-scale", 6.5, "-o", out, *FAST,
+    )  # fmt: skip
+    assert code == 0 and str(out) in stdout
+    prompt, negative, settings = parse_parameters(read_png_text(out)["parameters"])
+    assert (prompt, negative) == ("a (red:1.2) cat", "blurry")
+    assert settings["Sampler"] == "DPM++ 2M Karras" and settings["Seed"] == "1234"
+    assert settings["Steps"] == "3" and settings["CFG scale"] == "6.5" and settings["Size"] == "32x32"
+    assert settings["Model"] == "tiny" and len(settings["Model hash"]) == 10
+
+    code, stdout, _ = run(capsys, "replay", out)
+    replayed = tmp_path / "cat-replay.png"
+    assert code == 0 and "identical pixels" in stdout
+    assert np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(replayed)))
+
+
+def test_several_images_get_numbered_files_a_grid_and_their_own_seeds(capsys, tmp_path, tiny_dir):
+    out = tmp_path / "batch.png"
+    code, _, _ = run(
+        capsys, "generate", "a cat", "--model", tiny_dir, "-n", 3, "--seed", 10, "-o", out, *FAST
+    )
+    assert code == 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["batch-0.png", "batch-1.png", "batch-2.png", "batch-grid.png"]
+    seeds = [json.loads(read_png_text(tmp_path / f"batch-{i}.png")["sdlab"])["seed"] for i in range(3)]
+    assert seeds == [10, 11, 12]
+    # the third image replays alone, from its own recipe
+    code, stdout, _ = run(capsys, "replay", tmp_path / "batch-2.png")
+    assert code == 0 and "identical pixels" in stdout
+
+
+def test_img2img_chain_records_strength_and_replays(capsys, tmp_path, tiny_dir):
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    assert run(capsys, "generate", "a cat", "--model", tiny_dir, "--seed", 1, "-o", first, *FAST)[0] == 0
+    code, _, _ = run(
+        capsys, "generate", "a cat, in the style of van gogh", "--model", tiny_dir, "--init-image", first,
+        "--strength", 0.6, "--steps", 5, "--seed", 2, "-o", second,
+    )  # fmt: skip
+    assert code == 0
+    _, _, settings = parse_parameters(read_png_text(second)["parameters"])
+    assert settings["Denoising strength"] == "0.6"
+    code, stdout, _ = run(capsys, "replay", second)
+    assert code == 0 and "identical pixels" in stdout
+
+
+def test_default_output_never_overwrites(capsys, tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert run(capsys, "generate", "a cat", "--model", tiny_dir, "--seed", 1, *FAST)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["00001.png", "00002.png"]
+
+
+def test_info_describes_the_model(capsys, tiny_dir):
+    code, stdout, _ = run(capsys, "info", tiny_dir, "--json")
+    info = json.loads(stdout)
+    assert code == 0
+    assert info["resolution"] == 32 and info["vae_scale_factor"] == 2 and info["scheduler"] == "pndm"
+    assert info["unet"]["block_out_channels"] == [32, 64] and info["text_encoder"]["vocab_size"] == 49408
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--height", "33"], "height must be a positive multiple of 2"),
+        (["--steps", "0"], "must be an integer >= 1"),
+        (["--guidance-scale", "nan"], "guidance_scale"),
+        (["--strength", "0.5"], "strength applies only to image-to-image"),
+        (["--init-image", "{missing}"], "missing.png"),
+        (["--init-image", "{empty}"], "empty.png"),
+        (["--init-image", "{image}", "--strength", "2"], "strength must be in (0, 1]"),
+        (["--init-image", "{image}", "--strength", "0.01"], "runs no denoising step"),
+        (["--mask", "{image}"], "a mask needs an init image"),
+        (["--scheduler", "nope"], "invalid choice"),
+        (["--steps", "many"], "invalid int value"),
+        (["--model", "{missing}"], "does not exist"),
+        (["-o", "{tmp}/x.jpg"], "must end in .png"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(capsys, tmp_path, tiny_dir, args, message):
+    PIL.Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    paths = {
+        "missing": tmp_path / "missing.png",
+        "empty": tmp_path / "empty.png",
+        "image": tmp_path / "image.png",
+        "tmp": tmp_path,
+    }
+    args = [a.format(**paths) for a in args]
+    argv = [
+        "generate",
+        "a cat",
+        "--model",
+        str(tiny_dir),
+        "--steps",
+        "3",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        *args,
+    ]
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    bad = tmp_path / "weights.ckpt"
+    bad.write_bytes(b"not really a checkpoint")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdlab.cli.main", "generate", "a cat", "--model", str(bad)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--allow-pickle" in proc.stderr and "Traceback" not in proc.stderr
