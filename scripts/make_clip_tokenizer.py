@@ -36,7 +36,9 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("wheel", type=Path, help="open_clip_torch wheel (or the .txt.gz itself)")
     args = parser.parse_args()
     if args.wheel.suffix == ".whl":

@@ -1,0 +1,251 @@
+"""Loading a single-file Stable Diffusion 1.x / 2.x checkpoint (CompVis / A1111 layout) into a `Pipeline`.
+
+diffusers does the key conversion (`from_single_file`, `create_diffusers_clip_model_from_ldm`); sdlab picks
+the architecture config, which it ships in `loading/configs/<name>/` so that nothing is fetched from a hub.
+
+How the config is chosen when `config` is not given:
+    - key shapes decide SD 1.x vs 2.x and inpainting (diffusers' `infer_diffusers_model_type`);
+    - an SD 2.x UNet alone does not say whether it predicts epsilon (2.x-base, 512 px) or v (2.x-768).
+      `detect_model_type` answers "sd2-v", the common case (2.1-768), and `load_single_file` then runs
+      A1111's test (`predicts_v`: one UNet call at t=999 on a constant input) and switches to "sd2" when
+      the model predicts epsilon. `config="sd2"` or `config="sd2-v"` skips the test.
+
+EMA weights: like diffusers (`extract_ema=False`) and A1111, the non-EMA `model.diffusion_model.*` weights
+are loaded and any `model_ema.*` copy is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
+from diffusers.loaders.single_file_utils import (
+    SingleFileComponentError,
+    create_diffusers_clip_model_from_ldm,
+    infer_diffusers_model_type,
+    is_open_clip_model,
+)
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from sdlab.errors import InputError
+from sdlab.loading.checkpoint import read_state_dict
+from sdlab.loading.tokenizer import clip_tokenizer
+from sdlab.pipeline import Pipeline
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+MODEL_TYPES = ("sd15", "sd15-inpaint", "sd2", "sd2-v", "sd2-inpaint")
+_CONFIG_FILES = (
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "scheduler/scheduler_config.json",
+)
+# diffusers' model types -> sdlab's shipped configs; "v2" is refined by `predicts_v` at load time.
+_FROM_DIFFUSERS = {"v1": "sd15", "inpainting": "sd15-inpaint", "v2": "sd2-v", "inpainting_v2": "sd2-inpaint"}
+_UNET_PROBE_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+OPEN_CLIP_PAD_TOKEN = "!"  # SD 2.x was trained with OpenCLIP's tokenizer, which pads with "!" (id 0)
+
+logger = logging.getLogger(__name__)
+
+
+def detect_model_type(state_dict: dict[str, torch.Tensor], *, source: str = "The checkpoint") -> str:
+    """One of `MODEL_TYPES`, from the keys and shapes alone (meta tensors are fine).
+
+    An SD 2.x non-inpainting UNet gives "sd2-v" (see the module docstring for how loading refines it).
+    """
+    if _UNET_PROBE_KEY not in state_dict:
+        raise InputError(f"{source} has no Stable Diffusion UNet weights (no {_UNET_PROBE_KEY}).")
+    diffusers_type = infer_diffusers_model_type(state_dict)
+    if diffusers_type not in _FROM_DIFFUSERS:
+        raise InputError(
+            f"{source} looks like a {diffusers_type!r} model; sdlab loads SD 1.x and 2.x checkpoints "
+            f"({', '.join(MODEL_TYPES)}), or pass config= a diffusers folder that describes it."
+        )
+    return _FROM_DIFFUSERS[diffusers_type]
+
+
+def config_dir(name: str) -> Path:
+    """The shipped diffusers config folder for a model type."""
+    if name not in MODEL_TYPES:
+        raise InputError(
+            f"Unknown model config {name!r}; expected one of {', '.join(MODEL_TYPES)} or a folder."
+        )
+    return CONFIGS_DIR / name
+
+
+def load_single_file(
+    path: str | Path,
+    *,
+    config: str | Path | None = None,
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Pipeline:
+    """Load a single-file SD checkpoint into a `Pipeline` on the CPU.
+
+    `config` is a shipped config name (`MODEL_TYPES`) or a diffusers-format folder whose `unet/`, `vae/`,
+    `text_encoder/` and `scheduler/` configs describe the checkpoint (and, optionally, a `tokenizer/`).
+    """
+    # 1. Read the weights and pick the architecture
+    path = Path(path)
+    state_dict = read_state_dict(path, allow_pickle=allow_pickle)
+    if config is None:
+        model_type = detect_model_type(state_dict, source=f"Checkpoint {path}")
+        cfg_dir = config_dir(model_type)
+    else:
+        model_type, cfg_dir = None, _resolve_config(config)
+
+    # 2. UNet; an SD 2.x guess of v-prediction is checked by running it once
+    unet = _load_component(UNet2DConditionModel, "unet", state_dict, cfg_dir, path, dtype)
+    if model_type == "sd2-v" and not predicts_v(unet):
+        logger.info("%s predicts epsilon; loading it as SD 2.x base (512 px)", path)
+        cfg_dir = config_dir("sd2")
+        unet = None  # release the first copy before building the second
+        unet = _load_component(UNet2DConditionModel, "unet", state_dict, cfg_dir, path, dtype)
+
+    # 3. VAE and text encoder
+    vae = _load_component(AutoencoderKL, "vae", state_dict, cfg_dir, path, dtype)
+    text_encoder = _load_component(CLIPTextModel, "text_encoder", state_dict, cfg_dir, path, dtype)
+
+    # 4. Tokenizer and scheduler config
+    if (cfg_dir / "tokenizer").is_dir():
+        tokenizer = CLIPTokenizer.from_pretrained(cfg_dir / "tokenizer", local_files_only=True)
+    elif is_open_clip_model(state_dict):
+        tokenizer = clip_tokenizer(pad_token=OPEN_CLIP_PAD_TOKEN)
+    else:
+        tokenizer = clip_tokenizer()
+    scheduler_config = json.loads((cfg_dir / "scheduler" / "scheduler_config.json").read_text())
+
+    return Pipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=scheduler_config,
+        source=str(path),
+        name=path.stem,
+    )
+
+
+@torch.no_grad()
+def predicts_v(unet: UNet2DConditionModel) -> bool:
+    """A1111's test (`is_using_v_parameterization_for_sd2`): does this UNet predict v rather than epsilon?
+
+    At t=999 the noisy latent is almost pure noise, so an epsilon model returns roughly its input, while a
+    v model returns roughly -x0 and lands far below it; A1111 calls it v when mean(out - x) < -1.
+    """
+    param = next(unet.parameters())
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, dtype=param.dtype, device=param.device)
+    cond = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, dtype=param.dtype, device=param.device)
+    out = unet(x, torch.tensor([999], device=param.device), encoder_hidden_states=cond).sample
+    return (out - x).float().mean().item() < -1
+
+
+def _resolve_config(config: str | Path) -> Path:
+    if isinstance(config, str) and config in MODEL_TYPES and not Path(config).is_dir():
+        return config_dir(config)
+    folder = Path(config)
+    if not folder.is_dir():
+        raise InputError(
+            f"config {str(config)!r} is neither a folder nor a shipped config ({', '.join(MODEL_TYPES)})."
+        )
+    missing = [name for name in _CONFIG_FILES if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"Config folder {folder} lacks {', '.join(missing)}.")
+    return folder
+
+
+def _load_component(
+    cls: Any,
+    subfolder: str,
+    state_dict: dict[str, torch.Tensor],
+    cfg_dir: Path,
+    path: Path,
+    dtype: torch.dtype,
+) -> Any:
+    what = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder"}[subfolder]
+    where = cfg_dir / subfolder
+    with _without_cast_warning():
+        try:
+            if cls is CLIPTextModel:
+                # No torch_dtype: its final cast fails on weights left on the meta device (checked below).
+                model = create_diffusers_clip_model_from_ldm(
+                    cls, state_dict, subfolder=subfolder, config=str(cfg_dir), local_files_only=True
+                )
+            else:
+                model = cls.from_single_file(
+                    state_dict,
+                    config=str(cfg_dir),
+                    subfolder=subfolder,
+                    local_files_only=True,
+                    torch_dtype=dtype,
+                )
+        except SingleFileComponentError as e:
+            raise InputError(f"Checkpoint {path} has no {what} weights.") from e
+        except ValueError as e:  # a weight of the wrong shape, or no CLIP model at all
+            raise InputError(_does_not_fit(path, what, where, e)) from e
+        except (KeyError, RuntimeError, AttributeError, TypeError) as e:
+            # diffusers fails on missing weights only at its final cast, and obscurely ("Cannot copy out of
+            # meta tensor"), so find out what is missing before blaming the config.
+            missing = _missing_weights(cls, subfolder, state_dict, cfg_dir)
+            raise InputError(
+                _lacks(path, missing, what, where) if missing else _does_not_fit(path, what, where, e)
+            ) from e
+        # Weights the file lacks stay on the meta device, where they would fail later, far from the cause.
+        missing = [name for name, p in model.state_dict().items() if p.is_meta]
+        if missing:
+            raise InputError(_lacks(path, missing, what, where))
+        return model.to(dtype)
+
+
+def _does_not_fit(path: Path, what: str, where: Path, error: Exception) -> str:
+    # diffusers' first sentence names the weight ("Cannot load  because conv_in.weight expected shape ...")
+    reason = " ".join(str(error).split(". ")[0].split()).removeprefix("Cannot load because ").rstrip(".")
+    return f"Checkpoint {path} has no {what} that fits the config in {where} ({reason})."
+
+
+def _lacks(path: Path, missing: list[str], what: str, where: Path) -> str:
+    count = len(missing)
+    return f"Checkpoint {path} lacks {count} {what} weights for the config in {where} (first: {missing[0]})."
+
+
+def _missing_weights(
+    cls: Any, subfolder: str, state_dict: dict[str, torch.Tensor], cfg_dir: Path
+) -> list[str]:
+    """The UNet or VAE weights diffusers' key converter finds no value for in `state_dict`."""
+    if cls is CLIPTextModel:
+        return []  # its loader leaves missing weights on the meta device; `_load_component` reports them
+    try:
+        config = cls.load_config(cfg_dir, subfolder=subfolder, local_files_only=True)
+        with init_empty_weights():
+            model = cls.from_config(config)
+        convert = SINGLE_FILE_LOADABLE_CLASSES[cls.__name__]["checkpoint_mapping_fn"]
+        converted = convert(checkpoint=state_dict, config=config)
+    except (ValueError, KeyError, RuntimeError, AttributeError, TypeError):
+        return []
+    return [name for name in model.state_dict() if converted.get(name) is None]
+
+
+class _DropCastWarning(logging.Filter):
+    # diffusers warns on every `model.to(dtype)` that modules "should be kept in float32: []", even when
+    # the list is empty, and from_single_file casts with `to()` itself; the warning says nothing here.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32" not in record.getMessage()
+
+
+@contextmanager
+def _without_cast_warning() -> Iterator[None]:
+    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
+    drop = _DropCastWarning()
+    diffusers_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        diffusers_logger.removeFilter(drop)
