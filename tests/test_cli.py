@@ -146,3 +146,17 @@ def test_console_script_prints_no_traceback(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--allow-pickle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_convert_to_single_file_and_back_gives_the_same_images(capsys, tmp_path, tiny_dir):
+    single = tmp_path / "tiny.safetensors"
+    assert run(capsys, "convert", tiny_dir, single, "--config", tiny_dir)[0] == 0
+    folder = tmp_path / "tiny-again"
+    assert run(capsys, "convert", single, folder, "--config", tiny_dir)[0] == 0
+    outs = []
+    for model in (tiny_dir, single, folder):
+        out = tmp_path / f"{len(outs)}.png"
+        args = ["generate", "a cat", "--model", model, "--seed", 3, "-o", out, *FAST]
+        assert run(capsys, *args, *(["--config", tiny_dir] if model == single else []))[0] == 0
+        outs.append(np.asarray(PIL.Image.open(out)))
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])

@@ -1,11 +1,15 @@
-"""`sdlab info MODEL`: what a model is made of."""
+"""`sdlab info MODEL`: what a model is made of; `sdlab convert MODEL OUTPUT`: the same model in another format."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import torch
 
 from sdlab.cli.generate import load_model
-from sdlab.cli.options import InfoOptions
+from sdlab.cli.options import ConvertOptions, InfoOptions
+from sdlab.errors import InputError
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.schedulers import scheduler_name_from_config
 
@@ -64,3 +68,19 @@ def run_info(opts: InfoOptions) -> dict:
     if info["inpainting_unet"]:
         print("inpainting      9-channel UNet (latents + mask + masked image)")
     return info
+
+
+def run_convert(opts: ConvertOptions) -> Path:
+    from sdlab.loading.export import save_single_file
+    from sdlab.loading.folder import save_folder
+
+    output = Path(opts.output)
+    if output.exists() and output.suffix != ".safetensors" and not (output / "model_index.json").exists():
+        raise InputError(f"output {output} exists and is not a diffusers model folder; choose a new path")
+    pipe = load_model(opts)
+    if output.suffix == ".safetensors":
+        path = save_single_file(pipe, output, dtype=torch.float16 if opts.half else None)
+    else:
+        path = save_folder(pipe.to(dtype=torch.float16) if opts.half else pipe, output)
+    print(path)
+    return path

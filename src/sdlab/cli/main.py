@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from sdlab import __version__
-from sdlab.cli.options import GenerateOptions, InfoOptions, ReplayOptions, add_options, from_namespace
+from sdlab.cli.options import (
+    ConvertOptions,
+    GenerateOptions,
+    InfoOptions,
+    ReplayOptions,
+    add_options,
+    from_namespace,
+)
 from sdlab.errors import InputError
 
 
@@ -17,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from sdlab.cli.generate import run_generate, run_replay
-    from sdlab.cli.info import run_info
+    from sdlab.cli.info import run_convert, run_info
 
     parser = _Parser(
         prog="sdlab", description="Stable Diffusion end to end: generate, train and measure, offline."
@@ -28,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("generate", GenerateOptions, run_generate, "text-to-image, image-to-image and inpainting"),
         ("replay", ReplayOptions, run_replay, "regenerate an image from the recipe stored in its PNG"),
         ("info", InfoOptions, run_info, "describe a model: components, sizes, scheduler, resolution"),
+        (
+            "convert",
+            ConvertOptions,
+            run_convert,
+            "save a model as a single .safetensors file or a diffusers folder",
+        ),
     ]
     for name, options, run, help in commands:
         p = sub.add_parser(name, help=help, description=help)

@@ -73,6 +73,15 @@ class ReplayOptions(ModelOptions):
 
 
 @dataclass
+class ConvertOptions(ModelOptions):
+    model: str | None = option(None, "the model to convert (diffusers folder or checkpoint)", positional=True)
+    output: str = option(
+        "", "a .safetensors file (A1111 layout) or a folder (diffusers layout)", positional=True
+    )
+    half: bool = option(False, "store float16 weights (half the size)")
+
+
+@dataclass
 class InfoOptions(ModelOptions):
     model: str | None = option(
         None, "diffusers folder or single-file .safetensors checkpoint", positional=True
