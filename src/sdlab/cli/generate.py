@@ -23,10 +23,6 @@ GENERATE_ARGS = (
 
 
 def load_model(opts: ModelOptions) -> Pipeline:
-    if opts.model is None:
-        raise InputError(
-            "no model given; pass --model PATH (a diffusers folder or a .safetensors checkpoint)"
-        )
     return load_pipeline(
         opts.model, device=opts.device, dtype=opts.dtype, allow_pickle=opts.allow_pickle, config=opts.config
     )

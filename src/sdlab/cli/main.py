@@ -11,6 +11,7 @@ from sdlab.cli.options import (
     GenerateOptions,
     InfoOptions,
     ReplayOptions,
+    TrainBaseOptions,
     add_options,
     from_namespace,
 )
@@ -25,6 +26,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from sdlab.cli.generate import run_generate, run_replay
     from sdlab.cli.info import run_convert, run_info
+    from sdlab.cli.train import run_train_base
 
     parser = _Parser(
         prog="sdlab", description="Stable Diffusion end to end: generate, train and measure, offline."
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("generate", GenerateOptions, run_generate, "text-to-image, image-to-image and inpainting"),
         ("replay", ReplayOptions, run_replay, "regenerate an image from the recipe stored in its PNG"),
         ("info", InfoOptions, run_info, "describe a model: components, sizes, scheduler, resolution"),
+        ("train-base", TrainBaseOptions, run_train_base, "train the digits Stable Diffusion from scratch"),
         (
             "convert",
             ConvertOptions,

@@ -26,7 +26,9 @@ def option(default: Any, help: str, *aliases: str, positional: bool = False, **a
 
 @dataclass
 class ModelOptions:
-    model: str | None = option(None, "diffusers folder or single-file .safetensors checkpoint")
+    model: str | None = option(
+        None, "diffusers folder or single-file .safetensors checkpoint (default: the shipped digits model)"
+    )
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "auto (float16 on CUDA, else float32), float32, float16 or bfloat16")
     allow_pickle: bool = option(False, "allow pickle checkpoints (.ckpt/.pt/.bin), loaded with weights_only")
@@ -79,6 +81,28 @@ class ConvertOptions(ModelOptions):
         "", "a .safetensors file (A1111 layout) or a folder (diffusers layout)", positional=True
     )
     half: bool = option(False, "store float16 weights (half the size)")
+
+
+@dataclass
+class TrainBaseOptions:
+    preset: str = option(
+        "quick",
+        "quick (~20 min on 2 CPU cores), full (the shipped model) or tiny (seconds)",
+        choices=["quick", "full", "tiny"],
+        metavar="NAME",
+    )
+    run_dir: str = option(
+        "runs/digits", "folder for stages, checkpoints, loss logs and validation grids", metavar="PATH"
+    )
+    output: str | None = option(
+        None, "where to write the final diffusers model (default: RUN_DIR/model)", "-o", metavar="PATH"
+    )
+    seed: int | None = option(None, "random seed (default: the preset's)")
+    vae_steps: int | None = option(None, "VAE training steps (default: the preset's)")
+    unet_steps: int | None = option(None, "UNet + text encoder training steps (default: the preset's)")
+    batch_size: int | None = option(None, "batch size per process (default: the preset's)")
+    mixed_precision: str | None = option(None, "no, fp16 or bf16 (accelerate's mixed precision)")
+    resume: bool = option(False, "continue from the latest complete checkpoint in RUN_DIR")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from sdlab.pipeline import Pipeline
 # Nothing sdlab loads may reach a model hub; set before diffusers/transformers look at it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits"  # the shipped digits model
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -47,7 +48,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def load_pipeline(
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = "auto",
@@ -55,6 +56,8 @@ def load_pipeline(
     config: str | Path | None = None,
 ) -> Pipeline:
     """Load a model from a diffusers folder or a single-file SD 1.x/2.x checkpoint, with no network.
+
+    `path` None loads the digits model that ships inside sdlab.
 
     `config` (single files only) is a diffusers-format folder describing the checkpoint's architecture,
     for models that are not a standard SD 1.x/2.x; by default sdlab picks its shipped config by the
@@ -65,7 +68,7 @@ def load_pipeline(
     from sdlab.loading.folder import is_diffusers_folder, load_folder
     from sdlab.loading.single_file import load_single_file
 
-    path = Path(path).expanduser()
+    path = DEFAULT_MODEL if path is None else Path(path).expanduser()
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if not path.exists():

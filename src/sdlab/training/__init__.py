@@ -1,0 +1,1 @@
+"""Training: recipes (one module each) sharing small pieces (atomic checkpoints, data)."""
