@@ -81,6 +81,6 @@ def run_convert(opts: ConvertOptions) -> Path:
     if output.suffix == ".safetensors":
         path = save_single_file(pipe, output, dtype=torch.float16 if opts.half else None)
     else:
-        path = save_folder(pipe.to(dtype=torch.float16) if opts.half else pipe, output)
+        path = save_folder(pipe, output, weights_dtype=torch.float16 if opts.half else None)
     print(path)
     return path

@@ -8,6 +8,7 @@ import sys
 from sdlab import __version__
 from sdlab.cli.options import (
     ConvertOptions,
+    EvalOptions,
     GenerateOptions,
     InfoOptions,
     ReplayOptions,
@@ -24,6 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sdlab.cli.evaluate import run_eval
     from sdlab.cli.generate import run_generate, run_replay
     from sdlab.cli.info import run_convert, run_info
     from sdlab.cli.train import run_train_base
@@ -37,10 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("generate", GenerateOptions, run_generate, "text-to-image, image-to-image and inpainting"),
         ("replay", ReplayOptions, run_replay, "regenerate an image from the recipe stored in its PNG"),
         ("info", InfoOptions, run_info, "describe a model: components, sizes, scheduler, resolution"),
+        (
+            "eval",
+            EvalOptions,
+            run_eval,
+            "measure a digits model: accuracy, FID, diversity, negative prompts, strength",
+        ),
         ("train-base", TrainBaseOptions, run_train_base, "train the digits Stable Diffusion from scratch"),
         (
             "convert",
             ConvertOptions,
+            EvalOptions,
             run_convert,
             "save a model as a single .safetensors file or a diffusers folder",
         ),

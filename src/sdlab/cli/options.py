@@ -106,6 +106,17 @@ class TrainBaseOptions:
 
 
 @dataclass
+class EvalOptions(ModelOptions):
+    per_digit: int = option(50, "images generated per digit for accuracy, FID and diversity")
+    scheduler: str | None = option(
+        None, "sampler (default: the model's own)", choices=list(SCHEDULERS), metavar="NAME"
+    )
+    num_inference_steps: int = option(30, "denoising steps", "--steps")
+    guidance_scale: float = option(7.5, "classifier-free guidance scale", "--cfg")
+    output: str = option("eval", "folder for eval.json and eval.md", "-o")
+
+
+@dataclass
 class InfoOptions(ModelOptions):
     model: str | None = option(
         None, "diffusers folder or single-file .safetensors checkpoint", positional=True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -91,11 +92,19 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def save_folder(pipe: Pipeline, path: str | Path, *, safe_serialization: bool = True) -> Path:
+def save_folder(
+    pipe: Pipeline,
+    path: str | Path,
+    *,
+    weights_dtype: torch.dtype | None = None,
+    safe_serialization: bool = True,
+) -> Path:
     """Write `pipe` as a diffusers-format folder that `StableDiffusionPipeline.from_pretrained` loads.
 
-    Written into a sibling temporary folder first and renamed into place, so `path` is either the
-    complete model or untouched; an existing folder at `path` is replaced only once the new one is whole.
+    `weights_dtype` (e.g. float16) stores the weights at that precision to halve the size, while the
+    configs keep the pipeline's own dtype, so loaders (transformers' dtype="auto" included) bring the
+    model back at the precision it runs at. Written into a sibling temporary folder first and renamed
+    into place, so `path` is either the complete model or untouched.
     """
     import diffusers
 
@@ -105,9 +114,17 @@ def save_folder(pipe: Pipeline, path: str | Path, *, safe_serialization: bool = 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        pipe.unet.save_pretrained(tmp / "unet", safe_serialization=safe_serialization)
-        pipe.vae.save_pretrained(tmp / "vae", safe_serialization=safe_serialization)
-        pipe.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=safe_serialization)
+        for name in ("unet", "vae", "text_encoder"):
+            module = getattr(pipe, name)
+            if weights_dtype is not None and module.dtype != weights_dtype:
+                module = copy.deepcopy(module).to(weights_dtype)
+            module.save_pretrained(tmp / name, safe_serialization=safe_serialization)
+        config_file = tmp / "text_encoder" / "config.json"
+        config = json.loads(config_file.read_text())
+        for key in ("dtype", "torch_dtype"):
+            if key in config:
+                config[key] = str(pipe.text_encoder.dtype).removeprefix("torch.")
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
         pipe.tokenizer.save_pretrained(tmp / "tokenizer")
         scheduler_cls = pipe.scheduler_config.get("_class_name", "PNDMScheduler")
         scheduler = getattr(diffusers, scheduler_cls).from_config(pipe.scheduler_config)

@@ -6,6 +6,7 @@ the scheduler class only decides how to walk it at inference time, so any of the
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,11 +48,16 @@ def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
     """A fresh scheduler `name` (see `SCHEDULERS`) on the noise schedule of `config`."""
     spec = scheduler_spec(name)
     cls = getattr(diffusers, spec.cls)
-    # Options of another scheduler class that happen to be in the config (e.g. use_karras_sigmas
-    # saved by a DPM++ config) must not leak into this one: keep the schedule, drop the rest.
-    base = {k: v for k, v in config.items() if not k.startswith("_")}
-    for key in ("use_karras_sigmas", "algorithm_type", "solver_order"):
-        base.pop(key, None)
+    # The config may come from another scheduler class (SD ships PNDM's): keep what this class
+    # understands (the noise schedule, prediction type, spacing), but not another sampler's options
+    # such as Karras sigmas, which only `spec.overrides` may set.
+    accepted = set(inspect.signature(cls.__init__).parameters) - {
+        "self",
+        "use_karras_sigmas",
+        "algorithm_type",
+        "solver_order",
+    }
+    base = {k: v for k, v in config.items() if k in accepted}
     return cls.from_config({**base, **spec.overrides})
 
 

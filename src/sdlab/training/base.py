@@ -114,9 +114,7 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool = False, limit_train: int |
     # 5. The model folder
     output = Path(cfg.output or run / "model")
     if accelerator.is_main_process:
-        if cfg.half:
-            pipe.to(dtype=torch.float16)
-        save_folder(pipe, output)
+        save_folder(pipe, output, weights_dtype=torch.float16 if cfg.half else None)
         (output / "captioner.safetensors").write_bytes(captioner_file.read_bytes())
     return output
 
@@ -129,7 +127,7 @@ def train_vae(cfg: BaseTrainConfig, pixels: torch.Tensor, out: Path, accelerator
     vae, opt, sched = accelerator.prepare(vae, opt, sched)
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
     bar = tqdm(range(cfg.vae_steps), desc="vae", disable=not accelerator.is_local_main_process)
-    for _ in bar:
+    for step in bar:
         x = pixels[torch.randint(len(pixels), (cfg.batch_size,), generator=gen)].to(accelerator.device)
         posterior = accelerator.unwrap_model(vae).encode(x).latent_dist
         recon = accelerator.unwrap_model(vae).decode(posterior.sample()).sample
@@ -139,6 +137,8 @@ def train_vae(cfg: BaseTrainConfig, pixels: torch.Tensor, out: Path, accelerator
         sched.step()
         opt.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if accelerator.is_main_process:
+            _append_csv(out.parent / "vae_loss.csv", {"step": step + 1, "loss": loss.item()})
     if accelerator.is_main_process:
         from sdlab.training.atomic import atomic_path
 

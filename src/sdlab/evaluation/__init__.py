@@ -1,0 +1,1 @@
+"""Measuring generated images with numbers: a digit classifier's verdicts and features."""

@@ -1,0 +1,56 @@
+"""The digits model that ships inside sdlab, judged by the evaluation classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdlab.digits.data import to_gray, train_test_split
+from sdlab.evaluation.digits import EVAL_CLASSIFIER, Judge
+from sdlab.loading import DEFAULT_MODEL, load_pipeline
+
+
+@pytest.fixture(scope="module")
+def judge() -> Judge:
+    return Judge.load(n=300)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_pipeline()
+
+
+def test_eval_classifier_reads_held_out_digits(judge):
+    _, test = train_test_split()
+    assert EVAL_CLASSIFIER.exists()
+    assert (judge.predict(test.images / 255.0) == test.labels).mean() > 0.97
+
+
+def test_fid_is_near_the_floor_for_real_digits_and_far_for_noise(judge):
+    rng = np.random.default_rng(0)
+    floor = judge.floor()
+    noise = rng.random((300, 28, 28)).astype(np.float32)
+    blobs = np.zeros((300, 28, 28), np.float32)
+    blobs[:, 8:20, 8:20] = 1  # a square is not a digit either
+    assert floor < judge.fid(noise) / 10 and floor < judge.fid(blobs) / 10
+
+
+def test_shipped_model_is_a_diffusers_folder(digits):
+    assert (DEFAULT_MODEL / "model_index.json").exists()
+    assert digits.default_size == 32 and digits.vae_scale_factor == 4
+
+
+@pytest.mark.parametrize("digit", [3, 7])
+def test_shipped_model_draws_the_prompted_digit(digits, judge, digit):
+    result = digits.generate(
+        f"a handwritten digit {digit}", num_images_per_prompt=20, seed=0, num_inference_steps=20
+    )
+    predicted = judge.predict(to_gray(result.pixels).numpy())
+    assert (predicted == digit).mean() >= 0.8
+
+
+def test_seven_and_the_word_seven_mean_the_same(digits, judge):
+    result = digits.generate(
+        "a handwritten digit seven", num_images_per_prompt=20, seed=0, num_inference_steps=20
+    )
+    assert (judge.predict(to_gray(result.pixels).numpy()) == 7).mean() >= 0.8
