@@ -49,7 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "convert",
             ConvertOptions,
-            EvalOptions,
             run_convert,
             "save a model as a single .safetensors file or a diffusers folder",
         ),

@@ -99,7 +99,8 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool = False, limit_train: int |
     # 2. VAE
     vae_dir = run / "vae"
     if not (vae_dir / "config.json").exists():
-        train_vae(cfg, to_pixels(train.images), vae_dir, accelerator)
+        # its own Accelerator: checkpoints of the UNet stage must not depend on whether this stage ran
+        train_vae(cfg, to_pixels(train.images), vae_dir, Accelerator(mixed_precision=cfg.mixed_precision))
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
 
     # 3. Latents: posterior mean and std of every training image, and the scaling factor
