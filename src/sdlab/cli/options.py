@@ -87,7 +87,7 @@ class ConvertOptions(ModelOptions):
 class TrainBaseOptions:
     preset: str = option(
         "quick",
-        "quick (~20 min on 2 CPU cores), full (the shipped model) or tiny (seconds)",
+        "quick (sized for ~20 min on 2 CPU cores), full (the shipped model) or tiny (seconds)",
         choices=["quick", "full", "tiny"],
         metavar="NAME",
     )

@@ -64,7 +64,7 @@ class BaseTrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # the whole stack in about 20 minutes on a 2-core laptop CPU
+    # sized for about 20 minutes on a 2-core laptop CPU (not yet timed end to end)
     "quick": dict(architecture=DigitsArchitecture(unet_channels=(32, 64, 64), text_layers=2), vae_steps=800, unet_steps=2500),
     # the shipped model
     "full": dict(vae_steps=2000, unet_steps=6000),
