@@ -28,6 +28,23 @@ SD15_SCHEDULER = {
 }
 
 
+def tiny_text_encoder(hidden_act: str = "quick_gelu") -> CLIPTextModel:
+    """A 5-layer, 32-wide CLIP text model over the real CLIP vocabulary; "gelu" makes it OpenCLIP-like (SD 2.x)."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=49408,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            hidden_act=hidden_act,
+        )
+    )
+
+
 def tiny_pipeline(in_channels: int = 4, seed: int = 0) -> Pipeline:
     """A 2-level UNet, VAE (factor 2) and 5-layer CLIP text model of width 32: random but seeded."""
     torch.manual_seed(seed)
@@ -54,18 +71,7 @@ def tiny_pipeline(in_channels: int = 4, seed: int = 0) -> Pipeline:
         norm_num_groups=8,
     )
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=49408,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    text_encoder = tiny_text_encoder()
     for module in (unet, vae, text_encoder):
         module.eval()
     return Pipeline(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_text_encoder
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
@@ -59,19 +60,7 @@ def tiny_components(text_act: str = "quick_gelu", layers_per_block: int = 2, see
         up_block_types=["UpDecoderBlock2D"] * 2,
         latent_channels=4,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=49408,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            hidden_act=text_act,  # "gelu" makes it an OpenCLIP (SD 2.x) text tower
-        )
-    )
+    text_encoder = tiny_text_encoder(text_act)  # "gelu" makes it an OpenCLIP (SD 2.x) text tower
     with torch.no_grad():
         for module in (unet, vae, text_encoder):
             for p in module.parameters():

@@ -120,7 +120,8 @@ def encode_prompts(
     """
     tokens = [tokenize_prompt(tokenizer, p) for p in prompts]
     num_chunks = max([num_chunks or 1] + [t.ids.shape[0] for t in tokens])
-    tokens = [tokenize_prompt(tokenizer, p, num_chunks) for p in prompts]
+    empty = tokenize_prompt(tokenizer, "")  # one <bos> <eos> <pad>... window
+    tokens = [_pad_chunks(t, empty, num_chunks) for t in tokens]
 
     device = text_encoder.device
     ids = torch.cat([t.ids for t in tokens]).to(device)
@@ -132,13 +133,24 @@ def encode_prompts(
 
     for i, t in enumerate(tokens):
         if t.weighted:
-            w = t.weights.reshape(1, -1, 1).to(device=device, dtype=hidden.dtype)
+            w = t.weights.reshape(-1, 1).to(device=device, dtype=hidden.dtype)
             original_mean = hidden[i].mean()
-            hidden[i] = hidden[i] * w.squeeze(0)
+            hidden[i] = hidden[i] * w
             ratio = original_mean / hidden[i].mean()
             if 0.5 < ratio < 2:  # a mean near zero (untrained encoders) would make the ratio explode
                 hidden[i] = hidden[i] * ratio
     return hidden
+
+
+def _pad_chunks(tokens: TokenChunks, empty: TokenChunks, num_chunks: int) -> TokenChunks:
+    """Append empty windows until `tokens` has `num_chunks` of them."""
+    missing = num_chunks - tokens.ids.shape[0]
+    if missing <= 0:
+        return tokens
+    return TokenChunks(
+        torch.cat([tokens.ids, empty.ids.expand(missing, -1)]),
+        torch.cat([tokens.weights, empty.weights.expand(missing, -1)]),
+    )
 
 
 def count_chunks(tokenizer: CLIPTokenizer, prompts: list[str]) -> int:
