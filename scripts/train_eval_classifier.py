@@ -3,9 +3,8 @@
 python scripts/train_eval_classifier.py     # writes src/sdlab/models/digits-eval-classifier.safetensors
 """
 
-from sdlab.digits.classifier import accuracy, train_classifier
+from sdlab.digits.classifier import EVAL_CLASSIFIER, accuracy, train_classifier
 from sdlab.digits.data import train_test_split
-from sdlab.evaluation.digits import EVAL_CLASSIFIER
 
 SEED = 7  # the captioner uses the training run's seed (0); the judge must not share its mistakes
 

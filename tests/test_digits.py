@@ -126,3 +126,28 @@ def test_train_base_tiny_runs_every_stage_and_loads_in_diffusers(tmp_path):
     (tmp_path / "run" / "model").rename(tmp_path / "run" / "model-1")
     with pytest.raises(InputError, match="--resume"):
         train_base(cfg, limit_train=256)
+
+
+def test_train_base_on_a_captioned_folder_instead_of_the_digits(tmp_path):
+    from PIL import Image
+
+    from sdlab.loading import load_pipeline
+    from sdlab.training.base import PRESETS, BaseTrainConfig, train_base
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(8):
+        colour = (255, 40, 40) if i % 2 else (40, 40, 255)
+        Image.new("RGB", (48, 48), colour).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text("a red square" if i % 2 else "a blue square")
+    cfg = BaseTrainConfig(
+        run_dir=str(tmp_path / "run"),
+        data=str(data),
+        **{**PRESETS["tiny"], "vae_steps": 4, "unet_steps": 3, "validate_every": 3},
+    )
+    model = train_base(cfg)
+    run = tmp_path / "run"
+    assert not (run / "captioner.safetensors").exists() and not (model / "captioner.safetensors").exists()
+    with Image.open(run / "validation" / "step-000003.png") as grid:
+        assert grid.size[0] == 2 * 32  # one column per distinct caption of the folder
+    assert load_pipeline(model).default_size == 32

@@ -12,7 +12,7 @@ from sdlab.loading import DEFAULT_MODEL, load_pipeline
 
 @pytest.fixture(scope="module")
 def judge() -> Judge:
-    return Judge.load(n=300)
+    return Judge.load()
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_eval_classifier_reads_held_out_digits(judge):
 
 def test_fid_is_near_the_floor_for_real_digits_and_far_for_noise(judge):
     rng = np.random.default_rng(0)
-    floor = judge.floor()
+    floor = judge.floor(300)
     noise = rng.random((300, 28, 28)).astype(np.float32)
     blobs = np.zeros((300, 28, 28), np.float32)
     blobs[:, 8:20, 8:20] = 1  # a square is not a digit either

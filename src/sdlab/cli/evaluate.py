@@ -1,4 +1,4 @@
-"""`sdlab eval`: the digits model's numbers, as JSON and a markdown table."""
+"""`sdlab eval`: the digits model's numbers, as JSON and a markdown table, plus optional sweeps."""
 
 from __future__ import annotations
 
@@ -7,21 +7,26 @@ from pathlib import Path
 
 from sdlab.cli.generate import load_model
 from sdlab.cli.options import EvalOptions
+from sdlab.errors import InputError
 from sdlab.training.atomic import atomic_path
 
 
 def run_eval(opts: EvalOptions) -> dict:
     from sdlab.evaluation.digits import Judge, evaluate, negative_prompt_effect, strength_effect
+    from sdlab.evaluation.sweeps import SWEEPS, write_sweep
 
-    if opts.per_digit < 2:
-        from sdlab.errors import InputError
-
-        raise InputError(f"--per-digit must be at least 2 (FID needs a covariance), got {opts.per_digit}")
+    sweeps = _sweep_names(opts.sweep, SWEEPS)
+    for name, value in (("--per-digit", opts.per_digit), ("--sweep-per-digit", opts.sweep_per_digit)):
+        if value < 2:
+            raise InputError(f"{name} must be at least 2 (FID needs a covariance), got {value}")
     pipe = load_model(opts)
     judge = Judge.load()
+    defaults = pipe.sampling_defaults
     sampling = dict(
-        num_inference_steps=opts.num_inference_steps,
-        guidance_scale=opts.guidance_scale,
+        num_inference_steps=opts.num_inference_steps or defaults.get("num_inference_steps", 30),
+        guidance_scale=opts.guidance_scale
+        if opts.guidance_scale is not None
+        else defaults.get("guidance_scale", 7.5),
         scheduler=opts.scheduler,
     )
     report = {
@@ -37,14 +42,33 @@ def run_eval(opts: EvalOptions) -> dict:
     with atomic_path(out / "eval.md") as tmp:
         tmp.write_text(markdown(report))
     print(markdown(report))
+    caption = f"{describe(sampling)} {opts.sweep_per_digit * 10} images per point."
+    for name in sweeps:
+        for path in write_sweep(SWEEPS[name](pipe, judge, opts.sweep_per_digit, **sampling), out, caption):
+            print(path)
     return report
+
+
+def _sweep_names(text: str | None, known: dict) -> list[str]:
+    if not text:
+        return []
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InputError(f"unknown sweep {unknown[0]!r}; choose from {', '.join(known)} or all")
+    return names
+
+
+def describe(s: dict) -> str:
+    return f"{s['scheduler'] or 'default scheduler'}, {s['num_inference_steps']} steps, CFG {s['guidance_scale']}."
 
 
 def markdown(r: dict) -> str:
     h, neg = r["headline"], r["negative_prompt"]
-    s = r["sampling"]
     lines = [
-        f"Model `{r['model']}`, {s['scheduler'] or 'default scheduler'}, {s['num_inference_steps']} steps, CFG {s['guidance_scale']}.",
+        f"Model `{r['model']}`, {describe(r['sampling'])}",
         "",
         "| metric | value |",
         "| --- | --- |",

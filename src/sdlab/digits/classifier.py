@@ -15,6 +15,9 @@ from torch import nn
 
 from sdlab.training.atomic import atomic_path
 
+# trained apart from any captioner (scripts/train_eval_classifier.py): the judge of `sdlab eval`
+EVAL_CLASSIFIER = Path(__file__).resolve().parent.parent / "models" / "digits-eval-classifier.safetensors"
+
 
 class DigitClassifier(nn.Module):
     def __init__(self) -> None:

@@ -8,45 +8,53 @@ size) with and without negative prompts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sdlab.digits.attributes import measure
-from sdlab.digits.classifier import DigitClassifier
+from sdlab.digits.classifier import EVAL_CLASSIFIER, DigitClassifier
 from sdlab.digits.data import to_gray, to_pixels, train_test_split
 from sdlab.evaluation.metrics import diversity, frechet_distance, prompt_accuracy
 from sdlab.pipeline import Pipeline
 
-EVAL_CLASSIFIER = Path(__file__).resolve().parent.parent / "models" / "digits-eval-classifier.safetensors"
-
 
 @dataclass
 class Judge:
-    """The evaluation classifier plus the held-out reference digits it compares against."""
+    """The evaluation classifier plus the real digits it compares against.
+
+    FID is always taken against all held-out digits; the floor is n real training digits scored the
+    same way, so a sample of n generated digits is compared with real digits at the same count.
+    """
 
     classifier: DigitClassifier
-    reference: np.ndarray  # (N, 28, 28) in [0, 1], held-out real digits
-    floor_sample: np.ndarray  # real training digits, as many as the reference: the real-vs-real floor
+    reference: np.ndarray  # (N, 28, 28) in [0, 1]: the held-out digits, never seen by any training
+    real_pool: np.ndarray  # (M, 28, 28) in [0, 1]: real training digits, drawn from for the floor
+    _reference_features: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, path: str | Path = EVAL_CLASSIFIER, n: int = 500, seed: int = 0) -> Judge:
+    def load(cls, path: str | Path = EVAL_CLASSIFIER) -> Judge:
         train, test = train_test_split()
-        rng = np.random.default_rng(seed)
-        ref = test.images[rng.permutation(len(test))[:n]] / 255.0
-        floor = train.images[rng.permutation(len(train))[:n]] / 255.0
-        return cls(DigitClassifier.load(path), ref.astype(np.float32), floor.astype(np.float32))
+        as_float = lambda x: (x / 255.0).astype(np.float32)  # noqa: E731
+        return cls(DigitClassifier.load(path), as_float(test.images), as_float(train.images))
 
     def features(self, gray: np.ndarray) -> np.ndarray:
         return self.classifier.features_of(torch.as_tensor(gray, dtype=torch.float32)).numpy()
 
     def fid(self, gray: np.ndarray) -> float:
-        return frechet_distance(self.features(gray), self.features(self.reference))
+        if self._reference_features is None:
+            self._reference_features = self.features(self.reference)
+        return frechet_distance(self.features(gray), self._reference_features)
 
-    def floor(self) -> float:
-        return self.fid(self.floor_sample)
+    def floor(self, n: int, seed: int = 0) -> float:
+        """FID of n real digits (class-balanced, from the training split): the best a model can score at n."""
+        return self.fid(self.real_sample(n, seed))
+
+    def real_sample(self, n: int, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return self.real_pool[rng.permutation(len(self.real_pool))[:n]]
 
     def predict(self, gray: np.ndarray) -> np.ndarray:
         return self.classifier.predict(torch.as_tensor(gray, dtype=torch.float32)).numpy()
@@ -84,7 +92,7 @@ def evaluate(pipe: Pipeline, judge: Judge, per_digit: int = 50, **kwargs) -> dic
         "samples": len(gray),
         "prompt_accuracy": prompt_accuracy(predicted, wanted),
         "fid": judge.fid(gray),
-        "fid_floor_real_vs_real": judge.floor(),
+        "fid_floor_real_vs_real": judge.floor(len(gray)),
         "diversity": diversity(judge.features(gray), wanted),
         "diversity_real": diversity(judge.features(judge.reference), judge.predict(judge.reference)),
         "thickness": float(style.thickness.mean()),
@@ -133,4 +141,43 @@ def strength_effect(
             "keeps_source": prompt_accuracy(predicted, sources),
             "becomes_prompted": prompt_accuracy(predicted, targets),
         })  # fmt: skip
+    return rows
+
+
+def gradient_guidance_effect(
+    pipe: Pipeline,
+    judge: Judge,
+    scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0),
+    per_digit: int = 20,
+    second_opinion: DigitClassifier | None = None,
+    **kwargs,
+) -> list[dict]:
+    """Prompt-free generation (empty prompt, no CFG) steered to each digit by `--guide-digit`, per scale.
+
+    Scale 0 is no guidance: the share that happens to be the wanted digit (about 10%). The guide uses the
+    evaluation classifier's gradient, so its verdict could be flattered by adversarial pixels; a second
+    classifier trained with another seed (`second_opinion`) reads the same images.
+    """
+    from sdlab.digits.guidance import digit_guide
+
+    kwargs = {k: v for k, v in kwargs.items() if k != "guidance_scale"}
+    rows = []
+    for scale in scales:
+        grays = []
+        for d in range(10):
+            seeds = list(range(d * per_digit, (d + 1) * per_digit))
+            guide = digit_guide(d, scale) if scale > 0 else None
+            result = pipe.generate([""] * per_digit, seed=seeds, guidance_scale=1.0, guide=guide, **kwargs)
+            grays.append(to_gray(result.pixels).numpy())
+        gray, wanted = np.concatenate(grays), np.repeat(np.arange(10), per_digit)
+        row = {
+            "guide_scale": scale,
+            "accuracy": prompt_accuracy(judge.predict(gray), wanted),
+            "fid": judge.fid(gray),
+            "fid_floor": judge.floor(len(gray)),
+        }
+        if second_opinion is not None:
+            predicted = second_opinion.predict(torch.as_tensor(gray)).numpy()
+            row["accuracy_second_classifier"] = prompt_accuracy(predicted, wanted)
+        rows.append(row)
     return rows

@@ -17,6 +17,8 @@ from sdlab.loading.tokenizer import clip_tokenizer
 from sdlab.pipeline import Pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
+SDLAB_FILE = "sdlab.json"  # optional: {"sampling": {"guidance_scale": 3.0, "num_inference_steps": 30}}
+SAMPLING_DEFAULTS = {"guidance_scale": (int, float), "num_inference_steps": (int,)}
 PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "pytorch_model.bin")
 
 
@@ -59,7 +61,23 @@ def load_folder(path: Path, *, allow_pickle: bool = False, dtype: torch.dtype = 
         scheduler_config=dict(scheduler_config),
         source=str(path),
         name=path.name,
+        sampling_defaults=_sampling_defaults(path / SDLAB_FILE),
     )
+
+
+def _sampling_defaults(file: Path) -> dict:
+    """The model's recommended sampling settings, from sdlab.json beside model_index.json (if any)."""
+    if not file.is_file():
+        return {}
+    try:
+        defaults = json.loads(file.read_text()).get("sampling", {})
+    except (OSError, json.JSONDecodeError, AttributeError) as err:
+        raise InputError(f"cannot read {file}: {_first_line(err)}") from err
+    for key, value in defaults.items():
+        kinds = SAMPLING_DEFAULTS.get(key)
+        if kinds is None or isinstance(value, bool) or not isinstance(value, kinds):
+            raise InputError(f"{file}: unknown or ill-typed sampling default {key}={value!r}")
+    return defaults
 
 
 def _tokenizer(folder: Path) -> CLIPTokenizer:
@@ -144,6 +162,9 @@ def save_folder(
             "vae": ["diffusers", type(pipe.vae).__name__],
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if pipe.sampling_defaults:
+            sdlab = {"sampling": pipe.sampling_defaults}
+            (tmp / SDLAB_FILE).write_text(json.dumps(sdlab, indent=2) + "\n")
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)

@@ -46,9 +46,8 @@ def encode_images(
     return (latents - shift) * vae.config.scaling_factor
 
 
-@torch.no_grad()
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> images in [-1, 1]."""
+    """Scaled latents -> images in [-1, 1] (differentiable: gradient guidance backpropagates through it)."""
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return vae.decode(latents / vae.config.scaling_factor + shift, return_dict=False)[0]
 

@@ -1,0 +1,66 @@
+"""Captioned image folders: imagefolder metadata.jsonl and kohya .txt sidecars."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdlab.datasets import load_pixels, read_folder, write_metadata
+from sdlab.errors import InputError
+
+
+def _image(path, value=128, size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, value, value)).save(path)
+    return path
+
+
+def test_metadata_jsonl_and_sidecars_give_captions_and_metadata_wins(tmp_path):
+    a, c = _image(tmp_path / "a.png"), _image(tmp_path / "c.png")
+    _image(tmp_path / "sub" / "b.jpg")
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "a.png", "text": "from metadata"}) + "\n"
+        + json.dumps({"file_name": "sub/b.jpg", "caption": "column named caption"}) + "\n"
+    )  # fmt: skip
+    a.with_suffix(".txt").write_text("sidecar loses to metadata\n")
+    c.with_suffix(".txt").write_text("  from a sidecar \n")
+    items = {item.path.name: item.caption for item in read_folder(tmp_path)}
+    assert items == {"a.png": "from metadata", "b.jpg": "column named caption", "c.png": "from a sidecar"}
+
+
+def test_missing_caption_unreadable_image_and_bad_metadata_are_named(tmp_path):
+    _image(tmp_path / "a.png")
+    with pytest.raises(InputError, match="a.png"):
+        read_folder(tmp_path)
+    assert read_folder(tmp_path, require_captions=False)[0].caption is None
+    (tmp_path / "a.txt").write_text("ok")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "broken.txt").write_text("ok")
+    with pytest.raises(InputError, match="broken.png"):
+        read_folder(tmp_path)
+    (tmp_path / "broken.png").unlink()
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "gone.png", "text": "x"}\n')
+    with pytest.raises(InputError, match="line 1 names gone.png"):
+        read_folder(tmp_path)
+    (tmp_path / "metadata.jsonl").write_text("not json\n")
+    with pytest.raises(InputError, match="line 1"):
+        read_folder(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        read_folder(tmp_path / "nowhere")
+
+
+def test_write_metadata_round_trips_and_pixels_are_centre_cropped(tmp_path):
+    paths = [_image(tmp_path / f"{i}.png", value=40 * i) for i in range(3)]
+    write_metadata(tmp_path, {p: f"caption {i}" for i, p in enumerate(paths)}, sidecars=True)
+    items = read_folder(tmp_path)
+    assert [i.caption for i in items] == ["caption 0", "caption 1", "caption 2"]
+    assert (tmp_path / "2.txt").read_text() == "caption 2\n"
+    pixels = load_pixels(items, 16)
+    assert pixels.shape == (3, 3, 16, 16)
+    expected = torch.tensor([40.0 * i / 127.5 - 1 for i in range(3)])
+    assert torch.allclose(pixels.mean(dim=(1, 2, 3)), expected, atol=1e-5)
+    assert np.isclose(float(pixels.min()), -1.0)
