@@ -102,6 +102,8 @@ def test_info_describes_the_model(capsys, tiny_dir):
         (["--steps", "many"], "invalid int value"),
         (["--model", "{missing}"], "does not exist"),
         (["-o", "{tmp}/x.jpg"], "must end in .png"),
+        (["--guide-digit", "12"], "--guide-digit must be a digit from 0 to 9"),
+        (["--guide-digit", "3", "--guide-scale", "-1"], "--guide-scale must be a number >= 0"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(capsys, tmp_path, tiny_dir, args, message):
@@ -160,3 +162,36 @@ def test_convert_to_single_file_and_back_gives_the_same_images(capsys, tmp_path,
         assert run(capsys, *args, *(["--config", tiny_dir] if model == single else []))[0] == 0
         outs.append(np.asarray(PIL.Image.open(out)))
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+def test_guided_generation_records_the_guide_and_replays_it(capsys, tmp_path, tiny_dir):
+    out = tmp_path / "guided.png"
+    code, _, _ = run(
+        capsys,
+        "generate",
+        "",
+        "--model",
+        tiny_dir,
+        "--guide-digit",
+        4,
+        "--guide-scale",
+        5,
+        "--seed",
+        2,
+        "-o",
+        out,
+        *FAST,
+    )
+    assert code == 0
+    recipe = json.loads(read_png_text(out)["sdlab"])
+    assert recipe["guide_digit"] == 4 and recipe["guide_scale"] == 5.0
+    code, stdout, _ = run(capsys, "replay", out)
+    assert code == 0 and "identical pixels" in stdout
+    plain = tmp_path / "plain.png"
+    run(capsys, "generate", "", "--model", tiny_dir, "--seed", 2, "-o", plain, *FAST)
+    assert np.abs(np.asarray(PIL.Image.open(plain), float) - np.asarray(PIL.Image.open(out), float)).max() > 0
+
+
+def test_eval_refuses_unknown_sweeps(capsys, tiny_dir):
+    code, _, err = run(capsys, "eval", "--model", tiny_dir, "--sweep", "guidance,colour")
+    assert code == 2 and "unknown sweep 'colour'" in err

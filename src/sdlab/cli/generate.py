@@ -31,9 +31,12 @@ def load_model(opts: ModelOptions) -> Pipeline:
 def run_generate(opts: GenerateOptions) -> list[Path]:
     output = Path(opts.output) if opts.output else _next_output()
     check_output(output)
+    guide = _guide(opts.guide_digit, opts.guide_scale)
     pipe = load_model(opts)
-    result = _generate_with_progress(pipe, opts.prompt, **{k: getattr(opts, k) for k in GENERATE_ARGS})
-    sources = {"init_image": _abs(opts.init_image), "mask_image": _abs(opts.mask_image)}
+    additions = add_to_model(pipe, opts.embedding, opts.lora, allow_pickle=opts.allow_pickle)
+    kwargs = {k: getattr(opts, k) for k in GENERATE_ARGS}
+    result = _generate_with_progress(pipe, opts.prompt, guide=guide, **kwargs)
+    sources = {"init_image": _abs(opts.init_image), "mask_image": _abs(opts.mask_image), **additions}
     written = save_result(result, output, pipe, sources)
     for path in written:
         print(path)
@@ -48,6 +51,9 @@ def run_replay(opts: ReplayOptions) -> Path:
     if not model:
         raise InputError(f"{opts.image} does not say which model made it; pass --model PATH")
     pipe = load_model(dataclasses.replace(opts, model=model))
+    additions = add_to_model(
+        pipe, recipe.get("embedding"), recipe.get("lora"), allow_pickle=opts.allow_pickle
+    )
     kwargs = {k: recipe[k] for k in GENERATE_ARGS if k in recipe and k != "num_images_per_prompt"}
     for key in ("init_image", "mask_image"):
         if key in kwargs and not Path(kwargs[key]).exists():
@@ -59,9 +65,10 @@ def run_replay(opts: ReplayOptions) -> Path:
     index = recipe.get("batch_index", 0)
     kwargs["num_images_per_prompt"] = recipe.get("batch_size", 1)
     kwargs["seed"] = recipe["seed"] - index
-    result = _generate_with_progress(pipe, recipe["prompt"], **kwargs)
+    guide = _guide(recipe.get("guide_digit"), recipe.get("guide_scale", 0.0))
+    result = _generate_with_progress(pipe, recipe["prompt"], guide=guide, **kwargs)
     result = result.select(index)
-    sources = {k: recipe.get(k) for k in ("init_image", "mask_image")}
+    sources = {**{k: recipe.get(k) for k in ("init_image", "mask_image")}, **additions}
     (path,) = save_result(result, output, pipe, sources)
     original = np.asarray(load_image(opts.image), dtype=np.int16)
     replayed = np.asarray(result.images[0], dtype=np.int16)
@@ -89,6 +96,33 @@ def _generate_with_progress(pipe: Pipeline, prompt: str, **kwargs) -> Generation
     finally:
         for bar in bars:
             bar.close()
+
+
+def add_to_model(pipe: Pipeline, embeddings: str | None, loras: str | None, *, allow_pickle: bool) -> dict:
+    """Load comma-separated embeddings and FILE[:WEIGHT] LoRAs into `pipe`; returns them for the recipe."""
+    from sdlab.embeddings import load_embedding
+    from sdlab.lora import load_lora, parse_lora_spec
+
+    recorded = {}
+    if embeddings:
+        files = [_abs(e.strip()) for e in embeddings.split(",") if e.strip()]
+        for file in files:
+            load_embedding(pipe, file, allow_pickle=allow_pickle)
+        recorded["embedding"] = ",".join(files)
+    if loras:
+        specs = [parse_lora_spec(spec.strip()) for spec in loras.split(",") if spec.strip()]
+        for file, weight in specs:
+            load_lora(pipe, file, weight, allow_pickle=allow_pickle)
+        recorded["lora"] = ",".join(f"{_abs(file)}:{weight:g}" for file, weight in specs)
+    return recorded
+
+
+def _guide(digit: int | None, scale: float):
+    if digit is None:
+        return None
+    from sdlab.digits.guidance import digit_guide
+
+    return digit_guide(digit, scale)
 
 
 def _abs(path: str | None) -> str | None:

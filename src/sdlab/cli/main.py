@@ -7,16 +7,21 @@ import sys
 
 from sdlab import __version__
 from sdlab.cli.options import (
+    CaptionOptions,
     ConvertOptions,
+    DreamBoothOptions,
     EvalOptions,
+    FinetuneOptions,
     GenerateOptions,
     InfoOptions,
+    LoraOptions,
     ReplayOptions,
+    TextualInversionOptions,
     TrainBaseOptions,
     add_options,
     from_namespace,
 )
-from sdlab.errors import InputError
+from sdlab.errors import InputError, TrainingError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sdlab.cli.evaluate import run_eval
     from sdlab.cli.generate import run_generate, run_replay
     from sdlab.cli.info import run_convert, run_info
+    from sdlab.cli.teach import run_caption, run_dreambooth, run_finetune, run_lora, run_textual_inversion
     from sdlab.cli.train import run_train_base
 
     parser = _Parser(
@@ -46,6 +52,31 @@ def build_parser() -> argparse.ArgumentParser:
             "measure a digits model: accuracy, FID, diversity, negative prompts, strength",
         ),
         ("train-base", TrainBaseOptions, run_train_base, "train the digits Stable Diffusion from scratch"),
+        (
+            "caption",
+            CaptionOptions,
+            run_caption,
+            "caption a folder of images (metadata.jsonl, .txt sidecars)",
+        ),
+        (
+            "finetune",
+            FinetuneOptions,
+            run_finetune,
+            "fine-tune the UNet (and text encoder) on captioned images",
+        ),
+        ("lora", LoraOptions, run_lora, "train a LoRA on captioned images"),
+        (
+            "textual-inversion",
+            TextualInversionOptions,
+            run_textual_inversion,
+            "teach the text encoder one new word from a few images",
+        ),
+        (
+            "dreambooth",
+            DreamBoothOptions,
+            run_dreambooth,
+            "bind a subject to a rare token, with prior preservation",
+        ),
         (
             "convert",
             ConvertOptions,
@@ -78,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"sdlab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:
+        print(f"sdlab {args.command}: stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sdlab {args.command}: interrupted", file=sys.stderr)
         return 130

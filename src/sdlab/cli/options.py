@@ -16,7 +16,18 @@ from typing import Any
 from sdlab.sampling.schedulers import SCHEDULERS
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
-PATHS = {"model", "config", "init_image", "mask_image", "output", "image"}
+PATHS = {
+    "model",
+    "config",
+    "init_image",
+    "mask_image",
+    "output",
+    "image",
+    "embedding",
+    "lora",
+    "folder",
+    "data",
+}
 
 
 def option(default: Any, help: str, *aliases: str, positional: bool = False, **argparse_kwargs: Any) -> Any:
@@ -46,8 +57,14 @@ class GenerateOptions(ModelOptions):
     scheduler: str | None = option(
         None, "sampler (default: the model's own)", choices=list(SCHEDULERS), metavar="NAME"
     )
-    num_inference_steps: int = option(30, "denoising steps", "--steps")
-    guidance_scale: float = option(7.5, "classifier-free guidance scale; <= 1 means no guidance", "--cfg")
+    num_inference_steps: int | None = option(
+        None, "denoising steps (default: the model's, else 30)", "--steps"
+    )
+    guidance_scale: float | None = option(
+        None,
+        "classifier-free guidance scale; <= 1 means no guidance (default: the model's, else 7.5)",
+        "--cfg",
+    )
     guidance_rescale: float = option(0.0, "rescale guided noise towards the conditional one's std (0-1)")
     seed: int | None = option(None, "seed of the first image; image i uses seed + i (default: random)")
     height: int | None = option(None, "image height in pixels (default: the model's, or the init image's)")
@@ -61,6 +78,14 @@ class GenerateOptions(ModelOptions):
         None, "inpainting mask, white = repaint, same size as the init image", "--mask"
     )
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
+    guide_digit: int | None = option(
+        None, "steer towards this digit with the digit classifier's gradient (works with an empty prompt)"
+    )
+    guide_scale: float = option(2.0, "step size of --guide-digit along the classifier's gradient")
+    embedding: str | None = option(
+        None, "textual-inversion embedding(s) to load (diffusers or A1111 format), comma-separated"
+    )
+    lora: str | None = option(None, "LoRA file(s) to apply, FILE[:WEIGHT], comma-separated")
     output: str | None = option(
         None, "PNG to write; several images add -0, -1, ... and -grid (default: outputs/NNNNN.png)", "-o"
     )
@@ -97,6 +122,11 @@ class TrainBaseOptions:
     output: str | None = option(
         None, "where to write the final diffusers model (default: RUN_DIR/model)", "-o", metavar="PATH"
     )
+    data: str | None = option(
+        None,
+        "train on this folder of captioned images (metadata.jsonl or .txt sidecars) instead of the MNIST digits",
+        metavar="DIR",
+    )
     seed: int | None = option(None, "random seed (default: the preset's)")
     vae_steps: int | None = option(None, "VAE training steps (default: the preset's)")
     unet_steps: int | None = option(None, "UNet + text encoder training steps (default: the preset's)")
@@ -111,9 +141,104 @@ class EvalOptions(ModelOptions):
     scheduler: str | None = option(
         None, "sampler (default: the model's own)", choices=list(SCHEDULERS), metavar="NAME"
     )
-    num_inference_steps: int = option(30, "denoising steps", "--steps")
-    guidance_scale: float = option(7.5, "classifier-free guidance scale", "--cfg")
-    output: str = option("eval", "folder for eval.json and eval.md", "-o")
+    num_inference_steps: int | None = option(
+        None, "denoising steps (default: the model's, else 30)", "--steps"
+    )
+    guidance_scale: float | None = option(
+        None, "classifier-free guidance scale (default: the model's, else 7.5)", "--cfg"
+    )
+    sweep: str | None = option(
+        None, "also run sweeps, comma-separated: guidance, strength, schedulers, guide, or all"
+    )
+    sweep_per_digit: int = option(20, "images per digit at each point of a sweep")
+    output: str = option("eval", "folder for eval.json, eval.md and the sweeps' .json/.md/.png", "-o")
+
+
+@dataclass
+class CaptionOptions:
+    folder: str = option("", "folder of images to caption", positional=True)
+    captioner: str = option("digits", "digits (sdlab's digits captioner) or blip:PATH (a local BLIP folder)")
+    sidecars: bool = option(False, "also write a .txt caption beside each image (kohya style)")
+    overwrite: bool = option(False, "replace an existing metadata.jsonl")
+    allow_pickle: bool = option(False, "allow a BLIP folder with pickle weights (loaded with weights_only)")
+
+
+@dataclass
+class TeachOptions:
+    """Options every teaching recipe shares (see sdlab.training.recipe.RecipeConfig)."""
+
+    data: str = option(
+        "", "folder of training images (captions: metadata.jsonl or .txt sidecars)", positional=True
+    )
+    output: str = option(
+        "",
+        "run folder: checkpoints/, loss.csv, validation/ and the result",
+        "-o",
+        metavar="DIR",
+        required=True,
+    )
+    model: str | None = option(
+        None, "base model: diffusers folder or .safetensors (default: the digits model)"
+    )
+    steps: int = option(500, "optimizer steps")
+    batch_size: int = option(8, "global batch size (split across processes)")
+    learning_rate: float = option(1e-4, "AdamW learning rate", "--lr")
+    lr_scheduler: str = option("constant", "constant, cosine, linear, constant_with_warmup, ...")
+    warmup_steps: int = option(0, "learning-rate warm-up steps")
+    seed: int = option(0, "seed of the batch order, noise and timesteps")
+    checkpoint_every: int = option(100, "save a resumable checkpoint every N steps")
+    keep_checkpoints: int = option(2, "complete checkpoints to keep")
+    validate_every: int = option(0, "save a validation grid every N steps (0: at the end only)")
+    validation_prompt: str | None = option(None, "validation prompts, separated by |")
+    caption_dropout: float = option(0.0, "share of empty captions")
+    snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (e.g. 5)")
+    no_cache_latents: bool = option(False, "encode every batch with the VAE instead of once up front")
+    mixed_precision: str = option("no", "no, fp16 or bf16 (accelerate's mixed precision)")
+    resume: str | None = option(
+        None, "latest, or a checkpoint folder to continue from", metavar="latest|PATH"
+    )
+    allow_pickle: bool = option(False, "allow a pickle base model (loaded with weights_only)")
+
+
+@dataclass
+class FinetuneOptions(TeachOptions):
+    train_text_encoder: bool = option(False, "train the text encoder too")
+    ema_decay: float = option(0.999, "EMA decay of the saved weights (0: no EMA)")
+    half: bool = option(False, "store the result's weights in float16")
+
+
+@dataclass
+class LoraOptions(TeachOptions):
+    rank: int = option(4, "LoRA rank")
+    train_text_encoder: bool = option(False, "also put adapters on the text encoder")
+    learning_rate: float = option(1e-3, "AdamW learning rate", "--lr")
+
+
+@dataclass
+class TextualInversionOptions(TeachOptions):
+    token: str = option("", "the new word, e.g. <tiny>", required=True)
+    initializer_token: str = option("", "an existing single-token word to start from (default: small noise)")
+    num_vectors: int = option(1, "vectors (tokens) the new word is made of")
+    prompts: str = option("object", "object or style templates, or caption: each image's caption + the token",
+                          choices=["object", "style", "caption"])  # fmt: skip
+    a1111: bool = option(False, "also write the embedding in A1111's format")
+    learning_rate: float = option(5e-3, "AdamW learning rate", "--lr")
+
+
+@dataclass
+class DreamBoothOptions(TeachOptions):
+    instance_prompt: str = option("", "the prompt of every instance image, e.g. 'a sks digit'", required=True)
+    class_prompt: str = option("", "the subject's class, e.g. 'a handwritten digit' (for prior preservation)")
+    prior_preservation: bool = option(False, "add the loss on class images the base model generates")
+    num_class_images: int = option(100, "class images to generate (reused from --class-dir when present)")
+    prior_loss_weight: float = option(1.0, "weight W of the prior loss")
+    class_dir: str | None = option(
+        None, "folder of class images (default: OUTPUT/class_images)", metavar="DIR"
+    )
+    train_text_encoder: bool = option(False, "train the text encoder too")
+    lora: bool = option(False, "train LoRA adapters instead of the full UNet")
+    rank: int = option(4, "LoRA rank (with --lora)")
+    learning_rate: float = option(5e-5, "AdamW learning rate", "--lr")
 
 
 @dataclass

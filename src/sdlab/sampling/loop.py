@@ -21,9 +21,11 @@ import PIL.Image
 import torch
 from diffusers.image_processor import VaeImageProcessor
 
+from sdlab.embeddings import expand_prompt
 from sdlab.errors import InputError
 from sdlab.images import load_image, load_mask
 from sdlab.prompts import count_chunks, encode_prompts
+from sdlab.sampling.gradient_guidance import GradientGuide, alpha_bar_at, guide_prediction
 from sdlab.sampling.latents import (
     decode_latents,
     encode_images,
@@ -73,8 +75,8 @@ def generate(
     prompt: str | list[str] = "",
     negative_prompt: str | list[str] | None = None,
     *,
-    num_inference_steps: int = 30,
-    guidance_scale: float = 7.5,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
     guidance_rescale: float = 0.0,
     scheduler: str | None = None,
     height: int | None = None,
@@ -85,6 +87,7 @@ def generate(
     strength: float | None = None,
     mask_image: str | Path | PIL.Image.Image | None = None,
     eta: float = 0.0,
+    guide: GradientGuide | None = None,
     callback: StepCallback | None = None,
 ) -> GenerationResult:
     """Generate images; see the README for every argument. Bad arguments raise `InputError` (a ValueError).
@@ -92,9 +95,15 @@ def generate(
     - text-to-image: `prompt` (+ `negative_prompt`), guided when `guidance_scale > 1`;
     - image-to-image: `init_image` (an image, a path, or the `latents` of an earlier result) and
       `strength` in (0, 1]: the share of the schedule that is re-run (default 0.8);
-    - inpainting: `init_image` + `mask_image` (white = repaint), default strength 1.0.
+    - inpainting: `init_image` + `mask_image` (white = repaint), default strength 1.0;
+    - gradient guidance: `guide` moves each step's predicted clean image along a score's gradient.
+    Steps and guidance scale default to the model's recommendation (`pipe.sampling_defaults`), else 30 and 7.5.
     """
     # 1. Check inputs and resolve defaults
+    if num_inference_steps is None:
+        num_inference_steps = pipe.sampling_defaults.get("num_inference_steps", 30)
+    if guidance_scale is None:
+        guidance_scale = pipe.sampling_defaults.get("guidance_scale", 7.5)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = _negative_prompts(negative_prompt, len(prompts))
     _check_numbers(num_inference_steps, guidance_scale, guidance_rescale, num_images_per_prompt, eta)
@@ -132,10 +141,12 @@ def generate(
     # 2. Encode the prompts; the unconditional branch is the negative prompt (or "")
     prompts_b = [p for p in prompts for _ in range(num_images_per_prompt)]
     negatives_b = [n for n in negatives for _ in range(num_images_per_prompt)]
-    chunks = count_chunks(pipe.tokenizer, prompts_b + (negatives_b if do_cfg else []))
-    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts_b, chunks).to(dtype)
+    texts = [expand_prompt(pipe, p) for p in prompts_b]  # multi-vector embedding tokens spelled out
+    negative_texts = [expand_prompt(pipe, n) for n in negatives_b]
+    chunks = count_chunks(pipe.tokenizer, texts + (negative_texts if do_cfg else []))
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, texts, chunks).to(dtype)
     if do_cfg:
-        uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, negatives_b, chunks).to(dtype)
+        uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, negative_texts, chunks).to(dtype)
         embeds = torch.cat([uncond, embeds])
 
     # 3. Timesteps: image-to-image skips the first (1 - strength) of the schedule
@@ -169,6 +180,7 @@ def generate(
 
     # 6. Denoising loop
     step_kwargs = _step_kwargs(sched, generators, eta)
+    prediction_type = sched.config.get("prediction_type", "epsilon")
     for i, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if do_cfg else latents
         model_input = sched.scale_model_input(model_input, t)
@@ -183,6 +195,10 @@ def generate(
             noise_pred = guided_noise(noise_uncond, noise_cond, guidance_scale)
             if guidance_rescale > 0:
                 noise_pred = rescale_guided_noise(noise_pred, noise_cond, guidance_rescale)
+        if guide is not None:
+            sample = model_input[: len(latents), : latents.shape[1]]  # x_t, variance-preserving
+            alpha_bar = alpha_bar_at(sched.alphas_cumprod, t)
+            noise_pred = guide_prediction(guide, pipe.vae, noise_pred, sample, alpha_bar, prediction_type)
         latents = sched.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
         if mask is not None and masked_latents is None:
             # 4-channel UNet: keep the known region on the image's own noising path (RePaint-style blend)
@@ -204,6 +220,7 @@ def generate(
         "width": width,
         "strength": strength if init_image is not None else None,
         "eta": eta,
+        **(guide.recipe if guide is not None else {}),
     }
     return GenerationResult(
         images=image_processor.numpy_to_pil(image_processor.pt_to_numpy(pixels)),

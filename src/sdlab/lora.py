@@ -1,0 +1,137 @@
+"""LoRA files: low-rank adapters for the UNet and text encoder, in the format diffusers and A1111 share.
+
+Loading goes through diffusers' own LoRA loader (`StableDiffusionLoraLoaderMixin`), which also
+converts kohya/A1111 files; saving writes `pytorch_lora_weights.safetensors` exactly as diffusers'
+training examples do, so `StableDiffusionPipeline.load_lora_weights` reads what sdlab trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from sdlab.errors import InputError
+from sdlab.pipeline import Pipeline
+
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # attention projections, as diffusers' LoRA scripts
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    """ "FILE" or "FILE:WEIGHT" -> (file, weight)."""
+    path, _, weight = spec.rpartition(":") if ":" in Path(spec).name else (spec, "", "")
+    if not weight:
+        return spec, 1.0
+    try:
+        return path, float(weight)
+    except ValueError:
+        raise InputError(
+            f"--lora {spec}: the weight after ':' must be a number, e.g. style.safetensors:0.8"
+        ) from None
+
+
+def load_lora(pipe: Pipeline, path: str | Path, weight: float = 1.0, *, allow_pickle: bool = False) -> str:
+    """Add the LoRA in `path` to `pipe`'s UNet (and text encoder, if the file has layers for it) at `weight`.
+
+    Several LoRAs stack; each keeps its own weight.
+    """
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"LoRA file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise InputError(f"cannot read the LoRA {path}: {str(err).splitlines()[0]}") from err
+    elif allow_pickle:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise InputError(
+            f"{path} is a pickle, which can run code when loaded; pass --allow-pickle if you trust it"
+        )
+    name = f"lora{len(_weights(pipe.unet)) + len(_weights(pipe.text_encoder))}-{path.stem}"
+    try:
+        state, alphas = Loader.lora_state_dict(dict(tensors))  # also converts kohya/A1111 keys
+        unet_keys = [k for k in state if k.startswith("unet.")]
+        text_keys = [k for k in state if k.startswith("text_encoder.")]
+        if not unet_keys and not text_keys:
+            raise ValueError("it has no unet. or text_encoder. layers")
+        if unet_keys:
+            Loader.load_lora_into_unet(state, alphas, unet=pipe.unet, adapter_name=name)
+            _activate(pipe.unet, name, weight)
+        if text_keys:
+            _load_into_text_encoder(state, alphas, pipe.text_encoder, name)
+            _activate(pipe.text_encoder, name, weight)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise InputError(f"{path} is not a LoRA for this model: {str(err).splitlines()[0]}") from err
+    return name
+
+
+def add_text_encoder_adapter(text_encoder: torch.nn.Module, config, name: str = "default") -> None:
+    """peft's own injection: transformers' `add_adapter` would demand a newer peft than PyPI has."""
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, text_encoder, adapter_name=name)
+
+
+def _load_into_text_encoder(
+    state: dict, alphas: dict | None, text_encoder: torch.nn.Module, name: str
+) -> None:
+    """diffusers' `_load_lora_into_text_encoder`, with peft injecting the layers instead of transformers."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+    from diffusers.utils.peft_utils import _create_lora_config
+    from peft import set_peft_model_state_dict
+
+    state = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
+    state = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state))
+    if not hasattr(text_encoder, "text_model"):  # transformers 5 flattened CLIPTextModel
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    ranks = {k: v.shape[1] for k, v in state.items() if k.endswith("lora_B.weight")}
+    if alphas:
+        alphas = {
+            k.removeprefix("text_encoder."): v for k, v in alphas.items() if k.startswith("text_encoder.")
+        }
+    config = _create_lora_config(state, alphas or None, None, ranks, is_unet=False)
+    add_text_encoder_adapter(text_encoder, config, name)
+    result = set_peft_model_state_dict(text_encoder, state, adapter_name=name)
+    missing = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
+    if missing:
+        raise ValueError(f"layers not found in the text encoder, e.g. {missing[0]}")
+
+
+def _weights(module: torch.nn.Module) -> dict[str, float]:
+    return getattr(module, "_sdlab_lora_weights", {})
+
+
+def _activate(module: torch.nn.Module, name: str, weight: float) -> None:
+    """Make every loaded adapter active, each at its own weight."""
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+    weights = {**_weights(module), name: weight}
+    set_weights_and_activate_adapters(module, list(weights), list(weights.values()))
+    module._sdlab_lora_weights = weights
+
+
+def save_lora(folder: str | Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> Path:
+    """`folder/pytorch_lora_weights.safetensors` from peft adapters, as diffusers' LoRA training scripts write it."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import get_peft_model_state_dict
+
+    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    text_layers = None
+    if text_encoder is not None:
+        text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+        # transformers 5 flattened CLIPTextModel; other tools expect the "text_model." level
+        text_layers = {
+            k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in text_layers.items()
+        }
+    folder = Path(folder)
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers, safe_serialization=True
+    )
+    return folder / "pytorch_lora_weights.safetensors"

@@ -1,0 +1,147 @@
+"""`sdlab dreambooth INSTANCE_DIR --instance-prompt "a sks digit"`: bind a subject to a rare token.
+
+Ruiz et al. 2022: fine-tune on a few images of one subject, all captioned with the same prompt that
+pairs a rare token ("sks") with the subject's class, deliberately overfitting. Prior preservation
+keeps the class word from drifting to the subject: the base model itself generates images of the
+class prompt before training, and every step adds their loss, weighted by W:
+
+    loss = MSE(instance) + W * MSE(class images)
+
+Class images are cached in a folder (with a metadata.jsonl naming their prompt): reused when present,
+topped up when too few. The fine-tune is full (a diffusers folder) or, with --lora, a LoRA file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sdlab.datasets import METADATA, load_pixels, read_folder, write_metadata
+from sdlab.errors import InputError
+from sdlab.images import save_png
+from sdlab.loading.folder import save_folder
+from sdlab.pipeline import Pipeline
+from sdlab.training.data import LatentData, diffusion_loss, encode_text, noise_and_timesteps
+from sdlab.training.loop import TrainLoop
+from sdlab.training.lora import add_lora_adapters, trainable_parameters
+from sdlab.training.recipe import RecipeConfig, load_base, save_validation, training_noise_scheduler
+
+
+@dataclass
+class DreamBoothConfig(RecipeConfig):
+    instance_prompt: str = "a sks digit"
+    class_prompt: str = ""
+    prior_preservation: bool = False
+    num_class_images: int = 100
+    prior_loss_weight: float = 1.0
+    class_dir: str | None = None  # default: OUTPUT/class_images
+    train_text_encoder: bool = False
+    lora: bool = False
+    rank: int = 4
+
+
+def dreambooth(cfg: DreamBoothConfig) -> Path:
+    """Train; write OUTPUT/model (full) or OUTPUT/pytorch_lora_weights.safetensors (--lora)."""
+    if cfg.prior_preservation and not cfg.class_prompt:
+        raise InputError("--prior-preservation needs --class-prompt, e.g. 'a handwritten digit'")
+    if not cfg.instance_prompt.strip():
+        raise InputError("--instance-prompt must name the subject, e.g. 'a sks digit'")
+    loop = TrainLoop(cfg)
+    pipe = load_base(cfg, loop.accelerator.device)
+    items = read_folder(cfg.data, require_captions=False)
+    instance = LatentData(
+        load_pixels(items, pipe.default_size),
+        [cfg.instance_prompt] * len(items),
+        pipe.vae,
+        cache=cfg.cache_latents,
+    )
+    prior = None
+    if cfg.prior_preservation:
+        class_dir = Path(cfg.class_dir or loop.out / "class_images")
+        with loop.accelerator.main_process_first():
+            class_items = class_images(pipe, cfg.class_prompt, class_dir, cfg.num_class_images, cfg.seed)
+        prior = LatentData(
+            load_pixels(class_items, pipe.default_size),
+            [cfg.class_prompt] * len(class_items),
+            pipe.vae,
+            cache=cfg.cache_latents,
+        )
+
+    if cfg.lora:
+        modules = add_lora_adapters(pipe, cfg.rank, cfg.train_text_encoder)
+        params = trainable_parameters(modules)
+    else:
+        modules = [pipe.unet] + ([pipe.text_encoder] if cfg.train_text_encoder else [])
+        for module in modules:
+            module.requires_grad_(True).train()
+        params = [p for m in modules for p in m.parameters()]
+    prepared = loop.prepare(*modules, params=params, weight_decay=1e-2)
+    unet = prepared[0]
+    text_encoder = prepared[1] if cfg.train_text_encoder else pipe.text_encoder
+    noise_scheduler = training_noise_scheduler(pipe)
+    timesteps = noise_scheduler.config.num_train_timesteps
+
+    def compute_loss(step: int) -> torch.Tensor:
+        share = loop.share()
+        latents, captions = instance.sample(loop.rng, cfg.batch_size)
+        noise, t = noise_and_timesteps(loop.rng, latents, timesteps)
+        embeds = encode_text(pipe.tokenizer, text_encoder, captions[share])
+        loss = diffusion_loss(
+            unet, noise_scheduler, latents[share], embeds, noise[share], t[share], cfg.snr_gamma
+        ).mean()
+        if prior is not None:
+            latents, captions = prior.sample(loop.rng, cfg.batch_size)
+            noise, t = noise_and_timesteps(loop.rng, latents, timesteps)
+            embeds = encode_text(pipe.tokenizer, text_encoder, captions[share])
+            prior_loss = diffusion_loss(
+                unet, noise_scheduler, latents[share], embeds, noise[share], t[share], cfg.snr_gamma
+            )
+            loss = loss + cfg.prior_loss_weight * prior_loss.mean()
+        return loss
+
+    def validate(step: int) -> None:
+        prompts = cfg.validation_prompts or [cfg.instance_prompt] + (
+            [cfg.class_prompt] if cfg.class_prompt else []
+        )
+        save_validation(pipe, prompts, loop.out, step, cfg.validation_steps)
+
+    loop.run(compute_loss, validate=validate, desc="dreambooth")
+    if cfg.lora:
+        out = loop.out / "pytorch_lora_weights.safetensors"
+        if loop.accelerator.is_main_process:
+            from sdlab.lora import save_lora
+
+            save_lora(loop.out, pipe.unet, pipe.text_encoder if cfg.train_text_encoder else None)
+        return out
+    out = loop.out / "model"
+    if loop.accelerator.is_main_process:
+        for module in modules:
+            module.eval()
+        save_folder(pipe, out)
+    return out
+
+
+def class_images(pipe: Pipeline, prompt: str, folder: Path, n: int, seed: int = 0, batch: int = 50) -> list:
+    """`n` images of `prompt` by the base model in `folder`: those already there (same prompt) are reused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    have = []
+    if (folder / METADATA).exists():
+        have = [item for item in read_folder(folder, require_captions=False) if item.caption == prompt]
+    missing = n - len(have)
+    if missing > 0:
+        start = len(list(folder.glob("class-*.png")))
+        for first in range(0, missing, batch):
+            count = min(batch, missing - first)
+            seeds = [seed + start + first + i for i in range(count)]
+            result = pipe.generate([prompt] * count, seed=seeds)
+            for s, image in zip(seeds, result.images, strict=True):
+                save_png(image, folder / f"class-{s:06d}.png")
+        captions = {
+            item.path: item.caption for item in read_folder(folder, require_captions=False) if item.caption
+        }
+        captions.update({p: prompt for p in folder.glob("class-*.png") if p not in captions})
+        write_metadata(folder, captions)
+        have = [item for item in read_folder(folder) if item.caption == prompt]
+    return have[:n]

@@ -1,0 +1,74 @@
+"""`sdlab finetune DATA`: full fine-tuning of the UNet (and optionally the text encoder) on image-caption pairs.
+
+The seed's recipe: caption your images with a captioning model (`sdlab caption`), then continue
+training Stable Diffusion on them with its own objective. EMA weights are what is saved.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers.training_utils import EMAModel
+
+from sdlab.loading.folder import save_folder
+from sdlab.pipeline import Pipeline
+from sdlab.training.loop import TrainLoop
+from sdlab.training.recipe import RecipeConfig, caption_loss, folder_data, load_base, save_validation
+
+
+@dataclass
+class FinetuneConfig(RecipeConfig):
+    train_text_encoder: bool = False
+    ema_decay: float = 0.999  # 0: save the raw weights
+    half: bool = False  # store the result's weights in float16
+
+
+def finetune(cfg: FinetuneConfig) -> Path:
+    """Train, then write the model (EMA weights) as a diffusers folder at OUTPUT/model."""
+    loop = TrainLoop(cfg)
+    pipe = load_base(cfg, loop.accelerator.device)
+    data = folder_data(cfg.data, pipe, cache=cfg.cache_latents)
+    modules = [pipe.unet] + ([pipe.text_encoder] if cfg.train_text_encoder else [])
+    for module in modules:
+        module.requires_grad_(True).train()
+    params = [p for m in modules for p in m.parameters()]
+    emas = (
+        [EMAModel(m.parameters(), decay=cfg.ema_decay, use_ema_warmup=True) for m in modules]
+        if cfg.ema_decay
+        else []
+    )
+    prepared = loop.prepare(*modules, params=params, weight_decay=1e-2)
+    unet = prepared[0]
+    text_encoder = prepared[1] if cfg.train_text_encoder else pipe.text_encoder
+    loop.register(*emas)
+    compute_loss = caption_loss(loop, cfg, data, pipe, unet, text_encoder)
+
+    def after_step() -> None:
+        for ema, module in zip(emas, modules, strict=False):  # no EMA: nothing to do
+            ema.step(loop.accelerator.unwrap_model(module).parameters())
+
+    def validate(step: int) -> None:
+        save_validation(
+            averaged(pipe, modules, emas), cfg.validation_prompts, loop.out, step, cfg.validation_steps
+        )
+
+    loop.run(compute_loss, after_step=after_step, validate=validate, desc="finetune")
+    output = loop.out / "model"
+    if loop.accelerator.is_main_process:
+        save_folder(averaged(pipe, modules, emas), output, weights_dtype=torch.float16 if cfg.half else None)
+    return output
+
+
+def averaged(pipe: Pipeline, modules: list[torch.nn.Module], emas: list[EMAModel]) -> Pipeline:
+    """A copy of `pipe` whose trained modules hold the EMA weights (the training weights stay as they are)."""
+    if not emas:
+        return pipe
+    out = copy.copy(pipe)
+    for module, ema in zip(modules, emas, strict=True):
+        clone = copy.deepcopy(module).eval()
+        ema.copy_to(clone.parameters())
+        setattr(out, "unet" if module is pipe.unet else "text_encoder", clone)
+    return out

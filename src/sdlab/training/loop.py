@@ -1,0 +1,205 @@
+"""The one small accelerate training loop that fine-tuning, textual inversion, DreamBooth and LoRA share.
+
+A recipe prepares its modules and optimizer through `TrainLoop.prepare` and hands `run` a function
+that returns this process's loss for a step. Everything else lives here: resuming (weights,
+optimizer, LR schedule, random streams, step), atomic checkpoints, a loss log, a progress bar with
+loss and ETA, validation every N steps, and stopping on a non-finite loss with the last complete
+checkpoint kept.
+
+Several processes (`accelerate launch --num_processes N`) split one global batch: every process draws
+the same global batch from the same seeded stream and computes the loss of its share, and accelerate
+averages the gradients, so N processes take the same steps as one process on the whole batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from sdlab.errors import InputError, TrainingError
+from sdlab.training.checkpoints import CheckpointManager, RandomState
+
+
+@dataclass
+class TrainConfig:
+    output: str  # run folder: checkpoints/, loss.csv, validation/ and the result
+    steps: int = 500
+    batch_size: int = 8  # global: split across processes
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"  # any of diffusers.optimization's: constant, cosine, linear, ...
+    warmup_steps: int = 0
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    validate_every: int = 0  # 0: only at the end
+    validation_prompts: list[str] = field(default_factory=list)
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    resume: str | None = None  # "latest" or a checkpoint folder
+
+    def check(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise InputError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+
+
+class TrainLoop:
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None) -> None:
+        cfg.check()
+        self.cfg = cfg
+        self.out = Path(cfg.output)
+        self.accelerator = accelerator or make_accelerator(cfg.mixed_precision)
+        world = self.accelerator.num_processes
+        if cfg.batch_size % world:
+            raise InputError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+        self.rng = RandomState(cfg.seed)  # the same stream on every process: one global batch
+        self.checkpoints = CheckpointManager(self.out / "checkpoints", self.accelerator, cfg.keep_checkpoints)
+        self.step = 0
+        self._params: list[torch.nn.Parameter] = []
+        self._resume_target = self._check_resume(cfg.resume)
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def prepare(self, *modules: torch.nn.Module, params: list[torch.nn.Parameter], **optimizer_kwargs: Any):
+        """Wrap `modules` for the accelerator and build AdamW over `params` with the configured LR schedule.
+
+        Returns the prepared modules as a list, in order. Call `register` for extra state (EMA) before `run`.
+        """
+        self._params = params
+        opt = torch.optim.AdamW(params, lr=self.cfg.learning_rate, **optimizer_kwargs)
+        sched = get_scheduler(
+            self.cfg.lr_scheduler,
+            opt,
+            num_warmup_steps=self.cfg.warmup_steps,
+            num_training_steps=self.cfg.steps,
+        )
+        prepared = self.accelerator.prepare(*modules, opt, sched)
+        *wrapped, self.optimizer, self.lr_schedule = prepared
+        self.accelerator.register_for_checkpointing(self.rng)
+        return wrapped
+
+    def register(self, *objects: Any) -> None:
+        """Extra state saved in every checkpoint (objects with state_dict/load_state_dict, e.g. EMAModel)."""
+        for obj in objects:
+            self.accelerator.register_for_checkpointing(obj)
+
+    def share(self, global_batch: int | None = None) -> slice:
+        """This process's rows of the global batch."""
+        n = (global_batch or self.cfg.batch_size) // self.accelerator.num_processes
+        return slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        compute_loss: Callable[[int], torch.Tensor],
+        *,
+        after_step: Callable[[], None] | None = None,
+        validate: Callable[[int], None] | None = None,
+        desc: str = "train",
+    ) -> None:
+        """Train until `cfg.steps`: `compute_loss(step)` returns this process's loss for one step."""
+        cfg, acc = self.cfg, self.accelerator
+        if self._resume_target is not None:
+            self.step = self.checkpoints.resume(self._resume_target)
+            if acc.is_main_process:
+                truncate_csv(self.out / "loss.csv", self.step)  # rows after the checkpoint are redone
+        elif self.checkpoints.latest() is not None:
+            raise InputError(
+                f"{self.out} already has checkpoints; pass --resume latest to continue, or choose another --output"
+            )
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, disable=not acc.is_local_main_process)
+        while self.step < cfg.steps:
+            loss = compute_loss(self.step)
+            mean_loss = acc.reduce(loss.detach().float(), reduction="mean").item()
+            if not math.isfinite(mean_loss):
+                last = self.checkpoints.latest()
+                kept = (
+                    f"the last complete checkpoint, {last}, is kept"
+                    if last
+                    else "no checkpoint was written yet"
+                )
+                raise TrainingError(f"the loss became {mean_loss} at step {self.step + 1}; {kept}")
+            acc.backward(loss)
+            if cfg.max_grad_norm:
+                acc.clip_grad_norm_(self._params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.lr_schedule.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            if acc.is_main_process:
+                row = {"step": self.step, "loss": mean_loss, "lr": self.lr_schedule.get_last_lr()[0]}
+                append_csv(self.out / "loss.csv", {**row, "time": time.time()})
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.checkpoints.save(self.step)
+            at_validation = cfg.validate_every and self.step % cfg.validate_every == 0
+            if validate is not None and acc.is_main_process and (at_validation or self.step == cfg.steps):
+                validate(self.step)
+        bar.close()
+        acc.wait_for_everyone()
+
+    def _check_resume(self, resume: str | None) -> str | None:
+        if resume is None:
+            return None
+        if resume == "latest":
+            latest = self.checkpoints.latest()
+            if latest is None:
+                raise InputError(f"--resume latest: {self.out / 'checkpoints'} holds no complete checkpoint")
+            return str(latest)
+        path = Path(resume)
+        if not (path / "step.json").is_file():
+            raise InputError(f"--resume {resume}: not a complete sdlab checkpoint folder (no step.json)")
+        return str(path)
+
+
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """An Accelerator that also runs several CPU processes (gloo) when the machine has no GPU.
+
+    accelerate only picks its multi-CPU mode when told the run is CPU-only, so say so where no
+    accelerator device exists: `accelerate launch --multi_gpu --num_processes 2` then trains on 2 CPU
+    processes, and the same command uses the GPUs where there are some.
+    """
+    has_device = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    has_device = has_device or torch.backends.mps.is_available()
+    return Accelerator(mixed_precision=mixed_precision, cpu=not has_device)
+
+
+def append_csv(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_csv(path: Path, step: int) -> None:
+    """Drop the rows logged after `step` (by a run that was interrupted before its next checkpoint)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if int(r["step"]) <= step)

@@ -1,0 +1,64 @@
+"""`sdlab lora DATA`: fine-tuning through low-rank adapters (Hu et al. 2021) made by peft.
+
+The base weights stay frozen; rank-r matrices beside the UNet's attention projections (and optionally
+the text encoder's) learn the change. The result is a small file that diffusers' `load_lora_weights`
+and `sdlab generate --lora FILE[:WEIGHT]` load onto the unchanged base model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig
+
+from sdlab.lora import TEXT_TARGETS, UNET_TARGETS, add_text_encoder_adapter, save_lora
+from sdlab.training.loop import TrainLoop
+from sdlab.training.recipe import RecipeConfig, caption_loss, folder_data, load_base, save_validation
+
+
+@dataclass
+class LoraTrainConfig(RecipeConfig):
+    rank: int = 4
+    train_text_encoder: bool = False
+
+
+def add_lora_adapters(pipe, rank: int, text_encoder: bool) -> list[torch.nn.Module]:
+    """Attach fresh LoRA adapters (alpha = rank, as diffusers' scripts) and return the modules that carry them."""
+    config = dict(r=rank, lora_alpha=rank, init_lora_weights="gaussian")
+    pipe.unet.add_adapter(LoraConfig(**config, target_modules=UNET_TARGETS))
+    modules = [pipe.unet]
+    if text_encoder:
+        add_text_encoder_adapter(pipe.text_encoder, LoraConfig(**config, target_modules=TEXT_TARGETS))
+        modules.append(pipe.text_encoder)
+    for module in modules:
+        cast_training_params(module, dtype=torch.float32)
+        module.train()
+    return modules
+
+
+def trainable_parameters(modules: list[torch.nn.Module]) -> list[torch.nn.Parameter]:
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def lora(cfg: LoraTrainConfig) -> Path:
+    """Train; write OUTPUT/pytorch_lora_weights.safetensors."""
+    loop = TrainLoop(cfg)
+    pipe = load_base(cfg, loop.accelerator.device)
+    data = folder_data(cfg.data, pipe, cache=cfg.cache_latents)
+    modules = add_lora_adapters(pipe, cfg.rank, cfg.train_text_encoder)
+    prepared = loop.prepare(*modules, params=trainable_parameters(modules), weight_decay=1e-2)
+    unet = prepared[0]
+    text_encoder = prepared[1] if cfg.train_text_encoder else pipe.text_encoder
+    compute_loss = caption_loss(loop, cfg, data, pipe, unet, text_encoder)
+
+    def validate(step: int) -> None:
+        save_validation(pipe, cfg.validation_prompts, loop.out, step, cfg.validation_steps)
+
+    loop.run(compute_loss, validate=validate, desc="lora")
+    out = loop.out / "pytorch_lora_weights.safetensors"
+    if loop.accelerator.is_main_process:
+        save_lora(loop.out, pipe.unet, pipe.text_encoder if cfg.train_text_encoder else None)
+    return out
