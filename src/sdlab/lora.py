@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from sdlab.errors import InputError
 from sdlab.pipeline import Pipeline
+from sdlab.training.atomic import atomic_path
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # attention projections, as diffusers' LoRA scripts
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -130,8 +131,13 @@ def save_lora(folder: str | Path, unet: torch.nn.Module, text_encoder: torch.nn.
         text_layers = {
             k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in text_layers.items()
         }
-    folder = Path(folder)
-    StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers, safe_serialization=True
-    )
-    return folder / "pytorch_lora_weights.safetensors"
+    target = Path(folder) / "pytorch_lora_weights.safetensors"
+    with atomic_path(target) as tmp:  # complete or absent
+        StableDiffusionPipeline.save_lora_weights(
+            tmp.parent,
+            unet_lora_layers=unet_layers,
+            text_encoder_lora_layers=text_layers,
+            weight_name=tmp.name,
+            safe_serialization=True,
+        )
+    return target

@@ -33,7 +33,14 @@ def run_eval(opts: EvalOptions) -> dict:
         "model": pipe.source,
         "sampling": sampling,
         "headline": evaluate(pipe, judge, opts.per_digit, **sampling),
-        "negative_prompt": negative_prompt_effect(pipe, judge, **sampling),
+        # negative prompts act through guidance: measured at the chosen scale and at SD's usual 7.5
+        "negative_prompt": [
+            {
+                "guidance_scale": scale,
+                **negative_prompt_effect(pipe, judge, **{**sampling, "guidance_scale": scale}),
+            }
+            for scale in dict.fromkeys([sampling["guidance_scale"], 7.5])
+        ],
         "strength": strength_effect(pipe, judge, **sampling),
     }
     out = Path(opts.output)
@@ -42,8 +49,8 @@ def run_eval(opts: EvalOptions) -> dict:
     with atomic_path(out / "eval.md") as tmp:
         tmp.write_text(markdown(report))
     print(markdown(report))
-    caption = f"{describe(sampling)} {opts.sweep_per_digit * 10} images per point."
     for name in sweeps:
+        caption = f"{sweep_settings(name, sampling)} {opts.sweep_per_digit * 10} images per point."
         for path in write_sweep(SWEEPS[name](pipe, judge, opts.sweep_per_digit, **sampling), out, caption):
             print(path)
     return report
@@ -61,12 +68,22 @@ def _sweep_names(text: str | None, known: dict) -> list[str]:
     return names
 
 
+def sweep_settings(name: str, s: dict) -> str:
+    """The settings a sweep holds fixed (the varied one is its x axis)."""
+    scheduler = s["scheduler"] or "default scheduler"
+    return {
+        "guidance": f"{scheduler}, {s['num_inference_steps']} steps.",
+        "schedulers": f"CFG {s['guidance_scale']}.",
+        "guide": f"{scheduler}, {s['num_inference_steps']} steps, empty prompt, no CFG.",
+    }.get(name, describe(s))
+
+
 def describe(s: dict) -> str:
     return f"{s['scheduler'] or 'default scheduler'}, {s['num_inference_steps']} steps, CFG {s['guidance_scale']}."
 
 
 def markdown(r: dict) -> str:
-    h, neg = r["headline"], r["negative_prompt"]
+    h = r["headline"]
     lines = [
         f"Model `{r['model']}`, {describe(r['sampling'])}",
         "",
@@ -77,8 +94,16 @@ def markdown(r: dict) -> str:
         f"| real-vs-real floor (same count) | {h['fid_floor_real_vs_real']:.2f} |",
         f"| FID / floor | {h['fid'] / h['fid_floor_real_vs_real']:.2f} |",
         f"| diversity (generated / real) | {h['diversity']:.2f} / {h['diversity_real']:.2f} |",
-        f'| negative prompt "thick": stroke thickness change | {neg["thickness_change"] * 100:+.1f}% '
-        f"(accuracy {neg['with']['accuracy']:.2f} with, {neg['without']['accuracy']:.2f} without) |",
+        "",
+        '| negative prompt "thick" on "a handwritten digit 7" | stroke thickness change | accuracy with / without |',
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| CFG {n['guidance_scale']} | {n['thickness_change'] * 100:+.1f}% | "
+        f"{n['with']['accuracy']:.2f} / {n['without']['accuracy']:.2f} |"
+        for n in r["negative_prompt"]
+    ]
+    lines += [
         "",
         "| img2img strength | keeps the source digit | becomes the prompted digit |",
         "| --- | --- | --- |",

@@ -81,7 +81,7 @@ class GenerateOptions(ModelOptions):
     guide_digit: int | None = option(
         None, "steer towards this digit with the digit classifier's gradient (works with an empty prompt)"
     )
-    guide_scale: float = option(2.0, "step size of --guide-digit along the classifier's gradient")
+    guide_scale: float = option(8.0, "step size of --guide-digit along the classifier's gradient")
     embedding: str | None = option(
         None, "textual-inversion embedding(s) to load (diffusers or A1111 format), comma-separated"
     )
