@@ -15,21 +15,25 @@ from sdlab.training.atomic import atomic_path
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "demos"
 
 
-def write_digits(folder: Path, images: np.ndarray, *, invert: bool = False, scale: float = 1.0) -> list[Path]:
-    """(N, 28, 28) uint8 digits as 32x32 RGB PNGs (padded like the digits model's data), optionally changed."""
+def write_digits(folder: Path, images: np.ndarray, *, shear: float = 0.0, scale: float = 1.0) -> list[Path]:
+    """(N, 28, 28) uint8 digits as 32x32 RGB PNGs (padded like the digits model's data), optionally changed:
+    `shear` leans them right (x' = x + shear (y - 14), the italic domain), `scale` shrinks them about the centre."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, digit in enumerate(images):
         picture = Image.fromarray(digit)
-        if scale != 1.0:  # shrink around the centre: a smaller digit on the same canvas
+        if shear:
+            affine = (1, shear, -shear * 14, 0, 1, 0)
+            picture = picture.transform(
+                (28, 28), Image.Transform.AFFINE, affine, resample=Image.Resampling.BILINEAR
+            )
+        if scale != 1.0:
             side = max(1, round(28 * scale))
             small = picture.resize((side, side), Image.Resampling.LANCZOS)
             picture = Image.new("L", (28, 28))
             picture.paste(small, ((28 - side) // 2, (28 - side) // 2))
         canvas = Image.new("L", (32, 32))
         canvas.paste(picture, (2, 2))
-        if invert:
-            canvas = Image.eval(canvas, lambda v: 255 - v)
         path = folder / f"{i:04d}.png"
         canvas.convert("RGB").save(path)
         paths.append(path)

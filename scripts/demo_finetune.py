@@ -1,9 +1,13 @@
 """Fine-tuning with automatic captions, in full and with LoRA: the digits model learns a new visual domain.
 
-Domain: inverted digits (dark ink on white paper), which the base model never saw. The digits
-captioner writes the captions (`sdlab caption --captioner digits`), not a person. After fine-tuning,
-plain prompts ("a handwritten digit 7") should draw inverted digits >= 90% of the time with prompt
-accuracy >= 90%. The LoRA run repeats it with <= 5% of the trainable parameters.
+Domain: italic digits (sheared far to the right, x' = x + 0.5 (y - 14)), a slant the base model never
+draws (one real digit in seven passes a slant of 0.45; these measure about 0.7). The domain had to be one the frozen VAE
+can draw: it was trained on white-on-black digits only and cannot reconstruct inverted colours or
+outlines (mean squared error 2.6 and 0.09 against 0.005), so no UNet fine-tune could produce those.
+The digits captioner writes the captions (`sdlab caption --captioner digits`), not a person. After
+fine-tuning, plain prompts ("a handwritten digit 7") should draw italic digits >= 90% of the time, with
+prompt accuracy >= 90% (italic digits are read after undoing the shear). The LoRA run repeats it with
+<= 5% of the trainable parameters.
 
     python scripts/demo_finetune.py --out runs/demo-finetune     # about 10 minutes on 2 CPU cores
 """
@@ -18,7 +22,7 @@ from _demo import publish, run, write_digits
 
 from sdlab.digits.data import train_test_split
 from sdlab.evaluation.digits import Judge
-from sdlab.evaluation.teaching import domain_report
+from sdlab.evaluation.teaching import SHEAR, domain_report
 from sdlab.loading import load_pipeline
 from sdlab.training.lora import add_lora_adapters, trainable_parameters
 
@@ -29,6 +33,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lora-steps", type=int, default=400)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lora-lr", type=float, default=2e-3)
+    parser.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--per-digit", type=int, default=20)
     args = parser.parse_args()
@@ -36,7 +43,7 @@ def main() -> None:
     train, _ = train_test_split()
     pick = np.random.default_rng(0).permutation(len(train))[: args.images]
     data = out / "data"
-    write_digits(data, train.images[pick], invert=True)
+    write_digits(data, train.images[pick], shear=SHEAR)
     caption_s = run("caption", data, "--captioner", "digits", "--overwrite")
 
     judge = Judge.load()
@@ -45,7 +52,9 @@ def main() -> None:
     report["base"] = domain_report(load_pipeline(), judge, args.per_digit, **sampling)
     common = ["--batch-size", 32, "--caption-dropout", 0.1, "--checkpoint-every", 200, "--validation-prompt",
               "a handwritten digit 3|a handwritten digit 7", "--lr-scheduler", "cosine", "--warmup-steps", 20]  # fmt: skip
-    seconds = run("finetune", data, "-o", out / "full", "--steps", args.steps, "--lr", 2e-4, *common)
+    if args.train_text_encoder:  # the digit words themselves may then absorb the new domain
+        common += ["--train-text-encoder"]
+    seconds = run("finetune", data, "-o", out / "full", "--steps", args.steps, "--lr", args.lr, *common)
     report["full"] = {"seconds": seconds, "steps": args.steps,
                       **domain_report(load_pipeline(out / "full" / "model"), judge, args.per_digit, **sampling)}  # fmt: skip
     seconds = run(
@@ -63,24 +72,26 @@ def main() -> None:
     )
     pipe = load_pipeline()
     unet_params = sum(p.numel() for p in pipe.unet.parameters())
-    lora_params = sum(
-        p.numel() for p in trainable_parameters(add_lora_adapters(load_pipeline(), args.rank, False))
-    )
+    text_params = sum(p.numel() for p in pipe.text_encoder.parameters())
+    adapters = add_lora_adapters(load_pipeline(), args.rank, text_encoder=args.train_text_encoder)
+    lora_params = sum(p.numel() for p in trainable_parameters(adapters))
     lora_pipe = load_pipeline()
     from sdlab.lora import load_lora
 
     load_lora(lora_pipe, out / "lora" / "pytorch_lora_weights.safetensors")
     report["lora"] = {"seconds": seconds, "steps": args.lora_steps, "rank": args.rank,
-                      "trainable_share": lora_params / unet_params,
+                      "trainable_share": lora_params / (unet_params + (text_params if args.train_text_encoder else 0)),
                       **domain_report(lora_pipe, judge, args.per_digit, **sampling)}  # fmt: skip
     rows = [("base model", report["base"], "—", "—")]
     rows += [("full fine-tune", report["full"], "100%", f"{report['full']['seconds'] / 60:.1f} min")]
     rows += [(f"LoRA rank {args.rank}", report["lora"], f"{report['lora']['trainable_share']:.1%}",
               f"{report['lora']['seconds'] / 60:.1f} min")]  # fmt: skip
     table = "\n".join(
-        ["| model | inverted share | prompt accuracy | trainable UNet params | training time |", "| --- | --- | --- | --- | --- |"]
-        + [f"| {name} | {r['inverted_share']:.2f} | {r['prompt_accuracy']:.2f} | {share} | {time} |" for name, r, share, time in rows]
-    ) + f"\n\n{args.images} inverted digits captioned by the digits captioner; {args.per_digit * 10} images per row, 20 steps.\n"  # fmt: skip
+        ["| model | italic share | mean slant | prompt accuracy | trainable params (UNet + text encoder) | training time |",
+         "| --- | --- | --- | --- | --- | --- |"]
+        + [f"| {name} | {r['italic_share']:.2f} | {r['mean_slant']:.2f} | {r['prompt_accuracy']:.2f} | {share} | {time} |"
+           for name, r, share, time in rows]
+    ) + f"\n\n{args.images} italic digits captioned by the digits captioner; {args.per_digit * 10} images per row, 20 steps.\n"  # fmt: skip
     publish("finetune", report, table)
 
 

@@ -37,7 +37,9 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     train, _ = train_test_split()
-    pick = np.random.default_rng(1).permutation(len(train))[: args.images]
+    # one digit of each class (then more at random): the token must learn "tiny", not "these digits"
+    rng = np.random.default_rng(1)
+    pick = [int(rng.choice(np.flatnonzero(train.labels == d))) for d in range(10)][: args.images]
     data = out / "data"
     paths = write_digits(data, train.images[pick], scale=0.5)
     # the digits captioner reads each digit; the caption names the digit only, never its size

@@ -1,6 +1,6 @@
 """Measures for what a teaching recipe changed, on the digits model, read by the evaluation classifier.
 
-- domain: is a generated digit in the new visual domain (dark ink on white paper, i.e. inverted)?
+- domain: is a generated digit in the new visual domain (italic: sheared far to the right)?
 - size: the measured height of the digit (textual inversion of "<tiny>");
 - subject fidelity and language drift (DreamBooth, Ruiz et al. 2022 in miniature): cosine similarity of
   classifier features to the subject's instance images, for the subject prompt ("fidelity") and for
@@ -11,12 +11,16 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from sdlab.digits.attributes import measure
 from sdlab.digits.data import to_gray
 from sdlab.evaluation.digits import Judge
 from sdlab.evaluation.metrics import diversity, prompt_accuracy
 from sdlab.pipeline import Pipeline
+
+SHEAR = 0.5  # the italic domain of the fine-tuning demonstration: x' = x + 0.5 (y - centre)
+ITALIC = 0.45  # measured slant above which a digit counts as italic
 
 
 def generate_gray(
@@ -31,29 +35,56 @@ def generate_gray(
     return np.concatenate(out)
 
 
-def is_inverted(gray: np.ndarray) -> np.ndarray:
-    """True where the paper is light: the border of the 28x28 picture is mostly bright."""
-    border = np.concatenate([gray[:, :3].reshape(len(gray), -1), gray[:, -3:].reshape(len(gray), -1),
-                             gray[:, :, :3].reshape(len(gray), -1), gray[:, :, -3:].reshape(len(gray), -1)], 1)  # fmt: skip
-    return border.mean(axis=1) > 0.5
+def is_italic(gray: np.ndarray, threshold: float = ITALIC) -> np.ndarray:
+    """True where the digit leans far to the right: the italic domain (one real digit in seven passes 0.45)."""
+    return measure(gray).slant > threshold
 
 
-def as_white_ink(gray: np.ndarray) -> np.ndarray:
-    """Each image with white ink on black, as the classifier reads digits (inverted ones flipped back)."""
-    flip = is_inverted(gray)
-    return np.where(flip[:, None, None], 1 - gray, gray)
+def unshear(gray: np.ndarray, shear: float = SHEAR) -> np.ndarray:
+    """Undo a horizontal shear x' = x + shear * (y - centre): how the classifier reads italic digits."""
+    h = gray.shape[1]
+    out = np.empty_like(gray)
+    for i, image in enumerate(gray):
+        # output (r, c) takes input (r, c - shear * (r - centre)): the inverse of the forward shear
+        matrix = np.array([[1.0, 0.0], [-shear, 1.0]])
+        out[i] = ndimage.affine_transform(image, matrix, offset=(0.0, shear * (h / 2)), order=1)
+    return out
 
 
 def domain_report(pipe: Pipeline, judge: Judge, per_digit: int = 20, **kwargs) -> dict:
-    """Plain digit prompts: share drawn in the inverted domain, and accuracy read in either polarity."""
+    """Plain digit prompts: share drawn in the italic domain, and accuracy (italic ones read unsheared)."""
     prompts = [f"a handwritten digit {d}" for d in range(10) for _ in range(per_digit)]
     wanted = np.repeat(np.arange(10), per_digit)
     gray = generate_gray(pipe, prompts, **kwargs)
+    italic = is_italic(gray)
+    readable = np.where(italic[:, None, None], unshear(gray), gray)
     return {
         "images": len(gray),
-        "inverted_share": float(is_inverted(gray).mean()),
-        "prompt_accuracy": prompt_accuracy(judge.predict(as_white_ink(gray)), wanted),
+        "italic_share": float(italic.mean()),
+        "mean_slant": float(measure(gray).slant.mean()),
+        "prompt_accuracy": prompt_accuracy(judge.predict(readable), wanted),
     }
+
+
+def normalize_size(gray: np.ndarray, box: int = 20) -> np.ndarray:
+    """Each digit cropped to its ink and scaled to fit a box x box square, centred: MNIST's own preprocessing,
+    so that the classifier reads a tiny digit's identity as well as a normal one's."""
+    from PIL import Image
+
+    out = np.zeros_like(gray)
+    for i, image in enumerate(gray):
+        rows, cols = np.flatnonzero(image.max(1) > 0.2), np.flatnonzero(image.max(0) > 0.2)
+        if not len(rows):
+            continue
+        crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        f = box / max(crop.shape)
+        h, w = max(1, round(crop.shape[0] * f)), max(1, round(crop.shape[1] * f))
+        resized = np.asarray(
+            Image.fromarray(crop.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR)
+        )
+        top, left = (28 - h) // 2, (28 - w) // 2
+        out[i, top : top + h, left : left + w] = resized
+    return out.clip(0, 1)
 
 
 def size_report(
@@ -67,7 +98,8 @@ def size_report(
         "prompt": template,
         "images": len(gray),
         "mean_size": float(measure(gray).size.mean()),
-        "prompt_accuracy": prompt_accuracy(judge.predict(gray), wanted),
+        # identity read at a normal size: the classifier misreads a quarter of real half-size digits
+        "prompt_accuracy": prompt_accuracy(judge.predict(normalize_size(gray)), wanted),
     }
 
 
