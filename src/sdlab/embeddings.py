@@ -15,10 +15,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tokenizers import AddedToken
 
 from sdlab.errors import InputError
+from sdlab.loading.checkpoint import read_pickle, read_state_dict
 from sdlab.pipeline import Pipeline
 from sdlab.training.atomic import atomic_path
 
@@ -62,19 +63,12 @@ def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> tuple[str
     """(token, vectors (K, D)) from a diffusers or A1111 embedding file; an A1111 token is the file's stem,
     as A1111 names it."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"embedding file {path} does not exist")
     if path.suffix == ".safetensors":
-        try:
-            tensors = load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise InputError(f"cannot read the embedding {path}: {str(err).splitlines()[0]}") from err
-    elif allow_pickle:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise InputError(
-            f"{path} is a pickle, which can run code when loaded; pass --allow-pickle if you trust it"
-        )
+        tensors = read_state_dict(path)
+    elif not path.is_file():
+        raise InputError(f"embedding file {path} does not exist")
+    else:  # A1111 .pt embeddings nest their tensor in dicts, which read_state_dict would drop
+        tensors = read_pickle(path, allow_pickle=allow_pickle)
     if "emb_params" in tensors:  # A1111 safetensors
         return path.stem, tensors["emb_params"]
     if "string_to_param" in tensors:  # A1111 .pt

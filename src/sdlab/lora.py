@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from sdlab.errors import InputError
+from sdlab.loading.checkpoint import read_state_dict
 from sdlab.pipeline import Pipeline
 from sdlab.training.atomic import atomic_path
 
@@ -41,19 +41,7 @@ def load_lora(pipe: Pipeline, path: str | Path, weight: float = 1.0, *, allow_pi
     from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"LoRA file {path} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            tensors = load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise InputError(f"cannot read the LoRA {path}: {str(err).splitlines()[0]}") from err
-    elif allow_pickle:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise InputError(
-            f"{path} is a pickle, which can run code when loaded; pass --allow-pickle if you trust it"
-        )
+    tensors = read_state_dict(path, allow_pickle=allow_pickle)  # safetensors; pickles only weights_only
     name = f"lora{len(_weights(pipe.unet)) + len(_weights(pipe.text_encoder))}-{path.stem}"
     try:
         state, alphas = Loader.lora_state_dict(dict(tensors))  # also converts kohya/A1111 keys

@@ -51,12 +51,13 @@ def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict[str
         except (SafetensorError, OSError, ValueError) as e:
             raise InputError(f"Checkpoint {path} is not a valid .safetensors file ({e}).") from e
     else:
-        loaded = _read_pickle(path, allow_pickle=allow_pickle)
+        loaded = read_pickle(path, allow_pickle=allow_pickle)
 
     return _unwrap(loaded, path)
 
 
-def _read_pickle(path: Path, *, allow_pickle: bool) -> object:
+def read_pickle(path: Path, *, allow_pickle: bool) -> object:
+    """A pickle file through `torch.load(weights_only=True)`, or an InputError unless `allow_pickle`."""
     if not allow_pickle:
         raise InputError(
             f"Checkpoint {path} is a pickle file, which can run arbitrary code when loaded; "
