@@ -13,7 +13,6 @@ With `data=DIR` (`--data`), a folder of captioned images replaces the digits and
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
@@ -42,7 +41,7 @@ from sdlab.loading.folder import save_folder
 from sdlab.loading.tokenizer import clip_tokenizer
 from sdlab.pipeline import Pipeline
 from sdlab.training.checkpoints import CheckpointManager, RandomState
-from sdlab.training.loop import make_accelerator
+from sdlab.training.loop import append_csv, make_accelerator
 
 
 @dataclass
@@ -161,7 +160,7 @@ def train_vae(cfg: BaseTrainConfig, pixels: torch.Tensor, out: Path, accelerator
         opt.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if accelerator.is_main_process:
-            _append_csv(out.parent / "vae_loss.csv", {"step": step + 1, "loss": loss.item()})
+            append_csv(out.parent / "vae_loss.csv", {"step": step + 1, "loss": loss.item()})
     if accelerator.is_main_process:
         from sdlab.training.atomic import atomic_path
 
@@ -253,7 +252,7 @@ def train_unet(
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if accelerator.is_main_process:
-            _append_csv(
+            append_csv(
                 log, {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "time": time.time()}
             )
         if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
@@ -297,17 +296,8 @@ def _validate(pipe: Pipeline, run: Path, step: int, accelerator: Accelerator, pr
     wanted = torch.arange(10).repeat_interleave(2)
     hits = (clf.predict(to_gray(result.pixels)) == wanted).float().mean()
     accelerator.print(f"\nstep {step}: validation prompt accuracy {hits:.2f}")
-    _append_csv(run / "validation.csv", {"step": step, "prompt_accuracy": float(hits)})
+    append_csv(run / "validation.csv", {"step": step, "prompt_accuracy": float(hits)})
 
 
 def _fixed_caption(text: str) -> Callable[[random.Random], str]:
     return lambda rng: text
-
-
-def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
