@@ -104,12 +104,13 @@ def test_train_base_tiny_runs_every_stage_and_loads_in_diffusers(tmp_path):
     for name in (
         "captioner.safetensors",
         "vae/config.json",
+        "text_encoder/config.json",
         "checkpoints/step-000040/step.json",
         "validation/step-000040.png",
     ):
         assert (tmp_path / "run" / name).exists(), name
     # losses fall
-    for log in ("vae_loss.csv", "unet_loss.csv"):
+    for log in ("vae_loss.csv", "text_loss.csv", "unet_loss.csv"):
         rows = csv.DictReader((tmp_path / "run" / log).read_text().splitlines())
         losses = [float(r["loss"]) for r in rows]
         assert np.mean(losses[-10:]) < np.mean(losses[:10]), log
@@ -151,3 +152,39 @@ def test_train_base_on_a_captioned_folder_instead_of_the_digits(tmp_path):
     with Image.open(run / "validation" / "step-000003.png") as grid:
         assert grid.size[0] == 2 * 32  # one column per distinct caption of the folder
     assert load_pipeline(model).default_size == 32
+
+
+def test_contrastive_pretraining_teaches_the_text_encoder_which_digit_a_caption_names():
+    import random
+
+    from conftest import tiny_text_encoder
+
+    from sdlab.loading.tokenizer import clip_tokenizer
+    from sdlab.training.contrastive import contrastive_pretrain
+
+    torch.manual_seed(0)
+    digits = torch.arange(200) % 10
+    features = torch.nn.functional.one_hot(digits, 10).float() + 0.1 * torch.randn(200, 10)
+    captions = [lambda rng, d=int(d): f"a handwritten digit {rng.choice([str(d), WORDS[d]])}" for d in digits]
+    tokenizer, text_encoder = clip_tokenizer(), tiny_text_encoder()
+
+    def separation() -> float:
+        """How much closer a caption's embedding is to captions of the same digit than to other digits'."""
+        rng = random.Random(1)
+        ids = tokenizer(
+            [c(rng) for c in captions[:100]], padding="max_length", max_length=77, return_tensors="pt"
+        )
+        with torch.no_grad():
+            e = torch.nn.functional.normalize(text_encoder(ids.input_ids)[0].mean(1), dim=-1)
+        sim, same = e @ e.T, digits[:100, None] == digits[None, :100]
+        return float(sim[same].mean() - sim[~same].mean())
+
+    before = separation()
+    losses = []
+    contrastive_pretrain(
+        text_encoder, tokenizer, captions, features, steps=60, batch_size=64, lr=3e-3,
+        log=lambda step, loss, accuracy: losses.append(loss),
+    )  # fmt: skip
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.3
+    # "7" and "seven" now land together, away from the other digits
+    assert separation() > before + 0.2

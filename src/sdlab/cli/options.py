@@ -112,7 +112,7 @@ class ConvertOptions(ModelOptions):
 class TrainBaseOptions:
     preset: str = option(
         "quick",
-        "quick (sized for ~20 min on 2 CPU cores), full (the shipped model) or tiny (seconds)",
+        "quick (under 20 min on 2 CPU cores), full (the shipped model) or tiny (seconds)",
         choices=["quick", "full", "tiny"],
         metavar="NAME",
     )
@@ -129,6 +129,10 @@ class TrainBaseOptions:
     )
     seed: int | None = option(None, "random seed (default: the preset's)")
     vae_steps: int | None = option(None, "VAE training steps (default: the preset's)")
+    text_pretrain_steps: int | None = option(
+        None,
+        "CLIP-style contrastive pretraining steps of the text encoder, 0 for none (default: the preset's)",
+    )
     unet_steps: int | None = option(None, "UNet + text encoder training steps (default: the preset's)")
     batch_size: int | None = option(None, "batch size per process (default: the preset's)")
     mixed_precision: str | None = option(None, "no, fp16 or bf16 (accelerate's mixed precision)")
@@ -219,8 +223,11 @@ class TextualInversionOptions(TeachOptions):
     token: str = option("", "the new word, e.g. <tiny>", required=True)
     initializer_token: str = option("", "an existing single-token word to start from (default: small noise)")
     num_vectors: int = option(1, "vectors (tokens) the new word is made of")
-    prompts: str = option("object", "object or style templates, or caption: each image's caption + the token",
-                          choices=["object", "style", "caption"])  # fmt: skip
+    prompts: str = option(
+        "object",
+        "object or style templates, or caption: each image's caption, the token appended unless it names it",
+        choices=["object", "style", "caption"],
+    )
     a1111: bool = option(False, "also write the embedding in A1111's format")
     learning_rate: float = option(5e-3, "AdamW learning rate", "--lr")
 
