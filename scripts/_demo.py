@@ -15,18 +15,15 @@ from sdlab.training.atomic import atomic_path
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "demos"
 
 
-def write_digits(folder: Path, images: np.ndarray, *, shear: float = 0.0, scale: float = 1.0) -> list[Path]:
-    """(N, 28, 28) uint8 digits as 32x32 RGB PNGs (padded like the digits model's data), optionally changed:
-    `shear` leans them right (x' = x + shear (y - 14), the italic domain), `scale` shrinks them about the centre."""
+def write_digits(folder: Path, images: np.ndarray, *, scale: float = 1.0) -> list[Path]:
+    """(N, 28, 28) digits (uint8, or float in [0, 1]) as 32x32 RGB PNGs, padded like the digits model's data;
+    `scale` shrinks them about the centre."""
     folder.mkdir(parents=True, exist_ok=True)
+    if images.dtype != np.uint8:
+        images = (np.asarray(images).clip(0, 1) * 255).round().astype(np.uint8)
     paths = []
     for i, digit in enumerate(images):
         picture = Image.fromarray(digit)
-        if shear:
-            affine = (1, shear, -shear * 14, 0, 1, 0)
-            picture = picture.transform(
-                (28, 28), Image.Transform.AFFINE, affine, resample=Image.Resampling.BILINEAR
-            )
         if scale != 1.0:
             side = max(1, round(28 * scale))
             small = picture.resize((side, side), Image.Resampling.LANCZOS)

@@ -168,6 +168,22 @@ def test_bad_resume_nan_loss_and_broken_images_stop_with_one_sentence(
         finetune(FinetuneConfig(**common(tiny_dir, broken, tmp_path / "b")))
 
 
+def test_textual_inversion_captions_take_the_token_in_place_or_appended():
+    from sdlab.training.textual_inversion import caption_with_token
+
+    words = "<tiny> <tiny>_1"
+    assert (
+        caption_with_token("a <tiny> handwritten digit 3", "<tiny>", words)
+        == "a <tiny> <tiny>_1 handwritten digit 3"
+    )
+    assert (
+        caption_with_token("a handwritten digit 3", "<tiny>", words)
+        == "a handwritten digit 3 <tiny> <tiny>_1"
+    )
+    # a longer word that merely contains the token is not the token
+    assert caption_with_token("a <tiny>x digit", "<tiny>", "<tiny>") == "a <tiny>x digit <tiny>"
+
+
 def test_textual_inversion_trains_only_its_rows_and_loads_in_diffusers(tiny_dir, data_dir, tmp_path):
     from safetensors.torch import load_file
 

@@ -7,25 +7,32 @@ from PIL import Image
 
 from sdlab.digits.data import train_test_split
 from sdlab.evaluation.digits import Judge
-from sdlab.evaluation.teaching import SHEAR, cosine_to, is_italic, unshear
-
-
-def shear(digits: np.ndarray, k: float = SHEAR) -> np.ndarray:
-    """The italic domain as the demonstration writes it (PIL's affine map, x' = x + k (y - 14))."""
-    out = [Image.fromarray(d).transform((28, 28), Image.Transform.AFFINE, (1, k, -k * 14, 0, 1, 0),
-                                        resample=Image.Resampling.BILINEAR) for d in digits]  # fmt: skip
-    return np.stack([np.asarray(o) for o in out]).astype(np.float32) / 255
+from sdlab.evaluation.teaching import DOMAINS, cosine_to, is_italic, shear, unshear
 
 
 def test_italic_digits_are_detected_and_read_back_once_unsheared():
     _, test = train_test_split()
     digits, labels = test.images[::5], test.labels[::5]  # 200 held-out digits
-    plain, italic = digits.astype(np.float32) / 255, shear(digits)
+    plain = digits.astype(np.float32) / 255
+    italic = shear(plain)
     # MNIST's own slants vary, so a quarter of sheared digits still measure below the threshold
     assert is_italic(italic).mean() > 0.7 and is_italic(plain).mean() < 0.2
     judge = Judge.load()
     assert (judge.predict(unshear(italic)) == labels).mean() > 0.95
     assert (judge.predict(unshear(italic)) == labels).mean() > (judge.predict(italic) == labels).mean()
+
+
+def test_underlined_digits_are_detected_and_read_back_without_the_line():
+    _, test = train_test_split()
+    digits, labels = test.images[::5], test.labels[::5]
+    plain = digits.astype(np.float32) / 255
+    domain = DOMAINS["underline"]
+    underlined = domain.make(plain)
+    assert domain.detect(underlined).all() and domain.detect(plain).mean() < 0.02
+    judge = Judge.load()
+    assert (judge.predict(domain.restore(underlined)) == labels).mean() > 0.97
+    # the line is what the restoring removes: on plain digits it changes (almost) nothing
+    assert (judge.predict(domain.restore(plain)) == judge.predict(plain)).mean() > 0.97
 
 
 def test_feature_similarity_prefers_the_same_digit():

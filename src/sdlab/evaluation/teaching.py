@@ -1,6 +1,6 @@
 """Measures for what a teaching recipe changed, on the digits model, read by the evaluation classifier.
 
-- domain: is a generated digit in the new visual domain (italic: sheared far to the right)?
+- domain: is a generated digit in the new visual domain (underlined digits; or italic: sheared far right)?
 - size: the measured height of the digit (textual inversion of "<tiny>");
 - subject fidelity and language drift (DreamBooth, Ruiz et al. 2022 in miniature): cosine similarity of
   classifier features to the subject's instance images, for the subject prompt ("fidelity") and for
@@ -9,6 +9,9 @@
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -19,8 +22,74 @@ from sdlab.evaluation.digits import Judge
 from sdlab.evaluation.metrics import diversity, prompt_accuracy
 from sdlab.pipeline import Pipeline
 
-SHEAR = 0.5  # the italic domain of the fine-tuning demonstration: x' = x + 0.5 (y - centre)
+SHEAR = 0.5  # the italic domain: x' = x + 0.5 (y - centre)
 ITALIC = 0.45  # measured slant above which a digit counts as italic
+LINE_ROWS, LINE_COLS = slice(26, 28), slice(5, 23)  # the underline: 2 px tall, below where MNIST draws digits
+UNDERLINED = 0.3  # mean brightness of the underline's place above which a digit counts as underlined
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A visual domain the digits model never saw: how to make it, recognise it, and read a digit drawn in it."""
+
+    name: str
+    make: Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) in [0, 1] -> the same digits in the domain
+    detect: Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) -> bool, True where a digit is in the domain
+    restore: Callable[[np.ndarray], np.ndarray]  # how the classifier reads a digit drawn in the domain
+
+
+def underline(gray: np.ndarray) -> np.ndarray:
+    out = np.array(gray, dtype=np.float32, copy=True)
+    out[:, LINE_ROWS, LINE_COLS] = 1.0
+    return out
+
+
+def is_underlined(gray: np.ndarray, threshold: float = UNDERLINED) -> np.ndarray:
+    """True where a bright line lies under the digit (real digits: about 1 in 200 has ink there)."""
+    return gray[:, LINE_ROWS, LINE_COLS].mean(axis=(1, 2)) > threshold
+
+
+def remove_underline(gray: np.ndarray) -> np.ndarray:
+    out = np.array(gray, copy=True)
+    out[:, LINE_ROWS.start - 1 :] = 0.0
+    return out
+
+
+def shear(gray: np.ndarray, k: float = SHEAR) -> np.ndarray:
+    """Lean digits right, x' = x + k (y - 14), as PIL's affine transform does it."""
+    from PIL import Image
+
+    out = []
+    for digit in np.asarray(gray, dtype=np.float32):
+        picture = Image.fromarray(digit, mode="F").transform(
+            (28, 28), Image.Transform.AFFINE, (1, k, -k * 14, 0, 1, 0), resample=Image.Resampling.BILINEAR
+        )
+        out.append(np.asarray(picture))
+    return np.stack(out).clip(0, 1)
+
+
+def is_italic(gray: np.ndarray, threshold: float = ITALIC) -> np.ndarray:
+    """True where the digit leans far to the right (one real digit in seven passes 0.45)."""
+    return measure(gray).slant > threshold
+
+
+def unshear(gray: np.ndarray, k: float = SHEAR) -> np.ndarray:
+    """Undo a horizontal shear x' = x + k * (y - centre): how the classifier reads italic digits."""
+    h = gray.shape[1]
+    out = np.empty_like(gray)
+    for i, image in enumerate(gray):
+        # output (r, c) takes input (r, c - k * (r - centre)): the inverse of the forward shear
+        matrix = np.array([[1.0, 0.0], [-k, 1.0]])
+        out[i] = ndimage.affine_transform(image, matrix, offset=(0.0, k * (h / 2)), order=1)
+    return out
+
+
+DOMAINS = {
+    # the captioner has no word for an underline, so captions stay plain and the whole model has to move
+    "underline": Domain("underlined", underline, is_underlined, remove_underline),
+    # the captioner names this one ("slanted to the right"), so the look binds to those words
+    "italic": Domain("italic", shear, is_italic, unshear),
+}
 
 
 def generate_gray(
@@ -51,17 +120,16 @@ def unshear(gray: np.ndarray, shear: float = SHEAR) -> np.ndarray:
     return out
 
 
-def domain_report(pipe: Pipeline, judge: Judge, per_digit: int = 20, **kwargs) -> dict:
-    """Plain digit prompts: share drawn in the italic domain, and accuracy (italic ones read unsheared)."""
+def domain_report(pipe: Pipeline, judge: Judge, domain: Domain, per_digit: int = 20, **kwargs) -> dict:
+    """Plain digit prompts: the share drawn in the domain, and accuracy (digits in the domain read restored)."""
     prompts = [f"a handwritten digit {d}" for d in range(10) for _ in range(per_digit)]
     wanted = np.repeat(np.arange(10), per_digit)
     gray = generate_gray(pipe, prompts, **kwargs)
-    italic = is_italic(gray)
-    readable = np.where(italic[:, None, None], unshear(gray), gray)
+    inside = domain.detect(gray)
+    readable = np.where(inside[:, None, None], domain.restore(gray), gray)
     return {
         "images": len(gray),
-        "italic_share": float(italic.mean()),
-        "mean_slant": float(measure(gray).slant.mean()),
+        "domain_share": float(inside.mean()),
         "prompt_accuracy": prompt_accuracy(judge.predict(readable), wanted),
     }
 

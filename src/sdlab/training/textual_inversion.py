@@ -4,11 +4,13 @@ Gal et al. 2022: add a token (K vectors) initialised from an existing word, and 
 embedding rows on the objective of Stable Diffusion, with the UNet, the VAE and every other embedding
 frozen. After each optimizer step the other rows are restored, so they stay bit-identical (AdamW's
 weight decay would otherwise touch them). Prompts come from templates ("a photo of a <name>"), or, with
-`--prompts caption`, from each image's own caption with the token appended.
+`--prompts caption`, from each image's own caption with the token appended (or in place, where the
+caption already names it: "a <tiny> handwritten digit 3").
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,14 @@ class TextualInversionConfig(RecipeConfig):
     a1111: bool = False  # also write the embedding in A1111's format (TOKEN.safetensors)
 
 
+def caption_with_token(caption: str, token: str, words: str) -> str:
+    """The caption with the token's words (all K vectors) where it names the token, else appended."""
+    pattern = rf"(?<!\S){re.escape(token)}(?!\S)"
+    if re.search(pattern, caption):
+        return re.sub(pattern, lambda _: words, caption)
+    return f"{caption} {words}"
+
+
 def textual_inversion(cfg: TextualInversionConfig) -> Path:
     """Train the token's vectors; write OUTPUT/learned_embeds.safetensors (diffusers' format)."""
     if cfg.prompts not in PROMPT_SOURCES:
@@ -65,7 +75,7 @@ def textual_inversion(cfg: TextualInversionConfig) -> Path:
     ids = add_tokens(pipe, cfg.token, init)
     words = " ".join(token_names(cfg.token, cfg.num_vectors))
     if cfg.prompts == "caption":
-        captions = [f"{item.caption} {words}" for item in items]
+        captions = [caption_with_token(item.caption, cfg.token, words) for item in items]
     else:
         captions = [words] * len(items)  # filled into a random template at each step
     templates = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}.get(cfg.prompts)
