@@ -104,22 +104,6 @@ def generate_gray(
     return np.concatenate(out)
 
 
-def is_italic(gray: np.ndarray, threshold: float = ITALIC) -> np.ndarray:
-    """True where the digit leans far to the right: the italic domain (one real digit in seven passes 0.45)."""
-    return measure(gray).slant > threshold
-
-
-def unshear(gray: np.ndarray, shear: float = SHEAR) -> np.ndarray:
-    """Undo a horizontal shear x' = x + shear * (y - centre): how the classifier reads italic digits."""
-    h = gray.shape[1]
-    out = np.empty_like(gray)
-    for i, image in enumerate(gray):
-        # output (r, c) takes input (r, c - shear * (r - centre)): the inverse of the forward shear
-        matrix = np.array([[1.0, 0.0], [-shear, 1.0]])
-        out[i] = ndimage.affine_transform(image, matrix, offset=(0.0, shear * (h / 2)), order=1)
-    return out
-
-
 def domain_report(pipe: Pipeline, judge: Judge, domain: Domain, per_digit: int = 20, **kwargs) -> dict:
     """Plain digit prompts: the share drawn in the domain, and accuracy (digits in the domain read restored)."""
     prompts = [f"a handwritten digit {d}" for d in range(10) for _ in range(per_digit)]
