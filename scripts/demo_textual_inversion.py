@@ -1,14 +1,19 @@
-"""Textual inversion: the digits model learns the word <tiny> for very small digits from 10 images.
+"""Textual inversion: the digits model learns a new word from 10 images, every other weight frozen.
 
-The base captions never name "tiny" (their smallest word, "small", covers a milder shrink). The ten
-training digits are drawn at half size; their captions name only the digit the captioner reads, with
-the new token where the base captions put a style word ("a <tiny> handwritten digit 3"). Only the
-token's embedding trains. Then "a <tiny> handwritten digit D" should draw measurably smaller digits
-than "a handwritten digit D", still read as D >= 90% of the time. The control row, "a small handwritten
-digit D", shows how small and how legible the frozen generator already draws digits for the nearest
-word it knows: textual inversion can only find what the generator can draw.
+Two concepts the base captions never name, each learned from one digit of each class, captioned with
+the digit the captioner reads and the new token where the base captions put a style word ("a <wide>
+handwritten digit 3"):
 
-    python scripts/demo_textual_inversion.py --out runs/demo-ti      # a few minutes on 2 CPU cores
+- `<wide>` (default): digits stretched 1.35x sideways (width / height about 1.05 against MNIST's 0.8);
+- `<tiny>`: digits drawn at half size (their smallest word, "small", covers a milder shrink).
+
+Then "a <token> handwritten digit D" should draw the concept measurably (wider, or smaller) and still be
+read as D >= 90% of the time. A control row gives the base model's nearest own word ("thick", "small"):
+textual inversion can only find what the frozen generator can already draw, and the control shows
+how well it draws it.
+
+    python scripts/demo_textual_inversion.py --out runs/demo-ti                  # about 2 minutes
+    python scripts/demo_textual_inversion.py --concept tiny --out runs/demo-ti-tiny
 """
 
 from __future__ import annotations
@@ -21,17 +26,35 @@ import numpy as np
 from _demo import publish, run, write_digits
 from PIL import Image
 
-from sdlab.digits.attributes import measure
 from sdlab.digits.captioner import DigitsCaptioner
 from sdlab.digits.data import train_test_split
 from sdlab.embeddings import load_embedding
 from sdlab.evaluation.digits import Judge
-from sdlab.evaluation.teaching import size_report
+from sdlab.evaluation.teaching import aspect, shape_report
 from sdlab.loading import DEFAULT_MODEL, load_pipeline
+
+
+def stretch(digits: np.ndarray, factor: float = 1.35) -> np.ndarray:
+    """(N, 28, 28) uint8 digits stretched sideways about the centre, cropped back to 28x28."""
+    width = round(28 * factor)
+    left = (width - 28) // 2
+    out = [
+        Image.fromarray(d).resize((width, 28), Image.Resampling.LANCZOS).crop((left, 0, left + 28, 28))
+        for d in digits
+    ]
+    return np.stack([np.asarray(o) for o in out])
+
+
+# name -> how the training digits are made, the token's initial word, the control prompt, the measure
+CONCEPTS = {
+    "wide": dict(make=stretch, scale=1.0, initializer="thick", control="a thick handwritten digit {d}"),
+    "tiny": dict(make=lambda digits: digits, scale=0.5, initializer="small", control="a small handwritten digit {d}"),
+}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concept", choices=sorted(CONCEPTS), default="wide")
     parser.add_argument("--out", default="runs/demo-ti")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--steps", type=int, default=200)
@@ -39,49 +62,59 @@ def main() -> None:
     parser.add_argument("--num-vectors", type=int, default=1)
     parser.add_argument("--per-digit", type=int, default=20)
     args = parser.parse_args()
+    concept, token = CONCEPTS[args.concept], f"<{args.concept}>"
     out = Path(args.out)
     train, _ = train_test_split()
-    # one digit of each class (then more at random): the token must learn "tiny", not "these digits"
+    # one digit of each class (then more at random): the token must learn the concept, not "these digits"
     rng = np.random.default_rng(1)
     pick = [int(rng.choice(np.flatnonzero(train.labels == d))) for d in range(10)][: args.images]
     data = out / "data"
-    paths = write_digits(data, train.images[pick], scale=0.5)
-    # the digits captioner reads each digit; the caption names the digit only, never its size
+    paths = write_digits(data, concept["make"](train.images[pick]), scale=concept["scale"])
+    # the digits captioner reads each digit; the caption names the digit, and the token where a style word goes
     facts = DigitsCaptioner.load(DEFAULT_MODEL / "captioner.safetensors").facts(train.images[pick])
     lines = [
-        json.dumps({"file_name": p.name, "text": f"a <tiny> handwritten digit {f.digit}"})
+        json.dumps({"file_name": p.name, "text": f"a {token} handwritten digit {f.digit}"})
         for p, f in zip(paths, facts, strict=True)
     ]
     (data / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     seconds = run(
-        "textual-inversion", data, "-o", out / "run", "--token", "<tiny>", "--initializer-token", "small",
-        "--num-vectors", args.num_vectors, "--prompts", "caption", "--steps", args.steps, "--batch-size", 10, "--lr", args.lr,
-        "--validation-prompt", "a <tiny> handwritten digit 3|a handwritten digit 3", "--a1111",
+        "textual-inversion", data, "-o", out / "run", "--token", token, "--initializer-token", concept["initializer"],
+        "--num-vectors", args.num_vectors, "--prompts", "caption", "--steps", args.steps, "--batch-size", 10,
+        "--lr", args.lr, "--validation-prompt", f"a {token} handwritten digit 3|a handwritten digit 3", "--a1111",
     )  # fmt: skip
     judge = Judge.load()
     pipe = load_pipeline()
-    sampling = dict(num_inference_steps=20)
-    without = size_report(pipe, judge, "a handwritten digit {d}", per_digit=args.per_digit, **sampling)
-    # the control: how small, and how legible, the frozen generator draws digits for the nearest word it knows
-    small = size_report(pipe, judge, "a small handwritten digit {d}", per_digit=args.per_digit, **sampling)
+    sampling = dict(per_digit=args.per_digit, num_inference_steps=20)
+    rows = {
+        "plain": shape_report(pipe, judge, "a handwritten digit {d}", **sampling),
+        "control": shape_report(pipe, judge, concept["control"], **sampling),
+    }
     load_embedding(pipe, out / "run" / "learned_embeds.safetensors")
-    with_token = size_report(
-        pipe, judge, "a <tiny> handwritten digit {d}", per_digit=args.per_digit, **sampling
+    rows["token"] = shape_report(pipe, judge, f"a {token} handwritten digit {{d}}", **sampling)
+    written = np.stack([np.asarray(Image.open(p).convert("L"))[2:-2, 2:-2] for p in paths]) / 255.0
+    report = {
+        "concept": args.concept, "seconds": seconds, "steps": args.steps, "lr": args.lr,
+        "num_vectors": args.num_vectors, "images": args.images, **rows,
+        "training_images_mean_aspect": float(aspect(written).mean()),
+        "size_change": rows["token"]["mean_size"] / rows["plain"]["mean_size"] - 1,
+        "aspect_change": rows["token"]["mean_aspect"] / rows["plain"]["mean_aspect"] - 1,
+    }  # fmt: skip
+    header = (
+        "| prompt | mean height (px of 28) | width / height | prompt accuracy |\n| --- | --- | --- | --- |\n"
     )
-    written = np.stack([np.asarray(Image.open(p).convert("L"))[2:-2, 2:-2] for p in paths])
-    real = float(measure(written).size.mean())
-    report = {"seconds": seconds, "steps": args.steps, "lr": args.lr, "num_vectors": args.num_vectors, "images": args.images, "without": without, "small": small, "with": with_token,
-              "size_change": with_token["mean_size"] / without["mean_size"] - 1, "training_images_mean_height": real}  # fmt: skip
-    table = (
-        "| prompt | mean digit height (px of 28) | prompt accuracy |\n| --- | --- | --- |\n"
-        f"| a handwritten digit D | {without['mean_size']:.1f} | {without['prompt_accuracy']:.2f} |\n"
-        f"| a small handwritten digit D (the base model's own word) | {small['mean_size']:.1f} | {small['prompt_accuracy']:.2f} |\n"
-        f"| a &lt;tiny&gt; handwritten digit D | {with_token['mean_size']:.1f} | {with_token['prompt_accuracy']:.2f} |\n\n"
-        f"{args.images} half-size training digits (mean height {real:.1f} px); {args.per_digit * 10} images per row, "
-        f"20 steps; height change {report['size_change']:+.0%}; {args.num_vectors} vector(s), {args.steps} steps at lr {args.lr}, "
-        f"trained in {seconds / 60:.1f} min.\n"
+    table = header + "".join(
+        f"| {r['prompt'].replace('{d}', 'D').replace('<', '&lt;').replace('>', '&gt;')}{' (control)' if k == 'control' else ''} "
+        f"| {r['mean_size']:.1f} | {r['mean_aspect']:.2f} | {r['prompt_accuracy']:.2f} |\n"
+        for k, r in rows.items()
+    ) + (
+        f"\n{args.images} training digits (width / height {report['training_images_mean_aspect']:.2f}); "
+        f"{args.per_digit * 10} images per row, 20 steps, the model's default CFG; {args.num_vectors} vector(s), "
+        f"{args.steps} steps at lr {args.lr}, trained in {seconds / 60:.1f} min. "
+        f"Command: `python scripts/demo_textual_inversion.py --concept {args.concept}`.\n"
+    )  # fmt: skip
+    publish(
+        "textual_inversion" if args.concept == "wide" else f"textual_inversion-{args.concept}", report, table
     )
-    publish("textual_inversion", report, table)
 
 
 if __name__ == "__main__":

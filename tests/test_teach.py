@@ -278,6 +278,16 @@ def test_dreambooth_generates_and_reuses_class_images(tiny_dir, data_dir, tmp_pa
     assert fixed_loss(load_pipeline(model, device="cpu"), data_dir, "a sks square") < before
     assert len(list(folder.glob("*.png"))) == 3  # the cache was enough
 
+    # --lora: the same recipe writes a LoRA file instead of a model, and the base untouched + LoRA fits better
+    from sdlab.lora import load_lora
+
+    cfg.lora, cfg.rank, cfg.output = True, 4, str(tmp_path / "db-lora")
+    out = dreambooth(cfg)
+    assert out.name == "pytorch_lora_weights.safetensors"
+    pipe = load_pipeline(tiny_dir, device="cpu")
+    load_lora(pipe, out)
+    assert fixed_loss(pipe, data_dir, "a sks square") < before
+
 
 DRIVER = """
 import json, sys

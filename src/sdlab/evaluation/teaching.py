@@ -1,7 +1,7 @@
 """Measures for what a teaching recipe changed, on the digits model, read by the evaluation classifier.
 
 - domain: is a generated digit in the new visual domain (underlined digits; or italic: sheared far right)?
-- size: the measured height of the digit (textual inversion of "<tiny>");
+- shape: the measured height and width / height of the digit (textual inversion of "<wide>", "<tiny>");
 - subject fidelity and language drift (DreamBooth, Ruiz et al. 2022 in miniature): cosine similarity of
   classifier features to the subject's instance images, for the subject prompt ("fidelity") and for
   the plain class prompt ("drift": the class word moving towards the subject), plus the class
@@ -139,10 +139,20 @@ def normalize_size(gray: np.ndarray, box: int = 20) -> np.ndarray:
     return out.clip(0, 1)
 
 
-def size_report(
+def aspect(gray: np.ndarray, ink: float = 0.3) -> np.ndarray:
+    """Width / height of each digit's ink (0 for an empty image): MNIST's digits average about 0.8."""
+    out = np.zeros(len(gray))
+    for i, image in enumerate(gray):
+        rows, cols = np.flatnonzero(image.max(1) > ink), np.flatnonzero(image.max(0) > ink)
+        if len(rows):
+            out[i] = (cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1)
+    return out
+
+
+def shape_report(
     pipe: Pipeline, judge: Judge, template: str, digits=range(10), per_digit: int = 20, **kwargs
 ) -> dict:
-    """Mean measured digit height and accuracy for prompts `template.format(d=D)`."""
+    """Mean measured height and width / height of the digits drawn for `template.format(d=D)`, and accuracy."""
     prompts = [template.format(d=d) for d in digits for _ in range(per_digit)]
     wanted = np.repeat(np.asarray(list(digits)), per_digit)
     gray = generate_gray(pipe, prompts, **kwargs)
@@ -150,6 +160,7 @@ def size_report(
         "prompt": template,
         "images": len(gray),
         "mean_size": float(measure(gray).size.mean()),
+        "mean_aspect": float(aspect(gray).mean()),
         # identity read at a normal size: the classifier misreads a quarter of real half-size digits
         "prompt_accuracy": prompt_accuracy(judge.predict(normalize_size(gray)), wanted),
     }
