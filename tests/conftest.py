@@ -100,3 +100,20 @@ def tiny_dir(tmp_path_factory, tiny) -> Path:
     from sdlab.loading.folder import save_folder
 
     return save_folder(tiny, tmp_path_factory.mktemp("models") / "tiny")
+
+
+def make_lora(pipe: Pipeline, path: Path, seed: int = 0, rank: int = 4) -> Path:
+    """A LoRA file for `pipe`'s UNet with random (non-zero) weights, as diffusers' scripts save one."""
+    import copy
+
+    from peft import LoraConfig
+
+    from sdlab.lora import UNET_TARGETS, save_lora
+
+    torch.manual_seed(seed)
+    unet = copy.deepcopy(pipe.unet)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS, init_lora_weights=False))
+    saved = save_lora(path.parent / f".{path.stem}", unet)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved.rename(path)
+    return path

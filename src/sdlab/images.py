@@ -7,6 +7,7 @@ transparency, rotated by EXIF, truncated by a failed download or built to exhaus
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import secrets
@@ -29,7 +30,7 @@ _FORMAT_NAMES = "PNG, JPEG, WebP, AVIF, GIF, BMP, TIFF, PPM or TGA"
 # Modes PNG can hold as they are; anything else is converted to RGB before saving.
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
-Source = str | os.PathLike | Image.Image
+Source = str | os.PathLike | Image.Image | bytes  # bytes: an encoded file, e.g. from an HTTP request
 
 MAX_PIXELS = 8192 * 8192  # 67 megapixels (200 MB as RGB): far beyond any SD resolution
 
@@ -37,12 +38,16 @@ MAX_PIXELS = 8192 * 8192  # 67 megapixels (200 MB as RGB): far beyond any SD res
 def load_image(source: Source, *, what: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open `source` (a path or a PIL image) and return it as an 8-bit, 3-channel RGB image.
 
-    `what` names the image's role in error messages ("init image", "mask"). Images with more than
-    `max_pixels` pixels are refused from their header, before any pixel is decoded.
+    `source` may also be the bytes of an encoded file (an upload): they pass the same checks as a
+    file. `what` names the image's role in error messages ("init image", "mask"). Images with more
+    than `max_pixels` pixels are refused from their header, before any pixel is decoded.
     """
     if isinstance(source, Image.Image):
         _check_pixels(source.size, what, max_pixels)
         return _decode(source, what)
+    if isinstance(source, bytes):
+        with _open_checked(source, what, max_pixels) as image:
+            return _decode(image, what)
     path = Path(source)
     with _open_checked(path, what, max_pixels) as image:
         return _decode(image, f"{what} '{path}'")
@@ -77,25 +82,15 @@ def save_png(
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"output path '{path}' must end in .png; save_png writes PNG files only.")
-    chunks = {"parameters": parameters} if parameters is not None else {}
-    chunks.update(extra or {})
-    info = PngInfo()
-    for key, value in chunks.items():
-        # PNG keywords are 1-79 Latin-1 characters; we keep to printable ASCII, which every reader takes.
-        if not 1 <= len(key) <= 79 or not key.isprintable() or not key.isascii():
-            raise InputError(f"PNG text key {key!r} is invalid; use 1 to 79 printable ASCII characters.")
-        info.add_text(key, str(value))  # Pillow writes iTXt (UTF-8) when Latin-1 can't hold it
-    if image.mode not in _PNG_MODES:
-        image = _to_rgb(image, "image to save")
-
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
+        data = png_bytes(image, parameters=parameters, extra=extra)
         path.parent.mkdir(parents=True, exist_ok=True)
         # os.open with 0o666 lets the umask decide permissions, as a plain open() would;
         # tempfile.mkstemp would leave every output readable by its owner only (0o600).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -111,16 +106,27 @@ def save_png(
     return path
 
 
-def read_png_text(path: str | os.PathLike) -> dict[str, str]:
-    """The text chunks (tEXt, zTXt, iTXt) of a PNG file, e.g. {"parameters": ...}."""
-    path = Path(path)
-    with _open_checked(path, "PNG", MAX_PIXELS) as image:
+def png_bytes(
+    image: Image.Image, *, parameters: str | None = None, extra: dict[str, str] | None = None
+) -> bytes:
+    """`image` encoded as a PNG with the same text chunks `save_png` writes, without touching the disk."""
+    image, info = _png_parts(image, parameters, extra)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_png_text(source: str | os.PathLike | bytes, *, what: str = "PNG") -> dict[str, str]:
+    """The text chunks (tEXt, zTXt, iTXt) of a PNG file or of its bytes, e.g. {"parameters": ...}."""
+    source = source if isinstance(source, bytes) else Path(source)
+    label = what if isinstance(source, bytes) else f"'{source}'"
+    with _open_checked(source, what, MAX_PIXELS) as image:
         if image.format != "PNG":
-            raise InputError(f"'{path}' is a {image.format} file, not a PNG; PNG text chunks need a PNG.")
+            raise InputError(f"{label} is a {image.format} file, not a PNG; PNG text chunks need a PNG.")
         try:
             image.load()  # chunks after the image data are only read once the pixels are
         except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise InputError(f"PNG '{path}' is truncated or corrupt ({e}); re-export it.") from e
+            raise InputError(f"{label} is truncated or corrupt ({e}); re-export it.") from e
         return dict(image.text)
 
 
@@ -145,6 +151,23 @@ def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image
     return grid
 
 
+def _png_parts(
+    image: Image.Image, parameters: str | None, extra: dict[str, str] | None
+) -> tuple[Image.Image, PngInfo]:
+    """The image in a mode PNG can hold, and its text chunks (A1111's `parameters` first)."""
+    chunks = {"parameters": parameters} if parameters is not None else {}
+    chunks.update(extra or {})
+    info = PngInfo()
+    for key, value in chunks.items():
+        # PNG keywords are 1-79 Latin-1 characters; we keep to printable ASCII, which every reader takes.
+        if not 1 <= len(key) <= 79 or not key.isprintable() or not key.isascii():
+            raise InputError(f"PNG text key {key!r} is invalid; use 1 to 79 printable ASCII characters.")
+        info.add_text(key, str(value))  # Pillow writes iTXt (UTF-8) when Latin-1 can't hold it
+    if image.mode not in _PNG_MODES:
+        image = _to_rgb(image, "image to save")
+    return image, info
+
+
 def _decode(image: Image.Image, label: str) -> Image.Image:
     try:
         image.load()  # decode now, so a truncated or corrupt file fails here, by name
@@ -155,23 +178,28 @@ def _decode(image: Image.Image, label: str) -> Image.Image:
 
 
 @contextmanager
-def _open_checked(path: Path, what: str, max_pixels: int) -> Iterator[Image.Image]:
+def _open_checked(source: Path | bytes, what: str, max_pixels: int) -> Iterator[Image.Image]:
     """`Image.open` with every refusal a user can hit turned into an `InputError` naming the file.
 
     Only the header is read: the caller decodes (`.load()`) once the pixel count is known to be safe.
     """
-    label = f"{what} '{path}'"
-    if not path.exists():
-        raise InputError(f"{label} does not exist; give the path of a {_FORMAT_NAMES} file.")
-    if path.is_dir():
-        raise InputError(f"{label} is a folder; give the path of a {_FORMAT_NAMES} file.")
-    if path.stat().st_size == 0:
-        raise InputError(f"{label} is empty (0 bytes); give a valid {_FORMAT_NAMES} file.")
+    if isinstance(source, bytes):
+        label, file = what, io.BytesIO(source)
+        if not source:
+            raise InputError(f"{label} is empty (0 bytes); give a valid {_FORMAT_NAMES} file.")
+    else:
+        label, file = f"{what} '{source}'", source
+        if not source.exists():
+            raise InputError(f"{label} does not exist; give the path of a {_FORMAT_NAMES} file.")
+        if source.is_dir():
+            raise InputError(f"{label} is a folder; give the path of a {_FORMAT_NAMES} file.")
+        if source.stat().st_size == 0:
+            raise InputError(f"{label} is empty (0 bytes); give a valid {_FORMAT_NAMES} file.")
     try:
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we refuse both.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path, formats=FORMATS)
+            image = Image.open(file, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{label} is refused as a decompression bomb ({e}); downscale it first.") from e
     except UnidentifiedImageError as e:

@@ -42,7 +42,8 @@ def load_lora(pipe: Pipeline, path: str | Path, weight: float = 1.0, *, allow_pi
 
     path = Path(path)
     tensors = read_state_dict(path, allow_pickle=allow_pickle)  # safetensors; pickles only weights_only
-    name = f"lora{len(_weights(pipe.unet)) + len(_weights(pipe.text_encoder))}-{path.stem}"
+    taken = {*_weights(pipe.unet), *_weights(pipe.text_encoder)}
+    name = next(f"lora{i}-{path.stem}" for i in range(len(taken) + 1) if f"lora{i}-{path.stem}" not in taken)
     try:
         state, alphas = Loader.lora_state_dict(dict(tensors))  # also converts kohya/A1111 keys
         unet_keys = [k for k in state if k.startswith("unet.")]
@@ -56,8 +57,40 @@ def load_lora(pipe: Pipeline, path: str | Path, weight: float = 1.0, *, allow_pi
             _load_into_text_encoder(state, alphas, pipe.text_encoder, name)
             _activate(pipe.text_encoder, name, weight)
     except (ValueError, KeyError, RuntimeError) as err:
+        _discard(pipe, name)  # a file that failed half-way leaves no layers behind
         raise InputError(f"{path} is not a LoRA for this model: {str(err).splitlines()[0]}") from err
     return name
+
+
+def unload_lora(pipe: Pipeline, name: str) -> None:
+    """Remove the LoRA `load_lora` added as `name`; the others keep their weights.
+
+    When none is left, the adapter layers themselves are taken out (diffusers' `unload_lora`), so the
+    model computes exactly what it did before any LoRA was loaded.
+    """
+    from diffusers.utils.peft_utils import delete_adapter_layers, recurse_remove_peft_layers
+
+    for module in (pipe.unet, pipe.text_encoder):
+        weights = _weights(module)
+        if name not in weights:
+            continue
+        del weights[name]
+        if weights:
+            delete_adapter_layers(module, name)
+            getattr(module, "peft_config", {}).pop(name, None)
+            _activate_all(module, weights)
+        else:
+            recurse_remove_peft_layers(module)
+            for attribute in ("peft_config", "_hf_peft_config_loaded"):
+                if hasattr(module, attribute):
+                    delattr(module, attribute)
+
+
+def _discard(pipe: Pipeline, name: str) -> None:
+    for module in (pipe.unet, pipe.text_encoder):
+        if name in getattr(module, "peft_config", {}) and name not in _weights(module):
+            module._sdlab_lora_weights = {**_weights(module), name: 0.0}
+    unload_lora(pipe, name)
 
 
 def add_text_encoder_adapter(text_encoder: torch.nn.Module, config, name: str = "default") -> None:
@@ -98,9 +131,12 @@ def _weights(module: torch.nn.Module) -> dict[str, float]:
 
 def _activate(module: torch.nn.Module, name: str, weight: float) -> None:
     """Make every loaded adapter active, each at its own weight."""
+    _activate_all(module, {**_weights(module), name: weight})
+
+
+def _activate_all(module: torch.nn.Module, weights: dict[str, float]) -> None:
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
-    weights = {**_weights(module), name: weight}
     set_weights_and_activate_adapters(module, list(weights), list(weights.values()))
     module._sdlab_lora_weights = weights
 

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from sdlab import __version__
 from sdlab.errors import InputError
 from sdlab.images import make_grid, read_png_text, save_png
@@ -33,8 +35,8 @@ def recipe(
         "batch_size": len(result.images),
         "batch_index": index,
         **settings,
-        **{k: v for k, v in (sources or {}).items() if v is not None},
         "model": pipe.source,
+        **{k: v for k, v in (sources or {}).items() if v is not None},
         "model_hash": pipe.model_hash(),
         "sdlab_version": __version__,
     }
@@ -63,17 +65,22 @@ def save_result(
     result: GenerationResult, output: str | Path, pipe: Pipeline, sources: dict[str, Any] | None = None
 ) -> list[Path]:
     """One image to `output`; several to `out-0.png ... out-(N-1).png` plus a grid `out-grid.png`."""
+    recipes = [recipe(result, i, pipe, sources) for i in range(len(result.images))]
+    return write_pngs(result.images, recipes, output)
+
+
+def write_pngs(images: list[Image.Image], recipes: list[dict], output: str | Path) -> list[Path]:
+    """Images with their recipes as PNGs: `output` for one; `out-0.png ...` plus `out-grid.png` for several."""
     output = check_output(output)
-    if len(result.images) == 1:
+    if len(images) == 1:
         targets = [output]
     else:
-        targets = [output.with_name(f"{output.stem}-{i}.png") for i in range(len(result.images))]
+        targets = [output.with_name(f"{output.stem}-{i}.png") for i in range(len(images))]
     written = []
-    for i, (image, target) in enumerate(zip(result.images, targets, strict=True)):
-        r = recipe(result, i, pipe, sources)
+    for image, r, target in zip(images, recipes, targets, strict=True):
         written.append(save_png(image, target, parameters=infotext(r), extra={"sdlab": json.dumps(r)}))
-    if len(result.images) > 1:
-        written.append(save_png(make_grid(result.images), output.with_name(f"{output.stem}-grid.png")))
+    if len(images) > 1:
+        written.append(save_png(make_grid(images), output.with_name(f"{output.stem}-grid.png")))
     return written
 
 

@@ -16,6 +16,7 @@ from sdlab.cli.options import (
     InfoOptions,
     LoraOptions,
     ReplayOptions,
+    ServeOptions,
     TextualInversionOptions,
     TrainBaseOptions,
     add_options,
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sdlab.cli.evaluate import run_eval
     from sdlab.cli.generate import run_generate, run_replay
     from sdlab.cli.info import run_convert, run_info
+    from sdlab.cli.serve import run_serve
     from sdlab.cli.teach import run_caption, run_dreambooth, run_finetune, run_lora, run_textual_inversion
     from sdlab.cli.train import run_train_base
 
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
             run_dreambooth,
             "bind a subject to a rare token, with prior preservation",
         ),
+        ("serve", ServeOptions, run_serve, "the AUTOMATIC1111-compatible HTTP API (FastAPI, uvicorn)"),
         (
             "convert",
             ConvertOptions,

@@ -49,7 +49,19 @@ class ModelOptions:
 
 
 @dataclass
-class GenerateOptions(ModelOptions):
+class NetworkOptions(ModelOptions):
+    lora_dir: str | None = option(
+        None, "folder of LoRAs that prompts name as <lora:NAME:WEIGHT> (A1111's models/Lora)", metavar="DIR"
+    )
+    embeddings_dir: str | None = option(
+        None,
+        "folder of embeddings, applied when a prompt says their name (A1111's embeddings)",
+        metavar="DIR",
+    )
+
+
+@dataclass
+class GenerateOptions(NetworkOptions):
     prompt: str = option("", "what to draw; (word:1.3) emphasis, [word] de-emphasis, BREAK", positional=True)
     negative_prompt: str | None = option(
         None, "what to steer away from: replaces the empty prompt in guidance"
@@ -77,6 +89,10 @@ class GenerateOptions(ModelOptions):
     mask_image: str | None = option(
         None, "inpainting mask, white = repaint, same size as the init image", "--mask"
     )
+    mask_blur: float = option(
+        0.0, "blur the mask by this Gaussian radius in pixels first (A1111's mask blur)"
+    )
+    invert_mask: bool = option(False, "repaint the black part of the mask instead of the white")
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
     guide_digit: int | None = option(
         None, "steer towards this digit with the digit classifier's gradient (works with an empty prompt)"
@@ -92,7 +108,7 @@ class GenerateOptions(ModelOptions):
 
 
 @dataclass
-class ReplayOptions(ModelOptions):
+class ReplayOptions(NetworkOptions):
     image: str = option("", "a PNG made by sdlab (or carrying A1111 'parameters')", positional=True)
     output: str | None = option(
         None, "where to write the regenerated image (default: IMAGE-replay.png)", "-o"
@@ -246,6 +262,39 @@ class DreamBoothOptions(TeachOptions):
     lora: bool = option(False, "train LoRA adapters instead of the full UNet")
     rank: int = option(4, "LoRA rank (with --lora)")
     learning_rate: float = option(5e-5, "AdamW learning rate", "--lr")
+
+
+@dataclass
+class ServeOptions:
+    """`sdlab serve`: flags named as AUTOMATIC1111 names them (--port, --listen, --api-auth, --*-dir)."""
+
+    port: int = option(7860, "TCP port (A1111's default)")
+    listen: bool = option(False, "listen on every network interface, not only 127.0.0.1 (needs --api-auth)")
+    api_auth: str | None = option(
+        None, "USER:PASSWORD[,USER:PASSWORD]: HTTP Basic credentials for every request (or SDLAB_API_AUTH)"
+    )
+    data_dir: str | None = option(
+        None, "an A1111 folder: models/Stable-diffusion, models/Lora and embeddings inside it", metavar="DIR"
+    )
+    ckpt_dir: str | None = option(
+        None, "folder(s) of checkpoints and diffusers models, comma-separated", metavar="DIR"
+    )
+    lora_dir: str | None = option(None, "folder(s) of LoRAs, comma-separated", metavar="DIR")
+    embeddings_dir: str | None = option(
+        None, "folder(s) of textual-inversion embeddings, comma-separated", metavar="DIR"
+    )
+    checkpoints_limit: int = option(1, "models kept in memory at once (A1111's sd_checkpoints_limit)")
+    queue_size: int = option(16, "requests that may wait behind the running one; more get HTTP 503")
+    max_body_mb: float = option(32.0, "largest request body, MiB (base64 images included)")
+    allowed_hosts: str | None = option(
+        None, "more host names the Host header may carry (e.g. a reverse proxy's), comma-separated"
+    )
+    cors_allow_origins: str | None = option(
+        None, "web origins allowed to call the API from a browser, comma-separated (A1111's flag)"
+    )
+    device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "auto (float16 on CUDA, else float32), float32, float16 or bfloat16")
+    allow_pickle: bool = option(False, "also list .ckpt/.pt/.bin files, loaded with weights_only")
 
 
 @dataclass

@@ -41,8 +41,17 @@ if TYPE_CHECKING:
     from sdlab.pipeline import Pipeline
 
 MAX_SIDE = 4096  # pixels; beyond this a request is a typo, not an image
+MAX_SEED = 2**32 - 1  # seeds are 0 .. 2**32 - 1, as in AUTOMATIC1111 and InvokeAI
 ImageInput = str | Path | PIL.Image.Image | torch.Tensor
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (step, total, timestep, latents)
+
+
+class StopSampling(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by a step callback to end the denoising loop early (interrupt, skip).
+
+    The loop decodes the latents it has, as AUTOMATIC1111 does when a job is interrupted, and records
+    the number of steps it ran as `settings["stopped_at_step"]`.
+    """
 
 
 @dataclass
@@ -97,7 +106,8 @@ def generate(
       `strength` in (0, 1]: the share of the schedule that is re-run (default 0.8);
     - inpainting: `init_image` + `mask_image` (white = repaint), default strength 1.0;
     - gradient guidance: `guide` moves each step's predicted clean image along a score's gradient.
-    Steps and guidance scale default to the model's recommendation (`pipe.sampling_defaults`), else 30 and 7.5.
+    `callback(step, total, timestep, latents)` runs after every step; raising `StopSampling` from it
+    ends the loop there and decodes the latents so far. Steps and guidance scale default to the model's recommendation (`pipe.sampling_defaults`), else 30 and 7.5.
     """
     # 1. Check inputs and resolve defaults
     if num_inference_steps is None:
@@ -106,7 +116,7 @@ def generate(
         guidance_scale = pipe.sampling_defaults.get("guidance_scale", 7.5)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = _negative_prompts(negative_prompt, len(prompts))
-    _check_numbers(num_inference_steps, guidance_scale, guidance_rescale, num_images_per_prompt, eta)
+    check_numbers(num_inference_steps, guidance_scale, guidance_rescale, num_images_per_prompt, eta)
     if mask_image is not None and init_image is None:
         raise InputError("a mask needs an init image to inpaint; pass init_image (--init-image) too")
     if strength is not None and init_image is None:
@@ -179,6 +189,7 @@ def generate(
         )
 
     # 6. Denoising loop
+    stopped_at = None
     step_kwargs = _step_kwargs(sched, generators, eta)
     prediction_type = sched.config.get("prediction_type", "epsilon")
     for i, t in enumerate(timesteps):
@@ -207,7 +218,11 @@ def generate(
                 known = sched.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
             latents = (1 - mask) * known + mask * latents
         if callback is not None:
-            callback(i, len(timesteps), t, latents)
+            try:
+                callback(i, len(timesteps), t, latents)
+            except StopSampling:
+                stopped_at = i + 1
+                break
 
     # 7. Decode
     pixels = image_processor.postprocess(decode_latents(pipe.vae, latents), output_type="pt")
@@ -220,6 +235,7 @@ def generate(
         "width": width,
         "strength": strength if init_image is not None else None,
         "eta": eta,
+        "stopped_at_step": stopped_at,
         **(guide.recipe if guide is not None else {}),
     }
     return GenerationResult(
@@ -245,16 +261,17 @@ def _negative_prompts(negative_prompt: str | list[str] | None, n: int) -> list[s
     return list(negative_prompt)
 
 
-def _check_numbers(steps: int, guidance: float, rescale: float, per_prompt: int, eta: float) -> None:
-    if not isinstance(steps, int) or steps < 1:
+def check_numbers(steps: int, guidance: float, rescale: float, per_prompt: int, eta: float) -> None:
+    """Raise `InputError` for a step count, guidance scale, rescale, batch size or eta out of range."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InputError(f"num_inference_steps (--steps) must be an integer >= 1, got {steps!r}")
-    if not math.isfinite(guidance):
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not math.isfinite(guidance):
         raise InputError(f"guidance_scale (--guidance-scale) must be a finite number, got {guidance}")
-    if not (0 <= rescale <= 1):
+    if not isinstance(rescale, int | float) or not (0 <= rescale <= 1):
         raise InputError(f"guidance_rescale must be in [0, 1], got {rescale}")
     if not isinstance(per_prompt, int) or per_prompt < 1:
         raise InputError(f"num_images_per_prompt (--num-images) must be an integer >= 1, got {per_prompt!r}")
-    if not (0 <= eta <= 1):
+    if not isinstance(eta, int | float) or not (0 <= eta <= 1):
         raise InputError(f"eta must be in [0, 1], got {eta}")
 
 
@@ -271,7 +288,7 @@ def _check_size(height: int, width: int, factor: int) -> None:
 def _seeds(seed: int | list[int] | None, batch_size: int) -> list[int]:
     """Image i gets `seed + i`; a list gives each image's seed; None draws one at random."""
     if seed is None:
-        seed = random.SystemRandom().randrange(2**32)
+        seed = random.SystemRandom().randrange(MAX_SEED + 1 - batch_size)
     if isinstance(seed, int) and not isinstance(seed, bool):
         seeds = [seed + i for i in range(batch_size)]
     else:
@@ -279,8 +296,8 @@ def _seeds(seed: int | list[int] | None, batch_size: int) -> list[int]:
         if len(seeds) != batch_size:
             raise InputError(f"got {len(seeds)} seeds for a batch of {batch_size} images")
     for s in seeds:
-        if not isinstance(s, int) or not (0 <= s < 2**63):
-            raise InputError(f"a seed must be an integer in [0, 2**63), got {s!r}")
+        if not isinstance(s, int) or isinstance(s, bool) or not (0 <= s <= MAX_SEED):
+            raise InputError(f"a seed must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {s!r}")
     return seeds
 
 

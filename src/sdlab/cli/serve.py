@@ -1,0 +1,85 @@
+"""`sdlab serve`: the AUTOMATIC1111-compatible HTTP API on uvicorn, secure by default."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from sdlab.cli.options import ServeOptions
+from sdlab.errors import InputError
+from sdlab.server.security import LOOPBACK_HOSTS, parse_credentials
+from sdlab.service import ModelRegistry
+
+
+def run_serve(opts: ServeOptions) -> None:
+    # 1. Refuse an unsafe or broken configuration before anything is loaded
+    auth = opts.api_auth or os.environ.get("SDLAB_API_AUTH")
+    if opts.listen and not auth:
+        raise InputError(
+            "--listen makes the server reachable from the network; it needs --api-auth USER:PASSWORD "
+            "(or SDLAB_API_AUTH) so that only you can use it"
+        )
+    try:
+        credentials = parse_credentials(auth) if auth else []
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if not 1 <= opts.port <= 65535:
+        raise InputError(f"--port must be from 1 to 65535, got {opts.port}")
+    if opts.max_body_mb <= 0:
+        raise InputError(f"--max-body-mb must be positive, got {opts.max_body_mb}")
+    if opts.queue_size < 1:
+        raise InputError(f"--queue-size must be at least 1, got {opts.queue_size}")
+    hosts = None if opts.listen else set(LOOPBACK_HOSTS)
+    if opts.allowed_hosts:
+        hosts = (hosts or set()) | {h.strip() for h in opts.allowed_hosts.split(",") if h.strip()}
+    origins = tuple(o.strip() for o in (opts.cors_allow_origins or "").split(",") if o.strip())
+
+    # 2. Models by name, from the folders given (A1111's layout under --data-dir)
+    common = dict(
+        device=opts.device,
+        dtype=opts.dtype,
+        cache_size=opts.checkpoints_limit,
+        allow_pickle=opts.allow_pickle,
+    )
+    if opts.data_dir:
+        registry = ModelRegistry.from_a1111(opts.data_dir, **common)
+        registry.ckpt_dirs += _dirs(opts.ckpt_dir)
+        registry.lora_dirs += _dirs(opts.lora_dir)
+        registry.embedding_dirs += _dirs(opts.embeddings_dir)
+        registry.refresh()
+    else:
+        registry = ModelRegistry(
+            _dirs(opts.ckpt_dir), _dirs(opts.lora_dir), _dirs(opts.embeddings_dir), **common
+        )
+
+    # 3. The worker (it loads the default model at once), the app, uvicorn
+    import uvicorn
+
+    from sdlab.server.app import create_app
+    from sdlab.service.worker import Worker
+
+    worker = Worker(registry, max_queue=opts.queue_size)
+    worker.submit(lambda w: w.registry.pipeline(w.registry.find_model()))
+    app = create_app(
+        registry,
+        worker,
+        allowed_hosts=hosts,
+        allowed_origins=origins,
+        credentials=credentials,
+        max_body=int(opts.max_body_mb * 2**20),
+    )
+    host = "0.0.0.0" if opts.listen else "127.0.0.1"
+    shown = "127.0.0.1" if not opts.listen else host
+    models = ", ".join(e.name for e in registry.models())
+    print(
+        f"sdlab serve: http://{shown}:{opts.port}/sdapi/v1 (API docs: http://{shown}:{opts.port}/docs); "
+        f"models: {models}",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=host, port=opts.port, log_level="warning", server_header=False)
+
+
+def _dirs(value: str | None) -> list[str]:
+    """A comma-separated list of folders (a flag may name several)."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]

@@ -1,0 +1,292 @@
+"""AUTOMATIC1111's API bodies (`modules/api/models.py`) and their mapping onto sdlab's request layer.
+
+Field names are A1111's, so its clients (webuiapi, editor plugins, bots) work unchanged. Fields
+left out take the *model's* recommendation (steps, CFG scale, size), where A1111 takes fixed
+defaults made for 512-pixel models. A field sdlab does not implement is accepted, never silently
+misread: when its value would change the image, it is listed under `ignored` in the response's
+`info`. A sampler or schedule type sdlab does not have is refused (HTTP 422).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdlab import __version__
+from sdlab.errors import InputError
+from sdlab.sampling.schedulers import SCHEDULERS
+from sdlab.service import GenerationRequest, RequestResult
+
+# A1111 fields sdlab does not implement, with the values under which leaving them out changes
+# nothing (ANY: the field never changes the image in sdlab's setting, e.g. hires-fix options when
+# `enable_hr` is off, or file-saving flags on a server that saves nothing).
+ANY = object()
+NEUTRAL: dict[str, tuple] = {
+    "styles": ([], None),
+    "subseed": (ANY,),  # only used with subseed_strength
+    "subseed_strength": (0, None),
+    "seed_resize_from_h": (-1, 0, None),
+    "seed_resize_from_w": (-1, 0, None),
+    "restore_faces": (False, None),
+    "tiling": (False, None),
+    "do_not_save_samples": (ANY,),
+    "do_not_save_grid": (ANY,),
+    "save_images": (False, None),
+    "s_min_uncond": (0, None),
+    "s_churn": (0, None),
+    "s_tmax": (0, None, math.inf),
+    "s_tmin": (0, None),
+    "s_noise": (1, None),
+    "enable_hr": (False, None),
+    "refiner_checkpoint": (None, "", "None"),
+    "refiner_switch_at": (ANY,),
+    "disable_extra_networks": (False, None),
+    "comments": (ANY,),
+    "force_task_id": (ANY,),
+    "infotext": (None, ""),
+    "script_name": (None, "", "None"),
+    "script_args": ([], None),
+    "alwayson_scripts": ({}, None),
+    "sampler_index": (ANY,),  # superseded by sampler_name; used when that is missing
+    "override_settings_restore_afterwards": (ANY,),  # overrides always last for one request
+    "send_images": (ANY,),
+    "image_cfg_scale": (ANY,),  # instruct-pix2pix models only
+    "initial_noise_multiplier": (1, None),
+    "resize_mode": (0, None),  # "just resize": the init image is resized to width x height
+    "include_init_images": (False, None),
+    "latent_mask": (None,),
+    "mask_round": (ANY,),  # sdlab's masks are always rounded to 0/1 at latent resolution
+    "inpaint_full_res_padding": (ANY,),
+    "firstphase_width": (ANY,),
+    "firstphase_height": (ANY,),
+    "denoising_strength": (ANY,),  # txt2img: hires fix only
+}
+HIRES = re.compile(r"^hr_")
+INPAINT_ONLY = {"inpainting_fill": (1,), "inpaint_full_res": (False, 0, None)}  # with a mask only
+OVERRIDES_NEUTRAL = {"CLIP_stop_at_last_layers": (1, None), "sd_vae": (None, "", "Automatic", "None")}
+SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
+SAMPLER_ALIASES = {name: [name, f"k_{name}"] for name in SCHEDULERS}
+
+
+class Txt2ImgRequest(BaseModel):
+    """`POST /sdapi/v1/txt2img`; any other A1111 field is accepted and reported (see module doc)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = Field(-1, description="-1: random; otherwise 0 to 2**32 - 1. Image i gets seed + i.")
+    sampler_name: str | None = Field(
+        None, description="e.g. 'Euler a', 'DPM++ 2M', 'DDIM'; default: the model's"
+    )
+    scheduler: str | None = Field(None, description="schedule type: 'automatic' or 'karras'")
+    batch_size: int = 1
+    n_iter: int = Field(1, description="batch count: batches run one after another")
+    steps: int | None = Field(None, description="default: the model's recommendation")
+    cfg_scale: float | None = Field(None, description="default: the model's recommendation")
+    width: int | None = Field(None, description="pixels; default: the model's size (or the init image's)")
+    height: int | None = Field(None, description="pixels; default: the model's size (or the init image's)")
+    eta: float | None = Field(None, description="DDIM's eta")
+    override_settings: dict[str, Any] | None = Field(
+        None, description="options for this request only, e.g. {'sd_model_checkpoint': 'digits'}"
+    )
+    send_images: bool = True
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """`POST /sdapi/v1/img2img`: image to image, and inpainting with `mask`."""
+
+    init_images: list[str] = Field(..., description="base64 images (data: URLs accepted); the first is used")
+    denoising_strength: float = Field(0.75, description="share of the schedule re-run, (0, 1]")
+    mask: str | None = Field(None, description="base64 inpainting mask: white is repainted")
+    mask_blur: float = Field(4, description="Gaussian blur radius of the mask, pixels")
+    inpainting_mask_invert: int = Field(0, description="1: repaint the black part instead")
+    inpainting_fill: int = Field(1, description="1 (original) is what sdlab does; others are reported")
+    inpaint_full_res: bool = Field(False, description="'only masked' is not implemented; reported when on")
+
+
+class PNGInfoRequest(BaseModel):
+    image: str = Field(..., description="a base64 PNG")
+
+
+def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[GenerationRequest, dict[str, Any]]:
+    """The `GenerationRequest` an A1111 body asks for, and the fields it sets that sdlab ignores."""
+    given = body.model_dump(exclude_unset=True)
+    overrides = dict(body.override_settings or {})
+    has_mask = img2img and bool(given.get("mask"))
+    ignored = _ignored(given, set(type(body).model_fields), has_mask=has_mask)
+    for key, value in overrides.items():
+        if key != "sd_model_checkpoint" and value not in OVERRIDES_NEUTRAL.get(key, ()):
+            ignored[f"override_settings.{key}"] = value
+    sampler_name = body.sampler_name or given.get("sampler_index")
+    scheduler = resolve_sampler(sampler_name, body.scheduler)
+    eta = body.eta
+    if eta is not None and scheduler == "euler_a" and eta != 1:
+        ignored["eta"] = eta  # diffusers' Euler a always runs the full ancestral step (eta 1)
+    fields: dict[str, Any] = dict(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt or None,
+        model=overrides.get("sd_model_checkpoint"),
+        scheduler=scheduler,
+        num_inference_steps=body.steps,
+        guidance_scale=body.cfg_scale,
+        seed=None if body.seed == -1 else body.seed,
+        height=body.height,
+        width=body.width,
+        num_images_per_prompt=body.batch_size,
+        batch_count=body.n_iter,
+        eta=eta if scheduler == "ddim" and eta is not None else 0.0,
+    )
+    if img2img:
+        assert isinstance(body, Img2ImgRequest)
+        if not body.init_images:
+            raise InputError("init_images is empty; give one base64 image")
+        if len(body.init_images) > 1:
+            ignored["init_images"] = f"{len(body.init_images) - 1} images after the first"
+        fields.update(
+            init_image=decode_image(body.init_images[0], "init_images[0]"),
+            strength=body.denoising_strength,
+        )
+        if body.mask:
+            fields.update(
+                mask_image=decode_image(body.mask, "mask"),
+                mask_blur=body.mask_blur,
+                invert_mask=bool(body.inpainting_mask_invert),
+            )
+    return GenerationRequest(**fields), ignored
+
+
+def resolve_sampler(sampler_name: str | None, schedule: str | None) -> str | None:
+    """sdlab's scheduler for an A1111 sampler name ("DPM++ 2M", or sdlab's own "dpmpp_2m") and schedule
+    type ("automatic", "karras"); None when neither is given (the model's own). InputError if unknown."""
+    base = None
+    if sampler_name:
+        wanted = sampler_name.strip().lower()
+        for name, spec in SCHEDULERS.items():
+            if wanted == spec.a1111.lower() or wanted in SAMPLER_ALIASES[name]:
+                base = name
+        if base is None:
+            known = ", ".join(spec.a1111 for spec in SCHEDULERS.values())
+            raise InputError(f"unknown sampler {sampler_name!r}; sdlab has: {known}")
+    kind = (schedule or "automatic").strip().lower()
+    if kind not in SCHEDULE_TYPES:
+        raise InputError(f"unknown schedule type {schedule!r}; sdlab has: {', '.join(SCHEDULE_TYPES)}")
+    if kind == "karras" and base is not None and not base.endswith("_karras"):
+        if f"{base}_karras" not in SCHEDULERS:
+            with_karras = [
+                SCHEDULERS[n[: -len("_karras")]].a1111 for n in SCHEDULERS if n.endswith("_karras")
+            ]
+            raise InputError(
+                f"sampler {SCHEDULERS[base].a1111!r} has no Karras schedule in sdlab; "
+                f"Karras works with: {', '.join(with_karras)}"
+            )
+        base = f"{base}_karras"
+    return base
+
+
+def decode_image(data: str, what: str) -> bytes:
+    """The bytes of a base64 image as A1111 clients send it (a `data:image/...;base64,` prefix is allowed).
+
+    Only base64 is taken: never a path or a URL. The bytes are checked by the safe image loader later.
+    """
+    if not isinstance(data, str) or not data:
+        raise InputError(f"{what} is empty; give a base64-encoded image")
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        return base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{what} is not a base64-encoded image") from None
+
+
+def info(result: RequestResult, request: GenerationRequest, ignored: dict[str, Any]) -> dict[str, Any]:
+    """A1111's `info` (its `Processed.js()`), plus `ignored` fields and an `interrupted` record."""
+    recipes = [g.recipe for g in result.images]
+    first = recipes[0] if recipes else {}
+    seeds = [r["seed"] for r in recipes]
+    scheduler = first.get("scheduler")
+    return {
+        "prompt": request.prompt,
+        "all_prompts": [r["prompt"] for r in recipes],
+        "negative_prompt": request.negative_prompt or "",
+        "all_negative_prompts": [r["negative_prompt"] for r in recipes],
+        "seed": seeds[0] if seeds else request.seed,
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * len(seeds),
+        "subseed_strength": 0,
+        "width": first.get("width"),
+        "height": first.get("height"),
+        "sampler_name": SCHEDULERS[scheduler].a1111 if scheduler else None,
+        "scheduler": scheduler,
+        "cfg_scale": first.get("guidance_scale"),
+        "steps": first.get("num_inference_steps"),
+        "batch_size": request.num_images_per_prompt,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.model.model_name,
+        "sd_model_hash": first.get("model_hash"),
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": first.get("strength"),
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": [g.infotext for g in result.images],
+        "styles": [],
+        "job_timestamp": result.extra.get("job_timestamp", ""),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": bool(
+            request.mask_image is not None and result.pipe.is_inpainting_unet
+        ),
+        "version": f"sdlab {__version__}",
+        "ignored": ignored,
+        "interrupted": result.extra.get("interrupted"),
+        "stopped_at_step": [r.get("stopped_at_step") for r in recipes],
+    }
+
+
+def echo(body: BaseModel, result: RequestResult) -> dict[str, Any]:
+    """A1111's `parameters`: the request as received, with what the model decided filled in."""
+    parameters = body.model_dump()
+    first = result.images[0].recipe if result.images else {}
+    resolved = {
+        "steps": first.get("num_inference_steps"),
+        "cfg_scale": first.get("guidance_scale"),
+        "width": first.get("width"),
+        "height": first.get("height"),
+        "sampler_name": SCHEDULERS[first["scheduler"]].a1111 if "scheduler" in first else None,
+    }
+    for key, value in resolved.items():
+        if parameters.get(key) is None:
+            parameters[key] = value
+    for key in ("init_images", "mask"):  # A1111 drops the images from the echo too
+        if key in parameters:
+            parameters[key] = None
+    return parameters
+
+
+def _ignored(given: dict[str, Any], fields: set[str], *, has_mask: bool) -> dict[str, Any]:
+    ignored = {}
+    for key, value in given.items():
+        if key in INPAINT_ONLY:
+            if has_mask and not _neutral(value, INPAINT_ONLY[key]):
+                ignored[key] = value
+        elif key in fields or (HIRES.match(key) and not given.get("enable_hr")):
+            continue
+        elif key in NEUTRAL:
+            if not _neutral(value, NEUTRAL[key]):
+                ignored[key] = value
+        else:
+            ignored[key] = value  # not an A1111 field sdlab knows: reported, never guessed at
+    return ignored
+
+
+def _neutral(value: Any, neutral: tuple) -> bool:
+    return ANY in neutral or any(value is n or (value == n and not isinstance(value, bool)) for n in neutral)

@@ -1,0 +1,52 @@
+"""Extra networks (LoRAs, textual-inversion embeddings) applied to a model for one request only.
+
+AUTOMATIC1111 applies a prompt's `<lora:...>` for that generation and takes it off afterwards; a
+server that left it on would draw every later request with it. `extra_networks` loads them on entry
+and restores the model exactly on exit (the adapter layers removed, the tokenizer and the embedding
+table back to their own size), also when the generation in between raised.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sdlab.embeddings import load_embedding
+from sdlab.lora import load_lora, unload_lora
+from sdlab.pipeline import Pipeline
+
+
+@contextmanager
+def extra_networks(
+    pipe: Pipeline,
+    loras: Sequence[tuple[Path, float]] = (),
+    embeddings: Sequence[tuple[Path, str | None]] = (),
+    *,
+    allow_pickle: bool = False,
+) -> Iterator[Pipeline]:
+    """`pipe` with `loras` (file, weight) and `embeddings` (file, token or None for the file's own) applied.
+
+    Raises `InputError` for a file that is not a LoRA or an embedding for this model; the model is
+    restored before the error leaves the block.
+    """
+    tokenizer, tokens = pipe.tokenizer, dict(pipe.multi_vector_tokens)
+    vocab_size = pipe.text_encoder.get_input_embeddings().weight.shape[0]
+    adapters: list[str] = []
+    try:
+        if embeddings:
+            pipe.tokenizer = copy.deepcopy(tokenizer)  # added tokens cannot be taken out of a tokenizer
+        for path, token in embeddings:
+            load_embedding(pipe, path, token=token, allow_pickle=allow_pickle)
+        for path, weight in loras:
+            adapters.append(load_lora(pipe, path, weight, allow_pickle=allow_pickle))
+        yield pipe
+    finally:
+        for name in reversed(adapters):
+            unload_lora(pipe, name)
+        if pipe.tokenizer is not tokenizer:
+            pipe.tokenizer = tokenizer
+            pipe.multi_vector_tokens = tokens
+            if pipe.text_encoder.get_input_embeddings().weight.shape[0] != vocab_size:
+                pipe.text_encoder.resize_token_embeddings(vocab_size)  # keeps rows 0 .. vocab_size - 1

@@ -1,0 +1,221 @@
+"""Models, LoRAs and embeddings by *name*, from the folders people already keep them in.
+
+A registry scans configured folders (AUTOMATIC1111's layout: `models/Stable-diffusion`,
+`models/Lora`, `embeddings`) and names what it finds; a request names a model, LoRA or embedding
+and never gives a path. Entries whose real path leaves their folder (a symlink pointing elsewhere)
+are not listed, so `../`, absolute paths and escaping links match nothing. The CLI makes a registry
+with `allow_paths=True`, where a name that is not listed is taken as a path on this machine.
+
+Models are loaded on first use and kept, most recently used first, up to `cache_size` at once.
+The shipped digits model is always there, as `digits`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdlab.errors import InputError
+from sdlab.loading import DEFAULT_MODEL, load_pipeline
+from sdlab.loading.checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES
+from sdlab.pipeline import Pipeline
+
+DIGITS = "digits"
+# AUTOMATIC1111's folders under its data directory (its --data-dir)
+A1111_FOLDERS = {"ckpt": "models/Stable-diffusion", "lora": "models/Lora", "embeddings": "embeddings"}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the registry can load. `name` is its path inside its folder, as A1111 names checkpoints
+    (`sd15/v1-5-pruned-emaonly.safetensors`; a diffusers folder's name is the folder's)."""
+
+    name: str
+    path: Path
+
+    @property
+    def model_name(self) -> str:
+        """A1111's `model_name`: the name without its extension, folders joined by '_'."""
+        stem = self.name.removesuffix(Path(self.name).suffix) if self.path.is_file() else self.name
+        return stem.replace("/", "_")
+
+
+class ModelRegistry:
+    """Named models (loaded lazily, LRU-cached), LoRAs and embeddings from folders.
+
+    `device`/`dtype`/`allow_pickle`/`config` are passed to `sdlab.load_pipeline`. Loading happens on
+    the caller's thread; `pipeline()` is safe to call from several threads (one loads at a time).
+    Raises `InputError` for a folder that does not exist and for a name nothing matches.
+    """
+
+    def __init__(
+        self,
+        ckpt_dirs: Iterable[str | Path] = (),
+        lora_dirs: Iterable[str | Path] = (),
+        embedding_dirs: Iterable[str | Path] = (),
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        cache_size: int = 1,
+        allow_paths: bool = False,
+        allow_pickle: bool = False,
+        config: str | None = None,
+    ) -> None:
+        if not isinstance(cache_size, int) or cache_size < 1:
+            raise InputError(f"the model cache must hold at least 1 model, got {cache_size!r}")
+        self.ckpt_dirs = _folders(ckpt_dirs, "checkpoint")
+        self.lora_dirs = _folders(lora_dirs, "LoRA")
+        self.embedding_dirs = _folders(embedding_dirs, "embeddings")
+        self.load_kwargs = {"device": device, "dtype": dtype, "allow_pickle": allow_pickle, "config": config}
+        self.cache_size = cache_size
+        self.allow_paths = allow_paths
+        self.allow_pickle = allow_pickle
+        self.current = DIGITS
+        self._cache: OrderedDict[str, Pipeline] = OrderedDict()
+        self._load_lock = threading.Lock()
+        self.refresh()
+
+    @classmethod
+    def from_a1111(cls, data_dir: str | Path, **kwargs) -> ModelRegistry:
+        """The folders of an AUTOMATIC1111 install (its `--data-dir`): those of them that exist."""
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise InputError(f"data folder {root} does not exist")
+        found = {key: [root / sub] if (root / sub).is_dir() else [] for key, sub in A1111_FOLDERS.items()}
+        return cls(found["ckpt"], found["lora"], found["embeddings"], **kwargs)
+
+    # -- listing
+
+    def refresh(self) -> None:
+        """Scan the folders again (A1111's "refresh checkpoints"); loaded models stay loaded."""
+        model_suffixes = SAFETENSORS_SUFFIXES + (PICKLE_SUFFIXES if self.allow_pickle else ())
+        models = {DIGITS: ModelEntry(DIGITS, DEFAULT_MODEL)}
+        for folder in self.ckpt_dirs:
+            for name, path in _scan(folder, model_suffixes, diffusers_folders=True).items():
+                models.setdefault(name, ModelEntry(name, path))
+        network_suffixes = SAFETENSORS_SUFFIXES + (PICKLE_SUFFIXES if self.allow_pickle else ())
+        self._models = models
+        self._loras = _by_stem(_scan(folder, network_suffixes) for folder in self.lora_dirs)
+        self._embeddings = _by_stem(_scan(folder, network_suffixes) for folder in self.embedding_dirs)
+
+    def models(self) -> list[ModelEntry]:
+        return list(self._models.values())
+
+    def loras(self) -> dict[str, Path]:
+        return dict(self._loras)
+
+    def embeddings(self) -> dict[str, Path]:
+        return dict(self._embeddings)
+
+    def cached(self, name: str) -> Pipeline | None:
+        """The model called `name` if it is in memory, else None (nothing is loaded)."""
+        return self._cache.get(name)
+
+    def loaded(self) -> list[str]:
+        """Names of the models in memory, most recently used last."""
+        return list(self._cache)
+
+    # -- finding by name
+
+    def find_model(self, ref: str | None = None) -> ModelEntry:
+        """The model called `ref` (its name, A1111 model_name or title "name [hash]"); None: the current one."""
+        ref = self.current if ref is None else ref
+        if not isinstance(ref, str) or not ref.strip():
+            raise InputError(f"a model name must be non-empty text, got {ref!r}")
+        wanted = re.sub(r"\s*\[[0-9a-fA-F]{8,64}\]$", "", ref.strip())
+        for entry in self._models.values():
+            if wanted in (entry.name, entry.model_name):
+                return entry
+        if self.allow_paths:
+            return ModelEntry(str(Path(ref).expanduser().resolve()), Path(ref).expanduser())
+        raise InputError(f"unknown model {ref!r}; known models: {', '.join(self._models)}")
+
+    def find_lora(self, ref: str) -> Path:
+        return self._find(ref, self._loras, "LoRA", "--lora-dir")
+
+    def find_embedding(self, ref: str) -> Path:
+        return self._find(ref, self._embeddings, "embedding", "--embeddings-dir")
+
+    def embeddings_in(self, texts: Iterable[str]) -> list[str]:
+        """Names of the folder embeddings that a prompt mentions as a word (how A1111 applies them)."""
+        text = "\n".join(texts)
+        return [name for name in self._embeddings if re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text)]
+
+    def _find(self, ref: str, known: dict[str, Path], what: str, flag: str) -> Path:
+        if ref in known:
+            return known[ref]
+        if self.allow_paths:
+            return Path(ref).expanduser()
+        names = ", ".join(known) or f"none (no {what} folder was given with {flag}, or it is empty)"
+        raise InputError(f"unknown {what} {ref!r}; known: {names}")
+
+    # -- loading
+
+    def set_current(self, ref: str) -> ModelEntry:
+        """Make `ref` the model used when a request names none (A1111's `sd_model_checkpoint` option)."""
+        entry = self.find_model(ref)
+        self.current = entry.name
+        return entry
+
+    def pipeline(self, entry: ModelEntry) -> Pipeline:
+        """The loaded model of `entry`, loading it (and evicting the least recently used) if needed."""
+        with self._load_lock:
+            if entry.name in self._cache:
+                self._cache.move_to_end(entry.name)
+                return self._cache[entry.name]
+            while len(self._cache) >= self.cache_size:
+                self._cache.popitem(last=False)  # free memory before loading the next one
+            pipe = load_pipeline(entry.path, **self.load_kwargs)
+            self._cache[entry.name] = pipe
+            return pipe
+
+
+def _folders(folders: Iterable[str | Path], what: str) -> list[Path]:
+    paths = [Path(f).expanduser() for f in folders]
+    for path in paths:
+        if not path.is_dir():
+            raise InputError(f"{what} folder {path} does not exist")
+    return paths
+
+
+def _scan(root: Path, suffixes: tuple[str, ...], *, diffusers_folders: bool = False) -> dict[str, Path]:
+    """Files with `suffixes` (and diffusers model folders) under `root`, by POSIX path relative to it.
+
+    Hidden entries are skipped, links are not followed into other folders, and anything whose real
+    path is outside `root` is left out.
+    """
+    real_root = root.resolve()
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if diffusers_folders:
+            for d in list(dirnames):
+                if (here / d / "model_index.json").is_file():
+                    dirnames.remove(d)  # a model, not a folder of models
+                    if _inside(here / d, real_root):
+                        found[(here / d).relative_to(root).as_posix()] = here / d
+        for f in sorted(filenames):
+            path = here / f
+            if not f.startswith(".") and path.suffix.lower() in suffixes and _inside(path, real_root):
+                found[path.relative_to(root).as_posix()] = path
+    return found
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    return path.resolve().is_relative_to(real_root)
+
+
+def _by_stem(scans: Iterable[dict[str, Path]]) -> dict[str, Path]:
+    """LoRAs and embeddings are named by file stem, as A1111 names them; a repeated stem keeps its folder."""
+    named: dict[str, Path] = {}
+    for scan in scans:
+        for relative, path in scan.items():
+            name = path.stem if path.stem not in named else relative.removesuffix(path.suffix)
+            named.setdefault(name, path)
+    return named

@@ -1,0 +1,194 @@
+"""Running one `GenerationRequest`: the application around the sampling loop, shared by CLI, API and UI.
+
+resolve names (registry) -> load the model -> read and prepare images (mask blur, invert) -> apply
+the extra networks for this request -> `generate` each batch -> images with their recipes (PNG bytes
+carrying A1111's `parameters` and sdlab's recipe) -> take the extra networks off again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+from PIL import ImageFilter, ImageOps
+
+from sdlab.images import load_image, load_mask, png_bytes
+from sdlab.outputs import infotext, recipe
+from sdlab.pipeline import Pipeline
+from sdlab.sampling.loop import MAX_SEED, GenerationResult, generate
+from sdlab.service.networks import extra_networks
+from sdlab.service.registry import ModelEntry, ModelRegistry
+from sdlab.service.request import GenerationRequest, strip_extra_networks
+
+# on_step(batch index, step index, steps in the batch, latents (B, C, h, w)); may raise StopSampling
+StepHook = Callable[[int, int, int, torch.Tensor], None]
+
+
+@dataclass
+class GeneratedImage:
+    """One image and everything needed to make it again (`recipe`, the `sdlab` PNG chunk)."""
+
+    image: PIL.Image.Image
+    recipe: dict[str, Any]
+
+    @property
+    def infotext(self) -> str:
+        """A1111's `parameters` text."""
+        return infotext(self.recipe)
+
+    def png(self) -> bytes:
+        """The PNG file, with the `parameters` and `sdlab` text chunks."""
+        return png_bytes(self.image, parameters=self.infotext, extra={"sdlab": json.dumps(self.recipe)})
+
+
+@dataclass
+class RequestResult:
+    images: list[GeneratedImage]
+    model: ModelEntry
+    pipe: Pipeline
+    settings: dict[str, Any]  # the resolved options of the first batch (steps, CFG, scheduler, size...)
+    seeds: list[int]
+    last: GenerationResult | None = None  # the last batch, with its latents (for chaining)
+    stopped: bool = False  # a batch ended early (interrupt or skip)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_request(
+    registry: ModelRegistry,
+    request: GenerationRequest,
+    *,
+    on_step: StepHook | None = None,
+    keep_going: Callable[[], bool] | None = None,
+) -> RequestResult:
+    """Generate what `request` asks for. Raises `InputError` (one sentence) for anything wrong in it.
+
+    `on_step` sees every denoising step and may raise `StopSampling` to end the current batch early;
+    `keep_going()` is asked before each further batch (False after an interrupt).
+    """
+    # 1. Check the request and resolve every name before anything is loaded
+    request.validate()
+    entry = registry.find_model(request.model)
+    loras = [(registry.find_lora(ref.name), ref.weight) for ref in request.all_loras()]
+    prompts = (request.prompt, request.negative_prompt or "")
+    known = registry.embeddings()
+    embeddings = {registry.find_embedding(e): e if e in known else None for e in request.embeddings}
+    for name in registry.embeddings_in(prompts):
+        embeddings.setdefault(registry.find_embedding(name), name)
+    guide = None
+    if request.guide_digit is not None:
+        from sdlab.digits.guidance import digit_guide
+
+        guide = digit_guide(request.guide_digit, request.guide_scale)
+
+    # 2. Images: read once (paths, uploads), the mask blurred and inverted as asked
+    init_image, mask_image = _prepare_images(request)
+    pipe = registry.pipeline(entry)
+
+    # 3. Batches, with this request's extra networks on the model
+    per_batch = request.num_images_per_prompt
+    first_seed = request.seed
+    if first_seed is None:
+        first_seed = random.SystemRandom().randrange(MAX_SEED + 2 - per_batch * request.batch_count)
+    sources = _sources(registry, request, entry, embeddings)
+    images: list[GeneratedImage] = []
+    result = None
+    stopped = False
+    with extra_networks(pipe, loras, list(embeddings.items()), allow_pickle=registry.allow_pickle):
+        for batch in range(request.batch_count):
+            if batch and keep_going is not None and not keep_going():
+                break
+            step_hook = None
+            if on_step is not None:
+                step_hook = _bind_batch(on_step, batch)
+            result = generate(
+                pipe,
+                strip_extra_networks(request.prompt),
+                None if request.negative_prompt is None else strip_extra_networks(request.negative_prompt),
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                guidance_rescale=request.guidance_rescale,
+                scheduler=request.scheduler,
+                height=request.height,
+                width=request.width,
+                num_images_per_prompt=per_batch,
+                seed=[first_seed + batch * per_batch + j for j in range(per_batch)],
+                init_image=init_image,
+                strength=request.strength,
+                mask_image=mask_image,
+                eta=request.eta,
+                guide=guide,
+                callback=step_hook,
+            )
+            stopped |= result.settings.get("stopped_at_step") is not None
+            for i, image in enumerate(result.images):
+                r = recipe(result, i, pipe, sources)
+                r["prompt"], r["negative_prompt"] = request.prompt, request.negative_prompt or ""
+                images.append(GeneratedImage(image, r))
+    return RequestResult(
+        images=images,
+        model=entry,
+        pipe=pipe,
+        settings=dict(images[0].recipe) if images else {},
+        seeds=[g.recipe["seed"] for g in images],
+        last=result,
+        stopped=stopped,
+    )
+
+
+def _bind_batch(on_step: StepHook, batch: int) -> Callable[[int, int, Any, torch.Tensor], None]:
+    def callback(step: int, total: int, timestep: Any, latents: torch.Tensor) -> None:
+        on_step(batch, step, total, latents)
+
+    return callback
+
+
+def _prepare_images(request: GenerationRequest) -> tuple[Any, PIL.Image.Image | None]:
+    init = request.init_image
+    if init is None or isinstance(init, torch.Tensor):
+        if request.mask_image is not None and init is not None:
+            return init, request.mask_image  # latents: generate refuses the mask with its own sentence
+        return init, None
+    init = load_image(init, what="init image")
+    if request.mask_image is None:
+        return init, None
+    mask = load_mask(request.mask_image, size=init.size)
+    if request.mask_blur > 0:
+        mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
+    if request.invert_mask:
+        mask = ImageOps.invert(mask)
+    return init, mask
+
+
+def _sources(
+    registry: ModelRegistry,
+    request: GenerationRequest,
+    entry: ModelEntry,
+    embeddings: dict[Path, str | None],
+) -> dict[str, Any]:
+    """What the recipe records beyond the loop's settings: names where the registry gave names, files
+    where the caller gave paths (the CLI), so that `sdlab replay` finds them again. Prompt tags
+    (`<lora:...>`, folder embeddings) stay in the recorded prompt and are not repeated."""
+    sources: dict[str, Any] = {"model": entry.name}
+    for key in ("init_image", "mask_image"):
+        value = getattr(request, key)
+        if isinstance(value, str | Path):
+            sources[key] = str(Path(value).resolve())
+    if request.mask_image is not None:
+        sources["mask_blur"] = request.mask_blur or None
+        sources["invert_mask"] = request.invert_mask or None
+    if request.loras:
+        known = registry.loras()
+        sources["lora"] = ",".join(
+            f"{ref.name if ref.name in known else Path(ref.name).resolve()}:{ref.weight:g}"
+            for ref in request.loras
+        )
+    files = [path for path, token in embeddings.items() if token is None]
+    if files:
+        sources["embedding"] = ",".join(str(p.resolve()) for p in files)
+    return sources

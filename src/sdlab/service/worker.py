@@ -1,0 +1,204 @@
+"""The worker: one thread that owns the models and runs requests one at a time, from a bounded queue.
+
+HTTP handlers and UI events never touch a model: they `submit` a request and wait for its future.
+While a request runs, the worker publishes its progress (batch, step, ETA, the latest latents for a
+cheap preview) and honours two cooperative signals through the sampling loop's step callback:
+`interrupt` ends the job after the current step (the images so far are returned, as in A1111) and
+`skip` ends the current batch and goes on with the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import PIL.Image
+import torch
+
+from sdlab.errors import InputError
+from sdlab.pipeline import Pipeline
+from sdlab.sampling.loop import StopSampling
+from sdlab.service.preview import LatentPreview
+from sdlab.service.registry import ModelRegistry
+from sdlab.service.request import GenerationRequest
+from sdlab.service.run import RequestResult, run_request
+
+log = logging.getLogger("sdlab.worker")
+
+
+class QueueFull(RuntimeError):
+    """The worker's queue holds `max_queue` requests already; the caller should try again later."""
+
+
+@dataclass
+class Progress:
+    """What the running job has done, as A1111's `/progress` reports it (all zeros when idle)."""
+
+    job: str = ""  # the running job's id, "" when idle
+    job_timestamp: str = ""  # when it started, A1111's "%Y%m%d%H%M%S"
+    job_count: int = 0  # batches in the job
+    job_no: int = 0  # the batch running now, from 0
+    sampling_step: int = 0  # steps done in this batch
+    sampling_steps: int = 0  # steps in this batch
+    started: float = 0.0  # time.monotonic() at the job's start
+    interrupted: bool = False
+    skipped: bool = False
+    interrupt_step: int | None = None  # steps done in the batch when the interrupt arrived
+    queued: int = 0  # jobs waiting behind this one
+    latents: torch.Tensor | None = field(default=None, repr=False)  # image 0's latents after the last step
+    preview: LatentPreview | None = field(default=None, repr=False)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the job done, 0 to 1."""
+        if not self.job_count or not self.sampling_steps:
+            return 0.0
+        return min(1.0, (self.job_no + self.sampling_step / self.sampling_steps) / self.job_count)
+
+    @property
+    def eta(self) -> float:
+        """Seconds left, extrapolated from the time so far (A1111's `eta_relative`)."""
+        done = self.fraction
+        if done <= 0:
+            return 0.0
+        elapsed = time.monotonic() - self.started
+        return elapsed / done - elapsed
+
+    def preview_image(self) -> PIL.Image.Image | None:
+        if self.latents is None or self.preview is None:
+            return None
+        return self.preview.image(self.latents)
+
+
+@dataclass
+class _Job:
+    task: GenerationRequest | Callable[[Worker], Any]
+    future: Future
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+class Worker:
+    """Runs requests on `registry`'s models in one thread; at most `max_queue` wait behind the running one."""
+
+    def __init__(self, registry: ModelRegistry, *, max_queue: int = 16) -> None:
+        self.registry = registry
+        self.max_queue = max_queue
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
+        self._lock = threading.Lock()
+        self._progress = Progress()
+        self._previews: dict[str, LatentPreview] = {}
+        self._thread = threading.Thread(target=self._loop, name="sdlab-worker", daemon=True)
+        self._thread.start()
+
+    # -- what callers use
+
+    def submit(self, task: GenerationRequest | Callable[[Worker], Any]) -> Future:
+        """Queue a request (or a function of the worker, run on its thread); returns its future.
+
+        A request is validated here, so bad input fails at once instead of after the queue.
+        Raises `InputError` for a bad request and `QueueFull` when the queue is full.
+        """
+        if isinstance(task, GenerationRequest):
+            task.validate()
+        job = _Job(task, Future())
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(
+                f"the queue is full ({self.max_queue} requests are waiting); try again in a moment"
+            ) from None
+        return job.future
+
+    def run(self, task: GenerationRequest | Callable[[Worker], Any], timeout: float | None = None) -> Any:
+        """`submit(task)` and wait for its result (or its exception)."""
+        return self.submit(task).result(timeout)
+
+    def interrupt(self) -> None:
+        """End the running job after its current step; later batches are not run. Idle: nothing."""
+        with self._lock:
+            if self._progress.job:
+                self._progress.interrupted = True
+                self._progress.interrupt_step = self._progress.sampling_step
+
+    def skip(self) -> None:
+        """End the running batch after its current step and go on with the next. Idle: nothing."""
+        with self._lock:
+            if self._progress.job:
+                self._progress.skipped = True
+
+    def progress(self) -> Progress:
+        """A snapshot of the running job's progress."""
+        with self._lock:
+            return replace(self._progress, queued=self._queue.qsize())
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop after the running job; queued jobs still run first."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # -- the worker thread
+
+    def _loop(self) -> None:
+        while (job := self._queue.get()) is not None:
+            with self._lock:
+                self._progress = Progress(
+                    job=job.id, job_timestamp=time.strftime("%Y%m%d%H%M%S"), started=time.monotonic()
+                )
+            try:
+                if isinstance(job.task, GenerationRequest):
+                    result = self._generate(job.task)
+                else:
+                    result = job.task(self)
+                job.future.set_result(result)
+            except InputError as err:
+                job.future.set_exception(err)
+            except Exception as err:  # one request's failure never takes the worker down
+                log.exception("request %s failed", job.id)
+                job.future.set_exception(err)
+            finally:
+                with self._lock:
+                    self._progress = Progress()
+
+    def _generate(self, request: GenerationRequest) -> RequestResult:
+        entry = self.registry.find_model(request.model)
+        pipe = self.registry.pipeline(entry)
+        with self._lock:
+            self._progress.job_count = request.batch_count
+            self._progress.preview = self._preview(entry.name, pipe)
+        result = run_request(self.registry, request, on_step=self._on_step, keep_going=self._keep_going)
+        with self._lock:
+            result.extra["job_timestamp"] = self._progress.job_timestamp
+            if self._progress.interrupted:
+                result.extra["interrupted"] = {
+                    "received_at_step": self._progress.interrupt_step,
+                    "stopped_at_step": self._progress.sampling_step,
+                }
+        return result
+
+    def _preview(self, name: str, pipe: Pipeline) -> LatentPreview:
+        if name not in self._previews or len(self._previews) > 2 * self.registry.cache_size:
+            self._previews = {k: v for k, v in self._previews.items() if k in self.registry.loaded()}
+            self._previews[name] = LatentPreview.fit(pipe)
+        return self._previews[name]
+
+    def _on_step(self, batch: int, step: int, total: int, latents: torch.Tensor) -> None:
+        with self._lock:
+            p = self._progress
+            p.job_no, p.sampling_step, p.sampling_steps = batch, step + 1, total
+            p.latents = latents[0].detach().to("cpu", copy=True)
+            if p.interrupted:
+                raise StopSampling
+            if p.skipped:
+                p.skipped = False
+                raise StopSampling
+
+    def _keep_going(self) -> bool:
+        with self._lock:
+            return not self._progress.interrupted
