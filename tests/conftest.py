@@ -112,8 +112,30 @@ def make_lora(pipe: Pipeline, path: Path, seed: int = 0, rank: int = 4) -> Path:
 
     torch.manual_seed(seed)
     unet = copy.deepcopy(pipe.unet)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS, init_lora_weights=False))
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS, init_lora_weights=False)
+    )
     saved = save_lora(path.parent / f".{path.stem}", unet)
     path.parent.mkdir(parents=True, exist_ok=True)
     saved.rename(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, tiny, tiny_dir) -> Path:
+    """An AUTOMATIC1111 data folder: the tiny model in models/Stable-diffusion, a LoRA in models/Lora."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("a1111")
+    shutil.copytree(tiny_dir, root / "models" / "Stable-diffusion" / "tiny")
+    make_lora(tiny, root / "models" / "Lora" / "style.safetensors")
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(data_dir):
+    """A real `sdlab serve` on a free loopback port, over `data_dir` (plus the digits model)."""
+    from server_utils import serve
+
+    with serve("--data-dir", str(data_dir), "--checkpoints-limit", "2") as url:
+        yield url

@@ -64,7 +64,9 @@ def test_a_prompt_tag_equals_the_explicit_lora_at_its_weight(folders):
     registry = ModelRegistry.from_a1111(folders, allow_paths=True)
     tagged = run_request(registry, GenerationRequest("a cat <lora:style:0.5>", model="tiny", **FAST))
     path = str(folders / "models" / "Lora" / "style.safetensors")
-    explicit = run_request(registry, GenerationRequest("a cat", model="tiny", loras=(LoraRef(path, 0.5),), **FAST))
+    explicit = run_request(
+        registry, GenerationRequest("a cat", model="tiny", loras=(LoraRef(path, 0.5),), **FAST)
+    )
     full = run_request(registry, GenerationRequest("a cat <lora:style>", model="tiny", **FAST))
     assert np.array_equal(pixels(tagged), pixels(explicit))
     assert not np.array_equal(pixels(tagged), pixels(full))
@@ -164,7 +166,9 @@ def test_worker_interrupts_within_one_step_skips_a_batch_and_survives_failures(f
     signal_after(3, worker.skip)
     result = worker.run(long.replace(batch_count=2, num_inference_steps=20), timeout=120)
     assert len(result.images) == 2
-    assert result.images[0].recipe["stopped_at_step"] < 20 and "stopped_at_step" not in result.images[1].recipe
+    assert (
+        result.images[0].recipe["stopped_at_step"] < 20 and "stopped_at_step" not in result.images[1].recipe
+    )
 
     with pytest.raises(InputError, match="unknown model"):
         worker.run(GenerationRequest("a cat", model="nope"), timeout=60)
