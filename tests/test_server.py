@@ -5,6 +5,8 @@ Every image the API returns must have the same pixels as the CLI's image for the
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import threading
 import time
@@ -127,12 +129,16 @@ def test_eight_concurrent_clients_get_correct_images_and_interrupt_stops_within_
         assert r.status_code == 200, r.text
         return r.json()
 
+    previews = []
+
     def interrupt_the_long_one():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            state = requests.get(f"{server}/sdapi/v1/progress", timeout=10).json()["state"]
+            progress = api.get_progress()
+            state = progress["state"]
             if state["sampling_steps"] == 30 and state["sampling_step"] >= 2:
-                requests.post(f"{server}/sdapi/v1/interrupt", timeout=10)
+                api.interrupt()
+                previews.append(progress["current_image"])
                 return
             time.sleep(0.005)
 
@@ -140,6 +146,8 @@ def test_eight_concurrent_clients_get_correct_images_and_interrupt_stops_within_
         futures = [pool.submit(send, body) for body in [*requests_[:4], long, *requests_[4:]]]
         threading.Thread(target=interrupt_the_long_one, daemon=True).start()
         results = [f.result() for f in futures]
+    preview = PIL.Image.open(io.BytesIO(base64.b64decode(previews[0])))
+    assert preview.size == (128, 128)  # the running job's latents, previewed at the image's size
     interrupted = json.loads(results[4]["info"])["interrupted"]
     assert interrupted is not None, "the 30-step request was not interrupted"
     assert interrupted["stopped_at_step"] - interrupted["received_at_step"] <= 1
