@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -85,11 +87,17 @@ def test_the_server_own_origin_and_clients_without_origin_are_served(server):
         ({"init_images": [b64(png()[:1500])]}, "truncated or corrupt"),
         ({"seed": 2**40}, "seed must be an integer from 0 to 4294967295"),
         ({"steps": 0}, "must be an integer >= 1"),
+        ({"cfg_scale": float("nan")}, "cfg_scale"),
+        ({"s_noise": float("inf")}, "s_noise must be a finite number"),
+        ({"sampler_index": 3, "sampler_name": None}, "sampler_index must be a sampler's name"),
     ],
 )
 def test_names_not_paths_and_bad_images_get_422_with_one_sentence(server, body, message):
     route = "/sdapi/v1/img2img" if "init_images" in body else TXT2IMG
-    response = requests.post(server + route, json={**SMALL, **body}, timeout=60)
+    data = json.dumps({**SMALL, **body})  # Python's json writes NaN and Infinity, as some clients do
+    response = requests.post(
+        server + route, data=data, headers={"Content-Type": "application/json"}, timeout=60
+    )
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"] and "Traceback" not in response.text
 
@@ -128,15 +136,18 @@ def test_a_streamed_body_over_the_limit_is_refused():
     assert client.post("/", content=iter([b"x" * 600, b"x" * 300])).text == "ok"
 
 
-def test_auth_is_required_when_set_and_never_echoed(tmp_path):
+def test_auth_is_required_when_set_and_never_echoed(tmp_path, data_dir):
     secret = "correct-horse-battery"
-    with serve("--api-auth", f"alice:{secret}", "--ckpt-dir", str(tmp_path)) as url:
+    shutil.copytree(data_dir / "models" / "Stable-diffusion" / "tiny", tmp_path / "other")
+    with serve(
+        "--api-auth", f"alice:{secret}", "--data-dir", str(data_dir), "--ckpt-dir", str(tmp_path)
+    ) as url:
         assert requests.get(url + "/sdapi/v1/sd-models", timeout=30).status_code == 401
         wrong = requests.get(url + "/sdapi/v1/sd-models", auth=("alice", "wrong"), timeout=30)
         assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Basic")
         assert requests.get(url + "/sdapi/v1/sd-models", auth=("bob", secret), timeout=30).status_code == 401
         ok = requests.get(url + "/sdapi/v1/sd-models", auth=("alice", secret), timeout=30)
-        assert ok.status_code == 200 and ok.json()[0]["model_name"] == "digits"
+        assert ok.status_code == 200 and [m["model_name"] for m in ok.json()] == ["digits", "tiny", "other"]
         schema = requests.get(url + "/openapi.json", auth=("alice", secret), timeout=30).json()
         for path, methods in schema["paths"].items():
             if "get" in methods and "{" not in path:

@@ -136,6 +136,7 @@ def test_results_are_png_bytes_with_parameters_and_recipe(folders):
         (dict(scheduler="k_euler"), "unknown scheduler"),
         (dict(prompt="a <lora:style:strong> cat"), "the weight after the name must be a number"),
         (dict(mask_blur=-1), "mask_blur must be from 0 to 64"),
+        (dict(num_images_per_prompt=64, batch_count=5), "320 images in one request is more than 256"),
     ],
 )
 def test_bad_requests_fail_before_anything_loads(change, message):
@@ -177,13 +178,16 @@ def test_worker_interrupts_within_one_step_skips_a_batch_and_survives_failures(f
     assert worker.run(GenerationRequest("a cat", model="tiny", **FAST), timeout=60).images  # still serving
 
     gate = threading.Event()
-    worker.submit(lambda w: gate.wait(30))
+    running = worker.submit(lambda w: gate.wait(30))
     time.sleep(0.2)  # the gate job is running; two more fill the queue of 2
-    worker.submit(lambda w: None)
-    worker.submit(lambda w: None)
+    abandoned = worker.submit(GenerationRequest("a cat", model="tiny", **FAST))
+    filler = worker.submit(lambda w: None)
     with pytest.raises(QueueFull, match="the queue is full"):
         worker.submit(lambda w: None)
+    assert not running.cancel() and abandoned.cancel()  # a client that leaves cancels only a waiting job
     gate.set()
+    filler.result(timeout=30)
+    assert worker.run(GenerationRequest("a cat", model="tiny", **FAST), timeout=60).images  # still serving
     worker.close(timeout=30)
 
 

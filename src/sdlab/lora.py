@@ -56,9 +56,14 @@ def load_lora(pipe: Pipeline, path: str | Path, weight: float = 1.0, *, allow_pi
         if text_keys:
             _load_into_text_encoder(state, alphas, pipe.text_encoder, name)
             _activate(pipe.text_encoder, name, weight)
-    except (ValueError, KeyError, RuntimeError) as err:
+    except (ValueError, KeyError, IndexError, RuntimeError) as err:
         _discard(pipe, name)  # a file that failed half-way leaves no layers behind
+        if isinstance(err, torch.OutOfMemoryError):
+            raise
         raise InputError(f"{path} is not a LoRA for this model: {str(err).splitlines()[0]}") from err
+    except BaseException:
+        _discard(pipe, name)
+        raise
     return name
 
 

@@ -41,16 +41,20 @@ def run_serve(opts: ServeOptions) -> None:
         cache_size=opts.checkpoints_limit,
         allow_pickle=opts.allow_pickle,
     )
+    folders = {
+        "ckpt": _dirs(opts.ckpt_dir),
+        "lora": _dirs(opts.lora_dir),
+        "embeddings": _dirs(opts.embeddings_dir),
+    }
     if opts.data_dir:
-        registry = ModelRegistry.from_a1111(opts.data_dir, **common)
-        registry.ckpt_dirs += _dirs(opts.ckpt_dir)
-        registry.lora_dirs += _dirs(opts.lora_dir)
-        registry.embedding_dirs += _dirs(opts.embeddings_dir)
-        registry.refresh()
-    else:
-        registry = ModelRegistry(
-            _dirs(opts.ckpt_dir), _dirs(opts.lora_dir), _dirs(opts.embeddings_dir), **common
-        )
+        a1111 = ModelRegistry.from_a1111(opts.data_dir, **common)
+        for key, found in (
+            ("ckpt", a1111.ckpt_dirs),
+            ("lora", a1111.lora_dirs),
+            ("embeddings", a1111.embedding_dirs),
+        ):
+            folders[key] = [*found, *folders[key]]
+    registry = ModelRegistry(folders["ckpt"], folders["lora"], folders["embeddings"], **common)
 
     # 3. The worker (it loads the default model at once), the app, uvicorn
     import uvicorn

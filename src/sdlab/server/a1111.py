@@ -54,7 +54,6 @@ NEUTRAL: dict[str, tuple] = {
     "alwayson_scripts": ({}, None),
     "sampler_index": (ANY,),  # superseded by sampler_name; used when that is missing
     "override_settings_restore_afterwards": (ANY,),  # overrides always last for one request
-    "send_images": (ANY,),
     "image_cfg_scale": (ANY,),  # instruct-pix2pix models only
     "initial_noise_multiplier": (1, None),
     "resize_mode": (0, None),  # "just resize": the init image is resized to width x height
@@ -76,7 +75,7 @@ SAMPLER_ALIASES = {name: [name, f"k_{name}"] for name in SCHEDULERS}
 class Txt2ImgRequest(BaseModel):
     """`POST /sdapi/v1/txt2img`; any other A1111 field is accepted and reported (see module doc)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -123,7 +122,12 @@ def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[Generati
     for key, value in overrides.items():
         if key != "sd_model_checkpoint" and value not in OVERRIDES_NEUTRAL.get(key, ()):
             ignored[f"override_settings.{key}"] = value
+    for key, value in given.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{key} must be a finite number, got {value}")
     sampler_name = body.sampler_name or given.get("sampler_index")
+    if sampler_name is not None and not isinstance(sampler_name, str):
+        raise InputError(f"sampler_index must be a sampler's name, got {sampler_name!r}")
     scheduler = resolve_sampler(sampler_name, body.scheduler)
     eta = body.eta
     if eta is not None and scheduler == "euler_a" and eta != 1:

@@ -60,6 +60,13 @@ def create_app(
         redoc_url=None,
     )
     app.state.worker = worker
+    if allowed_origins:  # A1111's --cors-allow-origins: browsers on those origins may call the API
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["*"], allow_headers=["*"],
+            allow_credentials=True,
+        )  # fmt: skip
     _add_error_handlers(app)
     _add_docs(app)
 
@@ -147,7 +154,9 @@ def create_app(
         for name, path in registry.embeddings().items():
             try:
                 _, vectors = read_embedding(path, allow_pickle=registry.allow_pickle)
-            except InputError:
+                if vectors.ndim == 0:
+                    raise InputError("not a vector")
+            except (InputError, ValueError, TypeError, RuntimeError):  # one bad file does not hide the rest
                 skipped[name] = {
                     "step": None,
                     "sd_checkpoint": None,
@@ -185,10 +194,10 @@ def create_app(
 
     @app.get(f"{API}/options", tags=["options"])
     def get_options() -> dict[str, Any]:
-        entry = registry.find_model()
+        item = _model_item(registry, registry.find_model())
         return {
-            "sd_model_checkpoint": _model_item(registry, entry)["title"],
-            "sd_checkpoint_hash": _model_item(registry, entry)["sha256"],
+            "sd_model_checkpoint": item["title"],
+            "sd_checkpoint_hash": item["sha256"],
             "sd_checkpoints_limit": registry.cache_size,
             "CLIP_stop_at_last_layers": 1,
             "samples_format": "png",

@@ -43,10 +43,12 @@ def extra_networks(
             adapters.append(load_lora(pipe, path, weight, allow_pickle=allow_pickle))
         yield pipe
     finally:
-        for name in reversed(adapters):
-            unload_lora(pipe, name)
-        if pipe.tokenizer is not tokenizer:
-            pipe.tokenizer = tokenizer
-            pipe.multi_vector_tokens = tokens
-            if pipe.text_encoder.get_input_embeddings().weight.shape[0] != vocab_size:
-                pipe.text_encoder.resize_token_embeddings(vocab_size)  # keeps rows 0 .. vocab_size - 1
+        try:
+            for name in reversed(adapters):
+                unload_lora(pipe, name)
+        finally:  # the embeddings are restored even if taking a LoRA off failed
+            if pipe.tokenizer is not tokenizer:
+                pipe.tokenizer = tokenizer
+                pipe.multi_vector_tokens = tokens
+                if pipe.text_encoder.get_input_embeddings().weight.shape[0] != vocab_size:
+                    pipe.text_encoder.resize_token_embeddings(vocab_size)  # keeps rows 0 .. vocab_size - 1

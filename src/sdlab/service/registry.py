@@ -93,15 +93,14 @@ class ModelRegistry:
 
     def refresh(self) -> None:
         """Scan the folders again (A1111's "refresh checkpoints"); loaded models stay loaded."""
-        model_suffixes = SAFETENSORS_SUFFIXES + (PICKLE_SUFFIXES if self.allow_pickle else ())
+        suffixes = SAFETENSORS_SUFFIXES + (PICKLE_SUFFIXES if self.allow_pickle else ())
         models = {DIGITS: ModelEntry(DIGITS, DEFAULT_MODEL)}
         for folder in self.ckpt_dirs:
-            for name, path in _scan(folder, model_suffixes, diffusers_folders=True).items():
+            for name, path in _scan(folder, suffixes, diffusers_folders=True).items():
                 models.setdefault(name, ModelEntry(name, path))
-        network_suffixes = SAFETENSORS_SUFFIXES + (PICKLE_SUFFIXES if self.allow_pickle else ())
         self._models = models
-        self._loras = _by_stem(_scan(folder, network_suffixes) for folder in self.lora_dirs)
-        self._embeddings = _by_stem(_scan(folder, network_suffixes) for folder in self.embedding_dirs)
+        self._loras = _by_stem(_scan(folder, suffixes) for folder in self.lora_dirs)
+        self._embeddings = _by_stem(_scan(folder, suffixes) for folder in self.embedding_dirs)
 
     def models(self) -> list[ModelEntry]:
         return list(self._models.values())

@@ -26,6 +26,7 @@ from sdlab.sampling.schedulers import SCHEDULERS
 EXTRA_NETWORK = re.compile(r"<(lora|lyco):([^:<>]+)(?::([^<>]*))?>", re.IGNORECASE)
 MAX_BATCH = 64  # images in one batch (`num_images_per_prompt`)
 MAX_BATCH_COUNT = 100  # batches in one request (A1111's n_iter)
+MAX_IMAGES = 256  # images in one request, all batches together: every one is held until the end
 
 ImageInput = str | Path | PIL.Image.Image | bytes | torch.Tensor
 
@@ -96,6 +97,10 @@ class GenerationRequest:
         _check_int("width", self.width, 1, 4096, optional=True)
         _check_int("seed", self.seed, 0, MAX_SEED, optional=True)
         total = self.num_images_per_prompt * self.batch_count
+        if total > MAX_IMAGES:
+            raise InputError(
+                f"{total} images in one request is more than {MAX_IMAGES}; split it into several"
+            )
         if self.seed is not None and self.seed + total - 1 > MAX_SEED:
             raise InputError(f"seed {self.seed} + {total} images passes the largest seed, {MAX_SEED}")
         _check_number("strength", self.strength, optional=True)

@@ -147,6 +147,8 @@ class Worker:
 
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited (its client went away)
             with self._lock:
                 self._progress = Progress(
                     job=job.id, job_timestamp=time.strftime("%Y%m%d%H%M%S"), started=time.monotonic()
@@ -156,22 +158,28 @@ class Worker:
                     result = self._generate(job.task)
                 else:
                     result = job.task(self)
-                job.future.set_result(result)
+                outcome: tuple[Any, BaseException | None] = (result, None)
             except InputError as err:
-                job.future.set_exception(err)
+                outcome = (None, err)
             except Exception as err:  # one request's failure never takes the worker down
                 log.exception("request %s failed", job.id)
-                job.future.set_exception(err)
+                outcome = (None, err)
             finally:
                 with self._lock:
                     self._progress = Progress()
+            result, error = outcome
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
 
     def _generate(self, request: GenerationRequest) -> RequestResult:
         entry = self.registry.find_model(request.model)
-        pipe = self.registry.pipeline(entry)
+        request = request.replace(model=entry.name)  # pinned: the current model may change meanwhile
+        preview = self._preview(entry.name, self.registry.pipeline(entry))
         with self._lock:
             self._progress.job_count = request.batch_count
-            self._progress.preview = self._preview(entry.name, pipe)
+            self._progress.preview = preview
         result = run_request(self.registry, request, on_step=self._on_step, keep_going=self._keep_going)
         with self._lock:
             result.extra["job_timestamp"] = self._progress.job_timestamp
@@ -189,10 +197,11 @@ class Worker:
         return self._previews[name]
 
     def _on_step(self, batch: int, step: int, total: int, latents: torch.Tensor) -> None:
+        latest = latents[0].detach().to("cpu", copy=True)  # waits for the device: outside the lock
         with self._lock:
             p = self._progress
             p.job_no, p.sampling_step, p.sampling_steps = batch, step + 1, total
-            p.latents = latents[0].detach().to("cpu", copy=True)
+            p.latents = latest
             if p.interrupted:
                 raise StopSampling
             if p.skipped:
