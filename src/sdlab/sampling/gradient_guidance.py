@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sdlab.sampling.latents import decode_latents
+from sdlab.sampling.latents import decode_latents, predicted_x0
 
 PixelScore = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) in [0, 1] -> score (B,)
 
@@ -52,12 +52,7 @@ def guide_prediction(
     `sample` is the UNet's input x_t (after `scale_model_input`, i.e. variance-preserving).
     """
     a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
-    if prediction_type == "epsilon":
-        x0 = (sample - s * model_output) / a
-    elif prediction_type == "v_prediction":
-        x0 = a * sample - s * model_output
-    else:
-        raise ValueError(f"gradient guidance supports epsilon and v-prediction models, not {prediction_type}")
+    x0 = predicted_x0(model_output, sample, alpha_bar, prediction_type)
     with torch.enable_grad():
         x0_var = x0.detach().float().requires_grad_(True)
         pixels = (decode_latents(vae, x0_var.to(vae.dtype)).float() / 2 + 0.5).clamp(0, 1)

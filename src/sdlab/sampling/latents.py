@@ -70,3 +70,17 @@ def rescale_guided_noise(guided: torch.Tensor, cond: torch.Tensor, guidance_resc
     dims = list(range(1, cond.ndim))
     rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
     return guidance_rescale * rescaled + (1 - guidance_rescale) * guided
+
+
+def predicted_x0(
+    model_output: torch.Tensor, sample: torch.Tensor, alpha_bar: float, prediction_type: str
+) -> torch.Tensor:
+    """The clean latent a UNet output implies at x_t = `sample` (variance-preserving, i.e. after
+    `scale_model_input`): x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), or sqrt(a) x_t - sqrt(1 - a) v
+    for v-prediction (Salimans & Ho 2022), with a = alphas_cumprod[t]."""
+    a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+    if prediction_type == "epsilon":
+        return (sample - s * model_output) / a
+    if prediction_type == "v_prediction":
+        return a * sample - s * model_output
+    raise ValueError(f"predicted x0 needs an epsilon or v-prediction model, not {prediction_type}")

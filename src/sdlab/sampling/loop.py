@@ -32,6 +32,7 @@ from sdlab.sampling.latents import (
     generators_for,
     guided_noise,
     initial_noise,
+    predicted_x0,
     rescale_guided_noise,
     start_step,
 )
@@ -44,6 +45,33 @@ MAX_SIDE = 4096  # pixels; beyond this a request is a typo, not an image
 MAX_SEED = 2**32 - 1  # seeds are 0 .. 2**32 - 1, as in AUTOMATIC1111 and InvokeAI
 ImageInput = str | Path | PIL.Image.Image | torch.Tensor
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (step, total, timestep, latents)
+
+
+@dataclass
+class StepInfo:
+    """What one denoising step computed, for `generate(..., observe=...)` (the lab's views).
+
+    Latent tensors are (B, C, h, w) for the B images of the batch. `sample` is x_t as the UNet saw
+    it (variance-preserving); `noise_uncond`/`noise_cond` are the two guidance branches (None without
+    classifier-free guidance); `noise_pred` is what the scheduler got (guided, and moved by a gradient
+    guide if any); `latents` is the scheduler's result, x_{t-1}.
+    """
+
+    step: int
+    total: int
+    timestep: float
+    sample: torch.Tensor
+    noise_uncond: torch.Tensor | None
+    noise_cond: torch.Tensor
+    noise_pred: torch.Tensor
+    latents: torch.Tensor
+    alpha_bar: float
+    prediction_type: str
+
+    def x0(self, model_output: torch.Tensor | None = None) -> torch.Tensor:
+        """The clean latent implied by `model_output` (default: `noise_pred`) at this step."""
+        output = self.noise_pred if model_output is None else model_output
+        return predicted_x0(output, self.sample, self.alpha_bar, self.prediction_type)
 
 
 class StopSampling(Exception):  # noqa: N818 (a signal, not an error)
@@ -98,6 +126,7 @@ def generate(
     eta: float = 0.0,
     guide: GradientGuide | None = None,
     callback: StepCallback | None = None,
+    observe: Callable[[StepInfo], None] | None = None,
 ) -> GenerationResult:
     """Generate images; see the README for every argument. Bad arguments raise `InputError` (a ValueError).
 
@@ -107,7 +136,8 @@ def generate(
     - inpainting: `init_image` + `mask_image` (white = repaint), default strength 1.0;
     - gradient guidance: `guide` moves each step's predicted clean image along a score's gradient.
     `callback(step, total, timestep, latents)` runs after every step; raising `StopSampling` from it
-    ends the loop there and decodes the latents so far. Steps and guidance scale default to the model's recommendation (`pipe.sampling_defaults`), else 30 and 7.5.
+    ends the loop there and decodes the latents so far. `observe(StepInfo)` sees each step's
+    predictions (both guidance branches, the predicted clean latent) for inspection. Steps and guidance scale default to the model's recommendation (`pipe.sampling_defaults`), else 30 and 7.5.
     """
     # 1. Check inputs and resolve defaults
     if num_inference_steps is None:
@@ -201,6 +231,7 @@ def generate(
                 [model_input] + [torch.cat([x] * 2) if do_cfg else x for x in extra], dim=1
             )
         noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        noise_uncond, noise_cond = None, noise_pred
         if do_cfg:
             noise_uncond, noise_cond = noise_pred.chunk(2)
             noise_pred = guided_noise(noise_uncond, noise_cond, guidance_scale)
@@ -211,6 +242,11 @@ def generate(
             alpha_bar = alpha_bar_at(sched.alphas_cumprod, t)
             noise_pred = guide_prediction(guide, pipe.vae, noise_pred, sample, alpha_bar, prediction_type)
         latents = sched.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        if observe is not None:
+            sample = model_input[: len(latents), : latents.shape[1]]
+            alpha_bar = alpha_bar_at(sched.alphas_cumprod, t)
+            observe(StepInfo(i, len(timesteps), float(t), sample, noise_uncond, noise_cond, noise_pred,
+                             latents, alpha_bar, prediction_type))  # fmt: skip
         if mask is not None and masked_latents is None:
             # 4-channel UNet: keep the known region on the image's own noising path (RePaint-style blend)
             known = image_latents

@@ -44,6 +44,10 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
 }
 
 
+SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}  # A1111 1.9+'s "Schedule type"
+SAMPLER_ALIASES = {name: [name, f"k_{name}"] for name in SCHEDULERS}
+
+
 def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
     """A fresh scheduler `name` (see `SCHEDULERS`) on the noise schedule of `config`."""
     spec = scheduler_spec(name)
@@ -85,3 +89,31 @@ def scheduler_from_a1111(sampler: str) -> str:
     raise InputError(
         f"sampler {sampler!r} has no sdlab scheduler; known: {', '.join(s.a1111 for s in SCHEDULERS.values())}"
     )
+
+
+def resolve_sampler(sampler_name: str | None, schedule: str | None) -> str | None:
+    """sdlab's scheduler for an A1111 sampler name ("DPM++ 2M", or sdlab's own "dpmpp_2m") and schedule
+    type ("automatic", "karras"); None when neither is given (the model's own). InputError if unknown."""
+    base = None
+    if sampler_name:
+        wanted = sampler_name.strip().lower()
+        for name, spec in SCHEDULERS.items():
+            if wanted == spec.a1111.lower() or wanted in SAMPLER_ALIASES[name]:
+                base = name
+        if base is None:
+            known = ", ".join(spec.a1111 for spec in SCHEDULERS.values())
+            raise InputError(f"unknown sampler {sampler_name!r}; sdlab has: {known}")
+    kind = (schedule or "automatic").strip().lower()
+    if kind not in SCHEDULE_TYPES:
+        raise InputError(f"unknown schedule type {schedule!r}; sdlab has: {', '.join(SCHEDULE_TYPES)}")
+    if kind == "karras" and base is not None and not base.endswith("_karras"):
+        if f"{base}_karras" not in SCHEDULERS:
+            with_karras = [
+                SCHEDULERS[n[: -len("_karras")]].a1111 for n in SCHEDULERS if n.endswith("_karras")
+            ]
+            raise InputError(
+                f"sampler {SCHEDULERS[base].a1111!r} has no Karras schedule in sdlab; "
+                f"Karras works with: {', '.join(with_karras)}"
+            )
+        base = f"{base}_karras"
+    return base

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdlab import __version__
 from sdlab.errors import InputError
-from sdlab.sampling.schedulers import SCHEDULERS
+from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler
 from sdlab.service import GenerationRequest, RequestResult
 
 # A1111 fields sdlab does not implement, with the values under which leaving them out changes
@@ -68,8 +68,6 @@ NEUTRAL: dict[str, tuple] = {
 HIRES = re.compile(r"^hr_")
 INPAINT_ONLY = {"inpainting_fill": (1,), "inpaint_full_res": (False, 0, None)}  # with a mask only
 OVERRIDES_NEUTRAL = {"CLIP_stop_at_last_layers": (1, None), "sd_vae": (None, "", "Automatic", "None")}
-SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
-SAMPLER_ALIASES = {name: [name, f"k_{name}"] for name in SCHEDULERS}
 
 
 class Txt2ImgRequest(BaseModel):
@@ -163,34 +161,6 @@ def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[Generati
                 invert_mask=bool(body.inpainting_mask_invert),
             )
     return GenerationRequest(**fields), ignored
-
-
-def resolve_sampler(sampler_name: str | None, schedule: str | None) -> str | None:
-    """sdlab's scheduler for an A1111 sampler name ("DPM++ 2M", or sdlab's own "dpmpp_2m") and schedule
-    type ("automatic", "karras"); None when neither is given (the model's own). InputError if unknown."""
-    base = None
-    if sampler_name:
-        wanted = sampler_name.strip().lower()
-        for name, spec in SCHEDULERS.items():
-            if wanted == spec.a1111.lower() or wanted in SAMPLER_ALIASES[name]:
-                base = name
-        if base is None:
-            known = ", ".join(spec.a1111 for spec in SCHEDULERS.values())
-            raise InputError(f"unknown sampler {sampler_name!r}; sdlab has: {known}")
-    kind = (schedule or "automatic").strip().lower()
-    if kind not in SCHEDULE_TYPES:
-        raise InputError(f"unknown schedule type {schedule!r}; sdlab has: {', '.join(SCHEDULE_TYPES)}")
-    if kind == "karras" and base is not None and not base.endswith("_karras"):
-        if f"{base}_karras" not in SCHEDULERS:
-            with_karras = [
-                SCHEDULERS[n[: -len("_karras")]].a1111 for n in SCHEDULERS if n.endswith("_karras")
-            ]
-            raise InputError(
-                f"sampler {SCHEDULERS[base].a1111!r} has no Karras schedule in sdlab; "
-                f"Karras works with: {', '.join(with_karras)}"
-            )
-        base = f"{base}_karras"
-    return base
 
 
 def decode_image(data: str, what: str) -> bytes:

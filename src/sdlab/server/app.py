@@ -31,7 +31,7 @@ from sdlab.embeddings import read_embedding
 from sdlab.errors import InputError
 from sdlab.images import read_png_text
 from sdlab.metadata import parse_parameters
-from sdlab.sampling.schedulers import SCHEDULERS
+from sdlab.sampling.schedulers import SAMPLER_ALIASES, SCHEDULE_TYPES, SCHEDULERS
 from sdlab.server import a1111
 from sdlab.server.security import LOOPBACK_HOSTS, Guard
 from sdlab.service import ModelEntry, ModelRegistry, RequestResult
@@ -49,8 +49,10 @@ def create_app(
     allowed_origins: tuple[str, ...] = (),
     credentials: list[tuple[str, str]] | None = None,
     max_body: int = 32 * 2**20,
+    ui: bool = True,
 ) -> Guard:
-    """The ASGI app: A1111's routes under /sdapi/v1, OpenAPI docs at /docs, behind the `Guard`."""
+    """The ASGI app: A1111's routes under /sdapi/v1, OpenAPI docs at /docs, the web UI at / (unless
+    `ui` is False), all behind the `Guard`."""
     worker = worker or Worker(registry)
     app = FastAPI(
         title="sdlab",
@@ -118,8 +120,7 @@ def create_app(
     @app.get(f"{API}/samplers", tags=["lists"])
     def samplers() -> list[dict[str, Any]]:
         return [
-            {"name": s.a1111, "aliases": a1111.SAMPLER_ALIASES[n], "options": {}}
-            for n, s in SCHEDULERS.items()
+            {"name": s.a1111, "aliases": SAMPLER_ALIASES[n], "options": {}} for n, s in SCHEDULERS.items()
         ]
 
     @app.get(f"{API}/schedulers", tags=["lists"])
@@ -127,7 +128,7 @@ def create_app(
         return [
             {"name": name, "label": label, "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
              "need_inner_model": False}
-            for name, label in a1111.SCHEDULE_TYPES.items()
+            for name, label in SCHEDULE_TYPES.items()
         ]  # fmt: skip
 
     @app.get(f"{API}/sd-models", tags=["lists"])
@@ -230,6 +231,15 @@ def create_app(
                 parameters.update({"Size-1": width, "Size-2": height})
         return {"info": text, "items": chunks, "parameters": parameters}
 
+    if ui:
+        import gradio as gr
+
+        from sdlab.ui.app import CSS, THEME, build_ui
+
+        # no allowed_paths: gradio serves only its own cache; no SSR node server, no analytics
+        app = gr.mount_gradio_app(
+            app, build_ui(worker), path="/", theme=THEME, css=CSS, ssr_mode=False, footer_links=["api", "settings"],
+        )  # fmt: skip
     return Guard(
         app,
         allowed_hosts=allowed_hosts,

@@ -21,7 +21,7 @@ from PIL import ImageFilter, ImageOps
 from sdlab.images import load_image, load_mask, png_bytes
 from sdlab.outputs import infotext, recipe
 from sdlab.pipeline import Pipeline
-from sdlab.sampling.loop import MAX_SEED, GenerationResult, generate
+from sdlab.sampling.loop import MAX_SEED, GenerationResult, StepInfo, generate
 from sdlab.service.networks import extra_networks
 from sdlab.service.registry import ModelEntry, ModelRegistry
 from sdlab.service.request import GenerationRequest, strip_extra_networks
@@ -65,11 +65,13 @@ def run_request(
     *,
     on_step: StepHook | None = None,
     keep_going: Callable[[], bool] | None = None,
+    observe: Callable[[StepInfo], None] | None = None,
 ) -> RequestResult:
     """Generate what `request` asks for. Raises `InputError` (one sentence) for anything wrong in it.
 
     `on_step` sees every denoising step and may raise `StopSampling` to end the current batch early;
-    `keep_going()` is asked before each further batch (False after an interrupt).
+    `keep_going()` is asked before each further batch (False after an interrupt); `observe` sees
+    each step's predictions (`sdlab.sampling.loop.StepInfo`), as the lab uses them.
     """
     # 1. Check the request and resolve every name before anything is loaded
     request.validate()
@@ -124,6 +126,7 @@ def run_request(
                 eta=request.eta,
                 guide=guide,
                 callback=step_hook,
+                observe=observe,
             )
             stopped |= result.settings.get("stopped_at_step") is not None
             for i, image in enumerate(result.images):

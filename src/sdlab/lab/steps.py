@@ -1,0 +1,116 @@
+"""Watching one generation: every step's latents and predicted clean image, and guidance made visible.
+
+The seed explains diffusion as noise turned into a digit a little at a time. At step i the UNet's
+noise prediction implies a clean image x̂₀ = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t; early on it is a blur of every
+digit, later it is the digit. Classifier-free guidance extrapolates from the unconditional prediction
+towards the conditional one, ε̂ = ε̂_u + w·(ε̂_c − ε̂_u); decoding the x̂₀ of each branch side by side
+shows what the prompt adds and what the guidance scale w exaggerates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+
+from sdlab.pipeline import Pipeline
+from sdlab.sampling.latents import decode_latents
+from sdlab.sampling.loop import StepInfo
+from sdlab.service import GeneratedImage, GenerationRequest, ModelRegistry, run_request
+from sdlab.service.preview import LatentPreview
+
+MAX_DECODED_SIDE = 128  # larger images are previewed with the linear latent -> RGB map, not decoded
+
+
+@dataclass
+class Frame:
+    step: int  # from 1
+    timestep: float
+    latents: PIL.Image.Image  # x_t after this step, as an image
+    x0: PIL.Image.Image  # the clean image predicted at this step
+
+
+@dataclass
+class GuidanceSplit:
+    """x̂₀ of the unconditional branch, the conditional branch and the guided mix, at one step."""
+
+    step: int
+    unconditional: PIL.Image.Image
+    conditional: PIL.Image.Image
+    guided: PIL.Image.Image
+
+
+@dataclass
+class Watch:
+    image: GeneratedImage
+    frames: list[Frame]
+    split: GuidanceSplit | None  # None without classifier-free guidance
+    digit_probability: list[float] | None  # with `--guide-digit`: p(digit | x̂₀) per step
+
+
+@torch.no_grad()
+def watch(registry: ModelRegistry, request: GenerationRequest, *, split_step: int | None = None) -> Watch:
+    """Generate image 0 of `request` and keep what each step computed.
+
+    `split_step` (from 1; default: the middle step) is the step whose guidance branches are shown.
+    Raises `InputError` for a bad request, as `run_request` does.
+    """
+    request = request.replace(num_images_per_prompt=1, batch_count=1)
+    kept: dict[str, list[torch.Tensor]] = {"latents": [], "x0": [], "split": []}
+    timesteps: list[float] = []
+    chosen: list[int] = []
+
+    def observe(info: StepInfo) -> None:
+        timesteps.append(info.timestep)
+        kept["latents"].append(info.latents[:1].clone())
+        kept["x0"].append(info.x0()[:1].clone())
+        wanted = min(split_step, info.total) if split_step is not None else (info.total + 1) // 2
+        if info.step + 1 == wanted and info.noise_uncond is not None:
+            chosen.append(wanted)
+            kept["split"] = [info.x0(info.noise_uncond)[:1], info.x0(info.noise_cond)[:1], info.x0()[:1]]
+
+    result = run_request(registry, request, observe=observe)
+    pipe = result.pipe
+    x0_pixels = _pixels(pipe, torch.cat(kept["x0"]))
+    frames = [
+        Frame(i + 1, t, image, x0)
+        for i, (t, image, x0) in enumerate(
+            zip(
+                timesteps, _images(_pixels(pipe, torch.cat(kept["latents"]))), _images(x0_pixels), strict=True
+            )
+        )
+    ]
+    split = None
+    if kept["split"]:
+        unconditional, conditional, guided = _images(_pixels(pipe, torch.cat(kept["split"])))
+        split = GuidanceSplit(chosen[0], unconditional, conditional, guided)
+    probability = None
+    if request.guide_digit is not None:
+        probability = digit_probabilities(x0_pixels, request.guide_digit)
+    return Watch(result.images[0], frames, split, probability)
+
+
+def digit_probabilities(pixels: torch.Tensor, digit: int) -> list[float]:
+    """p(digit | image) under the evaluation classifier (the one `--guide-digit` steers with)."""
+    from sdlab.digits.classifier import EVAL_CLASSIFIER, DigitClassifier
+    from sdlab.digits.data import to_gray
+
+    classifier = DigitClassifier.load(EVAL_CLASSIFIER)
+    probabilities = torch.softmax(classifier(to_gray(pixels)), dim=-1)[:, digit]
+    return [float(p) for p in probabilities]
+
+
+def _pixels(pipe: Pipeline, latents: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1]: decoded by the VAE, or the linear preview for large images."""
+    if latents.shape[-1] * pipe.vae_scale_factor <= MAX_DECODED_SIDE:
+        return (decode_latents(pipe.vae, latents.to(pipe.dtype)).float().cpu() / 2 + 0.5).clamp(0, 1)
+    preview = LatentPreview.fit(pipe)
+    images = [preview.image(x) for x in latents]
+    return torch.stack([torch.from_numpy(np.asarray(i)).permute(2, 0, 1) / 255 for i in images])
+
+
+def _images(pixels: torch.Tensor) -> list[PIL.Image.Image]:
+    array = (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    return [PIL.Image.fromarray(a, "RGB") for a in array]
