@@ -107,36 +107,27 @@ def build_ui(worker: Worker) -> gr.Blocks:
                 lab = _generation_fields("lab", models, registry.current, batch=False)
                 with gr.Row():
                     guide_digit = gr.Dropdown(
-                        ["none", *map(str, range(10))], value="none", label="Guide digit (gradient guidance)"
-                    )
+                        ["none", *map(str, range(10))], value="none", label="Guide digit (gradient guidance)",
+                        elem_id="lab-guide",
+                    )  # fmt: skip
                     split_step = gr.Slider(
                         1, 150, value=10, step=1, label="Step for the guidance split", elem_id="lab-split"
                     )
                 lab_run = gr.Button("Watch", variant="primary", elem_id="lab-run")
+                strip = dict(format="png", height=170, object_fit="contain", preview=False)
                 lab_latents = gr.Gallery(
-                    label="Latents x_t, step by step",
-                    columns=10,
-                    elem_id="lab-latents",
-                    format="png",
-                    height=180,
+                    label="Latents x_t, step by step", columns=10, elem_id="lab-latents", **strip
                 )
                 lab_x0 = gr.Gallery(
-                    label="Predicted clean image x̂₀, step by step",
-                    columns=10,
-                    elem_id="lab-x0",
-                    format="png",
-                    height=180,
+                    label="Predicted clean image x̂₀, step by step", columns=10, elem_id="lab-x0", **strip
                 )
-                lab_split = gr.Gallery(
-                    label="Guidance at one step",
-                    columns=3,
-                    elem_id="lab-split-images",
-                    format="png",
-                    height=180,
-                )
-                lab_plot = gr.Plot(label="Guiding classifier: p(digit) per step", elem_id="lab-plot")
+                with gr.Row():
+                    lab_split = gr.Gallery(
+                        label="Guidance at one step", columns=3, elem_id="lab-split-images", **strip
+                    )
+                    lab_plot = gr.Plot(label="Guiding classifier: p(digit) per step", elem_id="lab-plot")
                 lab_attention = gr.Gallery(
-                    label="Attention per word", columns=8, elem_id="lab-attention", format="png", height=180
+                    label="Attention per word", columns=8, elem_id="lab-attention", **strip
                 )
 
         # -- txt2img and img2img: generate with live progress, interrupt, skip
@@ -527,7 +518,7 @@ def _probability_plot(probabilities: list[float], digit: int | None):
 
     figure, axis = plt.subplots(figsize=(6, 2.6))
     axis.plot(range(1, len(probabilities) + 1), probabilities, marker="o")
-    axis.set(xlabel="step", ylabel=f"p(digit {digit})", ylim=(-0.02, 1.02), title="guiding classifier on x̂₀")
+    axis.set(xlabel="step", ylabel=f"p(digit {digit} | x̂₀)", ylim=(-0.02, 1.02))
     axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
