@@ -106,6 +106,7 @@ def shoot_all(page, out: Path) -> None:
     page.fill("#xy-prompt textarea", "a handwritten digit 4")
     page.fill("#xy-x-values textarea", "1, 1.5, 4, 8")
     page.fill("#xy-y-values textarea", "3, 10, 30")
+    number(page, "xy-seed", 1)
     page.click("#xy-run")
     page.wait_for_selector("#xy-table table", timeout=300_000)
     page.screenshot(path=out / "xyplot.png", full_page=True)
@@ -114,6 +115,7 @@ def shoot_all(page, out: Path) -> None:
     page.get_by_role("tab", name="Lab").click()
     page.fill("#lab-prompt textarea", "a thick handwritten digit")  # the digit comes from the guide
     number(page, "lab-steps", 10)
+    number(page, "lab-seed", 1)
     number(page, "lab-cfg", 4)
     number(page, "lab-split", 3)
     page.locator("#lab-guide input").click()
