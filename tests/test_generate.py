@@ -174,6 +174,8 @@ BAD = [
     (dict(prompt=["a", "b"], negative_prompt=["c"]), "1 negative prompts for 2 prompts"),
     (dict(scheduler="nope"), "unknown scheduler 'nope'"),
     (dict(seed=-1), "a seed must be an integer"),
+    (dict(seed=2**32 + 5), "a seed must be an integer from 0 to 4294967295"),  # not silently seed 5
+    (dict(seed=[4, True]), "a seed must be an integer"),
     (dict(init_image=torch.zeros(1, 5, 4, 4)), "3 channels"),
 ]
 

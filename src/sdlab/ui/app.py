@@ -8,6 +8,7 @@ the same `Worker` the HTTP API uses; nothing here touches a model. Results are P
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import tempfile
@@ -409,8 +410,12 @@ def _run_and_watch(worker: Worker, request: GenerationRequest, outputs_dir: Path
     )
 
 
+_NUMBERS = itertools.count(1)
+
+
 def _write(image: GeneratedImage, folder: Path) -> str:
-    path = folder / f"{time.time_ns()}-{image.recipe['seed']}.png"
+    """NNNNN-SEED.png, numbered as A1111 numbers its outputs."""
+    path = folder / f"{next(_NUMBERS):05d}-{image.recipe['seed']}.png"
     path.write_bytes(image.png())
     return str(path)
 
