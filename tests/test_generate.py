@@ -175,7 +175,7 @@ BAD = [
     (dict(scheduler="nope"), "unknown scheduler 'nope'"),
     (dict(seed=-1), "a seed must be an integer"),
     (dict(seed=2**32 + 5), "a seed must be an integer from 0 to 4294967295"),  # not silently seed 5
-    (dict(seed=[4, True]), "a seed must be an integer"),
+    (dict(seed=[4, True], num_images_per_prompt=2), "a seed must be an integer"),
     (dict(init_image=torch.zeros(1, 5, 4, 4)), "3 channels"),
 ]
 
