@@ -78,11 +78,14 @@ def shoot_all(page, out: Path) -> None:
     # img2img: the first result sent over, a stroke drawn across it, inpainted as an 8
     page.click("#t2i-send")
     page.wait_for_selector("#i2i-image canvas")
+    page.wait_for_timeout(1000)  # the sent image is still being laid onto the canvas
     canvas = page.locator("#i2i-image canvas").first
     box = canvas.bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
     page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=10)
+    for i in range(1, 21):  # the editor draws from pointer events spaced in time, as a hand makes them
+        page.mouse.move(box["x"] + box["width"] * (0.3 + 0.02 * i), box["y"] + box["height"] * 0.5)
+        page.wait_for_timeout(20)
     page.mouse.up()
     page.fill("#i2i-prompt textarea", "a handwritten digit 8")
     page.locator("#i2i-inpaint input").check()

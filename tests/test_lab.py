@@ -40,17 +40,55 @@ def test_each_step_reports_both_branches_and_the_guided_prediction(tiny):
     assert not torch.allclose(seen[0].x0(seen[0].noise_uncond), seen[0].x0(seen[0].noise_cond))
 
 
+@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m", "ddim"])
+def test_x0_is_the_clean_latent_the_scheduler_lands_on(tiny, scheduler):
+    """At the last step a first-order sampler's next latent is its predicted x0 (sigma -> 0), so the
+    x0 sdlab derives in variance-preserving terms must equal it: a wrong alpha-bar or an unscaled
+    sample (sigma-space schedulers such as Euler) would not."""
+    seen = []
+    result = generate(
+        tiny,
+        "a cat",
+        num_inference_steps=5,
+        scheduler=scheduler,
+        height=32,
+        width=32,
+        seed=1,
+        observe=seen.append,
+    )
+    # DDIM's last step lands at alphas_cumprod[0] = 0.99915, not 1: within a fraction of a percent
+    tolerance = dict(rtol=5e-3, atol=5e-2) if scheduler == "ddim" else dict(rtol=0, atol=1e-4)
+    assert torch.allclose(seen[-1].x0(), result.latents, **tolerance)
+
+
+def test_attention_maps_land_where_the_probabilities_point_on_non_square_latents():
+    from sdlab.lab.attention import CrossAttentionStore, layer_size
+
+    assert layer_size((33, 48), 17 * 24) == (17, 24)  # 33 -> 17 -> 9: halves rounding up, as the UNet
+    store = CrossAttentionStore((12, 8))
+    probs = torch.zeros(2 * 4, 6 * 4, 3)  # [uncond, cond] x 4 heads, a 6x4 level, 3 tokens
+    probs[4:, 1 * 4 + 3, 2] = 1.0  # the conditional branch: token 2 looks at row 1, column 3
+    store.add(probs, heads=4)
+    heat = store.heat((12, 8))[2]
+    row, column = divmod(int(heat.argmax()), 8)
+    assert (row // 2, column // 2) == (1, 3) and float(store.heat((12, 8))[0].abs().max()) == 0
+
+
 def test_watch_keeps_a_frame_per_step_and_the_guidance_split(registry):
     seen = watch(
         registry,
         GenerationRequest("a handwritten digit 3", num_inference_steps=6, guidance_scale=4.0, seed=2),
         split_step=3,
+        attention=True,
     )
     assert [f.step for f in seen.frames] == [1, 2, 3, 4, 5, 6]
     assert seen.frames[0].x0.size == (32, 32) and seen.split.step == 3
     assert seen.digit_probability is None
+    assert [w.word for w in seen.attention] == ["a", "handwritten", "digit", "3"]
     last = np.asarray(seen.frames[-1].latents, dtype=float)
     assert np.abs(last - np.asarray(seen.image.image, dtype=float)).mean() < 2  # x_T decoded is the image
+    x0 = np.asarray(seen.frames[-1].x0, dtype=float)
+    assert np.abs(x0 - np.asarray(seen.image.image, dtype=float)).mean() < 8  # and so, nearly, is the last x0
 
 
 def test_gradient_guidance_raises_the_wanted_digit_step_by_step(registry):

@@ -17,6 +17,7 @@ import sys
 import zlib
 
 import PIL.Image
+import PIL.PngImagePlugin
 import pytest
 import requests
 from server_utils import serve
@@ -175,3 +176,25 @@ def test_docs_are_served_without_a_cdn(server):
     assert "/docs-static/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
     assert requests.get(server + "/docs-static/swagger-ui-bundle.js", timeout=30).status_code == 200
     assert "/sdapi/v1/txt2img" in requests.get(server + "/openapi.json", timeout=30).json()["paths"]
+
+
+def test_the_web_ui_takes_no_server_path_from_the_page(server, tmp_path):
+    """A file value naming a path on the server (not an upload) is refused before any handler reads it."""
+    secret = tmp_path / "secret.png"
+    image = PIL.Image.new("RGB", (8, 8))
+    info = PIL.PngImagePlugin.PngInfo()
+    info.add_text("parameters", "the secret prompt\nSteps: 1, Sampler: DDIM, Seed: 1")
+    image.save(secret, pnginfo=info)
+    for path in (str(secret), "/etc/passwd"):
+        call = requests.post(
+            server + "/gradio_api/call/_png_parameters",
+            json={"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]},
+            timeout=30,
+        )
+        stream = requests.get(
+            server + f"/gradio_api/call/_png_parameters/{call.json()['event_id']}", timeout=30
+        ).text
+        assert "event: error" in stream and "not uploaded by a user" in stream
+        assert "the secret prompt" not in stream and "root:" not in stream
+    served = requests.get(server + f"/gradio_api/file={secret}", timeout=30)
+    assert served.status_code == 403

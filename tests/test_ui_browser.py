@@ -180,3 +180,29 @@ def test_the_lab_strip_shows_one_frame_per_step(page):
     assert page.locator("#lab-split-images img").count() == 3
     words = page.locator("#lab-attention").inner_text()
     assert "thick" in words and "7" in words
+
+
+def test_a_mask_drawn_in_the_browser_repaints_only_where_it_was_drawn(page):
+    init = PIL.Image.open(io.BytesIO(generate(page, "a handwritten digit 0", seed=9, steps=10))).convert("L")
+    page.click("#t2i-send")
+    canvas = page.locator("#i2i-image canvas").first
+    canvas.wait_for()
+    page.wait_for_timeout(1000)  # the sent image is still being laid onto the canvas
+    box = canvas.bounding_box()
+    middle = box["y"] + box["height"] * 0.5
+    page.mouse.move(box["x"] + box["width"] * 0.35, middle)  # the image sits in the canvas's middle
+    page.mouse.down()
+    for i in range(1, 21):  # the editor draws from pointer events spaced in time, as a hand makes them
+        page.mouse.move(box["x"] + box["width"] * (0.35 + 0.0125 * i), middle)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+    page.fill("#i2i-prompt textarea", "a handwritten digit 1")
+    set_number(page, "i2i-strength", 1.0)
+    set_number(page, "i2i-seed", 4)
+    page.locator("#i2i-inpaint input").check()
+    page.click("#i2i-generate")
+    page.wait_for_selector("#i2i-progress :text('done')", timeout=120_000)
+    result = PIL.Image.open(io.BytesIO(downloaded_png(page, "i2i-files"))).convert("L")
+    change = np.abs(np.asarray(result, dtype=float) - np.asarray(init, dtype=float)).mean(axis=1)
+    assert result.size == init.size == (32, 32)
+    assert change[12:20].mean() > 4 * change[:4].mean(), change.round(1)  # the stroke's rows, not the top

@@ -9,7 +9,8 @@ attention processor installed for one generation; the UNet itself is not copied 
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ import PIL.Image
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
+from sdlab.pipeline import Pipeline
 from sdlab.prompts import tokenize_prompt
 from sdlab.service import GeneratedImage, GenerationRequest, ModelRegistry, run_request
 from sdlab.service.request import strip_extra_networks
@@ -25,22 +27,48 @@ from sdlab.service.request import strip_extra_networks
 class CrossAttentionStore:
     """Accumulates the conditional branch's cross-attention probabilities at latent resolution."""
 
-    def __init__(self, latent_size: tuple[int, int], batch_size: int) -> None:
+    def __init__(self, latent_size: tuple[int, int], batch_size: int = 1) -> None:
         self.latent_size = latent_size
         self.batch_size = batch_size
-        self.total: torch.Tensor | None = None  # (tokens, h, w)
+        self.total: torch.Tensor | None = None  # (tokens, h, w), on the CPU
         self.count = 0
 
     def add(self, probs: torch.Tensor, heads: int) -> None:
         """`probs`: (batch * heads, h_l * w_l, tokens) from one layer at one step."""
         per_image = probs.reshape(-1, heads, *probs.shape[1:]).mean(dim=1)  # (batch, hw, tokens)
-        conditional = per_image[-self.batch_size :][0].float()  # CFG puts [uncond, cond]: image 0, cond
-        h, w = self.latent_size
-        side_h = round(math.sqrt(conditional.shape[0] * h / w))
-        grid = conditional.T.reshape(-1, 1, side_h, conditional.shape[0] // side_h)
+        conditional = per_image[-self.batch_size :][0].float().cpu()  # CFG puts [uncond, cond]: image 0, cond
+        h, w = layer_size(self.latent_size, conditional.shape[0])
+        grid = conditional.T.reshape(-1, 1, h, w)
         grid = torch.nn.functional.interpolate(grid, size=self.latent_size, mode="bilinear")[:, 0]
         self.total = grid if self.total is None else self.total + grid
         self.count += 1
+
+    def heat(self, size: tuple[int, int]) -> torch.Tensor:
+        """(tokens, H, W): the mean map over every recorded layer and step, upsampled to `size` (H, W)."""
+        mean = (self.total / max(self.count, 1)).unsqueeze(1)
+        return torch.nn.functional.interpolate(mean, size=size, mode="bilinear")[:, 0]
+
+
+def layer_size(latent_size: tuple[int, int], pixels: int) -> tuple[int, int]:
+    """The (h, w) of a UNet level holding `pixels` positions: the latent halved (rounding up) per level."""
+    h, w = latent_size
+    while h * w > pixels:
+        h, w = -(-h // 2), -(-w // 2)
+    if h * w != pixels:
+        raise ValueError(f"no UNet level of a {latent_size} latent has {pixels} positions")
+    return h, w
+
+
+@contextmanager
+def recording_attention(pipe: Pipeline, latent_size: tuple[int, int]) -> Iterator[CrossAttentionStore]:
+    """`pipe`'s UNet with its cross-attention recorded into the yielded store, for one generation."""
+    store = CrossAttentionStore(latent_size)
+    original = pipe.unet.attn_processors
+    pipe.unet.set_attn_processor(RecordingAttnProcessor(store))
+    try:
+        yield store
+    finally:
+        pipe.unet.set_attn_processor(original)
 
 
 class RecordingAttnProcessor(AttnProcessor):
@@ -92,24 +120,34 @@ def attention_maps(registry: ModelRegistry, request: GenerationRequest) -> Atten
     """Generate image 0 of `request` and map where each word of its prompt lands (DAAM)."""
     request = request.replace(num_images_per_prompt=1, batch_count=1).validate()
     pipe = registry.pipeline(registry.find_model(request.model))
-    size = (request.height or pipe.default_size, request.width or pipe.default_size)
-    latent_size = (size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor)
-    store = CrossAttentionStore(latent_size, batch_size=1)
-    original = pipe.unet.attn_processors
-    pipe.unet.set_attn_processor(RecordingAttnProcessor(store))
-    try:
+    with recording_attention(pipe, latent_size(pipe, request)) as store:
         result = run_request(registry, request)
-    finally:
-        pipe.unet.set_attn_processor(original)
-    image = result.images[0]
-    heat = (store.total / max(store.count, 1)).unsqueeze(1)
-    heat = torch.nn.functional.interpolate(heat, size=image.image.size[::-1], mode="bilinear")[:, 0]
+    return AttentionMaps(result.images[0], word_maps(pipe, request.prompt, store, result.images[0].image))
+
+
+def latent_size(pipe: Pipeline, request: GenerationRequest) -> tuple[int, int]:
+    """(h, w) of the latents `request` will have on `pipe` (an init image decides unless sizes are given)."""
+    height, width = request.height, request.width
+    if (height is None or width is None) and request.init_image is not None:
+        from sdlab.images import load_image
+
+        image = load_image(request.init_image, what="init image")
+        width, height = width or image.width, height or image.height
+    height, width = height or pipe.default_size, width or pipe.default_size
+    return height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
+
+
+def word_maps(
+    pipe: Pipeline, prompt: str, store: CrossAttentionStore, image: PIL.Image.Image
+) -> list[WordMap]:
+    """One normalised heat map (and overlay on `image`) per word of `prompt`."""
+    heat = store.heat((image.height, image.width))
     words = []
-    for word, positions in word_tokens(pipe.tokenizer, strip_extra_networks(request.prompt)):
+    for word, positions in word_tokens(pipe.tokenizer, strip_extra_networks(prompt)):
         total = heat[positions].sum(dim=0).numpy()
         normalised = (total - total.min()) / max(float(total.max() - total.min()), 1e-8)
-        words.append(WordMap(word, normalised, _overlay(image.image, normalised)))
-    return AttentionMaps(image, words)
+        words.append(WordMap(word, normalised, _overlay(image, normalised)))
+    return words
 
 
 def word_tokens(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:

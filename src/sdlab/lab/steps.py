@@ -9,12 +9,14 @@ shows what the prompt adds and what the guidance scale w exaggerates.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
 import torch
 
+from sdlab.lab.attention import WordMap, latent_size, recording_attention, word_maps
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.latents import decode_latents
 from sdlab.sampling.loop import StepInfo
@@ -48,16 +50,25 @@ class Watch:
     frames: list[Frame]
     split: GuidanceSplit | None  # None without classifier-free guidance
     digit_probability: list[float] | None  # with `--guide-digit`: p(digit | x̂₀) per step
+    attention: list[WordMap] | None = None  # with attention=True: where each prompt word lands
 
 
 @torch.no_grad()
-def watch(registry: ModelRegistry, request: GenerationRequest, *, split_step: int | None = None) -> Watch:
+def watch(
+    registry: ModelRegistry,
+    request: GenerationRequest,
+    *,
+    split_step: int | None = None,
+    attention: bool = False,
+) -> Watch:
     """Generate image 0 of `request` and keep what each step computed.
 
-    `split_step` (from 1; default: the middle step) is the step whose guidance branches are shown.
+    `split_step` (from 1; default: the middle step) is the step whose guidance branches are shown;
+    `attention` also maps each prompt word's cross-attention in the same run (`lab.attention`).
+    Frames are the scheduler's model evaluations: second-order samplers (Heun) show about two per step.
     Raises `InputError` for a bad request, as `run_request` does.
     """
-    request = request.replace(num_images_per_prompt=1, batch_count=1)
+    request = request.replace(num_images_per_prompt=1, batch_count=1).validate()
     kept: dict[str, list[torch.Tensor]] = {"latents": [], "x0": [], "split": []}
     timesteps: list[float] = []
     chosen: list[int] = []
@@ -71,8 +82,9 @@ def watch(registry: ModelRegistry, request: GenerationRequest, *, split_step: in
             chosen.append(wanted)
             kept["split"] = [info.x0(info.noise_uncond)[:1], info.x0(info.noise_cond)[:1], info.x0()[:1]]
 
-    result = run_request(registry, request, observe=observe)
-    pipe = result.pipe
+    pipe = registry.pipeline(registry.find_model(request.model))
+    with recording_attention(pipe, latent_size(pipe, request)) if attention else nullcontext() as store:
+        result = run_request(registry, request, observe=observe)
     x0_pixels = _pixels(pipe, torch.cat(kept["x0"]))
     frames = [
         Frame(i + 1, t, image, x0)
@@ -89,7 +101,8 @@ def watch(registry: ModelRegistry, request: GenerationRequest, *, split_step: in
     probability = None
     if request.guide_digit is not None:
         probability = digit_probabilities(x0_pixels, request.guide_digit)
-    return Watch(result.images[0], frames, split, probability)
+    words = word_maps(pipe, request.prompt, store, result.images[0].image) if attention else None
+    return Watch(result.images[0], frames, split, probability, words)
 
 
 def digit_probabilities(pixels: torch.Tensor, digit: int) -> list[float]:

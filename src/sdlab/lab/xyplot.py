@@ -62,7 +62,12 @@ def parse_values(axis: str, text: str) -> list[Any]:
         )
         if kind is not str and ranged:
             start, stop, step = float(ranged[1]), float(ranged[2]), float(ranged[3] or 1)
-            values += [kind(v) for v in np.arange(start, stop + step / 2, step)]
+            count = int((stop - start) / step) + 1 if step > 0 else 0
+            if not 1 <= count <= MAX_CELLS:
+                raise InputError(
+                    f"{axis}: {part!r} must be an increasing range of at most {MAX_CELLS} values"
+                )
+            values += [kind(start + i * step) for i in range(count)]
             continue
         try:
             values.append(kind(part))
@@ -72,6 +77,8 @@ def parse_values(axis: str, text: str) -> list[Any]:
         values = [resolve_sampler(v, None) for v in values]
     if not values:
         raise InputError(f"{axis}: give at least one value, separated by commas")
+    if len(values) > MAX_CELLS:
+        raise InputError(f"{axis}: {len(values)} values is more than {MAX_CELLS}")
     return values
 
 
@@ -89,6 +96,8 @@ def xy_grid(
         raise InputError(
             f"{len(x_values)} x {len(y_values)} cells is more than {MAX_CELLS}; use fewer values"
         )
+    if "Denoising strength" in (x_axis, y_axis) and base.init_image is None:
+        raise InputError("the denoising strength axis needs an init image to start from")
     if "Prompt S/R" in (x_axis, y_axis):
         search = (x_values if x_axis == "Prompt S/R" else y_values)[0]
         if search not in base.prompt:

@@ -237,9 +237,13 @@ def create_app(
         from sdlab.ui.app import CSS, THEME, build_ui
 
         # no allowed_paths: gradio serves only its own cache; no SSR node server, no analytics
+        blocks = build_ui(worker)
         app = gr.mount_gradio_app(
-            app, build_ui(worker), path="/", theme=THEME, css=CSS, ssr_mode=False, footer_links=["api", "settings"],
+            app, blocks, path="/", theme=THEME, css=CSS, ssr_mode=False, footer_links=["api", "settings"],
         )  # fmt: skip
+        # gradio checks that a file the page names was uploaded (and not, say, /etc/passwd) only once
+        # the Blocks "has launched", which `launch()` sets and mounting does not: set it here
+        blocks.has_launched = True
     return Guard(
         app,
         allowed_hosts=allowed_hosts,

@@ -108,6 +108,7 @@ class Worker:
         if isinstance(task, GenerationRequest):
             task.validate()
         job = _Job(task, Future())
+        job.future.job_id = job.id  # type: ignore[attr-defined]  # matches Progress.job while it runs
         try:
             self._queue.put_nowait(job)
         except queue.Full:

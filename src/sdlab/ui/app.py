@@ -93,6 +93,12 @@ def build_ui(worker: Worker) -> gr.Blocks:
                     x_values = gr.Textbox("1, 1.5, 4", label="X values", elem_id="xy-x-values")
                     y_axis = gr.Dropdown(list(AXES), value="Steps", label="Y axis", elem_id="xy-y-axis")
                     y_values = gr.Textbox("5, 20", label="Y values", elem_id="xy-y-values")
+                xy_init = gr.Image(
+                    label="Init image (only for the denoising strength axis)",
+                    type="pil",
+                    elem_id="xy-init",
+                    height=160,
+                )
                 xy_run = gr.Button("Plot", variant="primary", elem_id="xy-run")
                 xy_grid_image = gr.Image(label="Grid", type="filepath", format="png", elem_id="xy-grid")
                 xy_table = gr.Markdown(elem_id="xy-table")
@@ -153,7 +159,7 @@ def build_ui(worker: Worker) -> gr.Blocks:
             fields = t2i if prefix == "t2i" else i2i
             event = fields["generate"].click(
                 run, inputs=[*extra, *fields["inputs"]],
-                outputs=[out["progress"], out["preview"], out["gallery"], out["files"], out["info"], out["last_seed"], out["infos"]],
+                outputs=[out["progress"], out["preview"], out["gallery"], out["files"], out["info"], out["last_seed"], out["infos"], out["images"]],
                 concurrency_limit=8,
             )  # fmt: skip
             fields["interrupt"].click(worker.interrupt, queue=False)
@@ -180,8 +186,8 @@ def build_ui(worker: Worker) -> gr.Blocks:
         )
         for out in (t2i_out, i2i_out):
             out["send"].click(
-                lambda files, index: (_file_at(files, index), gr.Tabs(selected="img2img")),
-                inputs=[out["files"], out["selected"]], outputs=[init, tabs],
+                lambda images, index: (_image_at(images, index), gr.Tabs(selected="img2img")),
+                inputs=[out["images"], out["selected"]], outputs=[init, tabs],
             )  # fmt: skip
 
         # -- PNG info
@@ -192,12 +198,13 @@ def build_ui(worker: Worker) -> gr.Blocks:
         )  # fmt: skip
 
         # -- X/Y plot and the lab
-        def run_xy(count: int, xa: str, xv: str, ya: str, yv: str, *values: Any):
-            base = _request("xy", values).replace(num_images_per_prompt=int(count))
+        def run_xy(
+            count: int, image: PIL.Image.Image | None, xa: str, xv: str, ya: str, yv: str, *values: Any
+        ):
+            base = _request("xy", values).replace(num_images_per_prompt=int(count), init_image=image)
             try:
-                plot = worker.run(
-                    lambda w: xy_grid(w.registry, base, xa, parse_values(xa, xv), ya, parse_values(ya, yv))
-                )
+                xs, ys = parse_values(xa, xv), parse_values(ya, yv)
+                plot = worker.run(lambda w: xy_grid(w.registry, base, xa, xs, ya, ys))
             except (InputError, QueueFull) as err:
                 raise gr.Error(str(err)) from None
             path = outputs_dir / f"xy-{time.time_ns()}.png"
@@ -206,24 +213,18 @@ def build_ui(worker: Worker) -> gr.Blocks:
 
         xy_run.click(
             run_xy,
-            inputs=[per_cell, x_axis, x_values, y_axis, y_values, *xy["inputs"]],
+            inputs=[per_cell, xy_init, x_axis, x_values, y_axis, y_values, *xy["inputs"]],
             outputs=[xy_grid_image, xy_table, xy_file],
         )
 
         def run_lab(digit: str, step: int, *values: Any):
-            from sdlab.lab.attention import attention_maps
             from sdlab.lab.steps import watch
 
             request = _request("lab", values)
             if digit != "none":
                 request = request.replace(guide_digit=int(digit))
             try:
-                seen, maps = worker.run(
-                    lambda w: (
-                        watch(w.registry, request, split_step=int(step)),
-                        attention_maps(w.registry, request),
-                    )
-                )
+                seen = worker.run(lambda w: watch(w.registry, request, split_step=int(step), attention=True))
             except (InputError, QueueFull) as err:
                 raise gr.Error(str(err)) from None
             latents = [(f.latents, f"step {f.step}") for f in seen.frames]
@@ -241,7 +242,7 @@ def build_ui(worker: Worker) -> gr.Blocks:
                 if seen.digit_probability
                 else None
             )
-            attention = [(w.overlay, w.word) for w in maps.words]
+            attention = [(w.overlay, w.word) for w in seen.attention]
             return latents, x0, split, plot, attention
 
         lab_run.click(
@@ -335,6 +336,9 @@ def _result_area(prefix: str) -> dict[str, Any]:
     out["last_seed"] = gr.State(-1)
     out["infos"] = gr.State([])
     out["selected"] = gr.State(0)
+    out["images"] = gr.State(
+        []
+    )  # the results, kept on the server: "send to img2img" takes no path from the page
     return out
 
 
@@ -363,28 +367,23 @@ def _request(prefix: str, values: tuple) -> GenerationRequest:
 
 
 def _run_and_watch(worker: Worker, request: GenerationRequest, outputs_dir: Path) -> Iterator[tuple]:
-    """Submit, then report progress (bar, step, ETA, preview) until the result arrives."""
+    """Submit, then report this job's progress (bar, step, ETA, preview) until its result arrives.
+
+    Yields (progress, preview, gallery, files, info, last seed, infos, images) as the outputs are wired.
+    """
     try:
         future = worker.submit(request)
     except (InputError, QueueFull) as err:
         raise gr.Error(str(err)) from None
-    skip = gr.skip()
+    unchanged = (gr.skip(),) * 6
     while not future.done():
         p = worker.progress()
-        if p.sampling_steps:
+        if p.job == future.job_id and p.sampling_steps:  # another user's job is never shown
             text = (f"<progress value='{p.fraction:.3f}' max='1'></progress> batch {p.job_no + 1}/{p.job_count}, "
                     f"step {p.sampling_step}/{p.sampling_steps}, ETA {p.eta:.1f} s")  # fmt: skip
-            yield text, p.preview_image(), skip, skip, skip, skip, skip
+            yield text, p.preview_image(), *unchanged
         else:
-            yield (
-                f"waiting ({p.queued} ahead)" if p.queued else "starting…",
-                skip,
-                skip,
-                skip,
-                skip,
-                skip,
-                skip,
-            )
+            yield ("starting…" if p.job == future.job_id else "waiting in the queue…"), gr.skip(), *unchanged
         time.sleep(0.2)
     try:
         result: RequestResult = future.result()
@@ -399,22 +398,20 @@ def _run_and_watch(worker: Worker, request: GenerationRequest, outputs_dir: Path
     gallery = [
         (path, f"seed {image.recipe['seed']}") for path, image in zip(files, result.images, strict=True)
     ]
-    yield (
-        status,
-        None,
-        gallery,
-        files,
-        infos[0] if infos else "",
-        result.seeds[0] if result.seeds else -1,
-        infos,
-    )
+    first_seed = result.seeds[0] if result.seeds else -1
+    images = [image.image for image in result.images]
+    yield status, None, gallery, files, infos[0] if infos else "", first_seed, infos, images
 
 
 _NUMBERS = itertools.count(1)
 
 
 def _write(image: GeneratedImage, folder: Path) -> str:
-    """NNNNN-SEED.png, numbered as A1111 numbers its outputs."""
+    """NNNNN-SEED.png, numbered as A1111 numbers its outputs; files older than an hour are removed
+    (gradio has copied them into its own cache by then)."""
+    for old in folder.glob("*.png"):
+        if time.time() - old.stat().st_mtime > 3600:
+            old.unlink(missing_ok=True)
     path = folder / f"{next(_NUMBERS):05d}-{image.recipe['seed']}.png"
     path.write_bytes(image.png())
     return str(path)
@@ -425,11 +422,10 @@ def _selected_info(infos: list[str], event: gr.SelectData) -> tuple[str, int]:
     return (infos[index] if index < len(infos) else ""), index
 
 
-def _file_at(files: list | None, index: int) -> str | None:
-    if not files:
+def _image_at(images: list[PIL.Image.Image], index: int) -> PIL.Image.Image:
+    if not images:
         raise gr.Error("generate an image first")
-    item = files[min(index, len(files) - 1)]
-    return item if isinstance(item, str) else getattr(item, "name", None) or item["path"]
+    return images[min(index, len(images) - 1)]
 
 
 def _editor_image(value: dict | None) -> tuple[PIL.Image.Image | None, PIL.Image.Image | None]:
@@ -452,8 +448,10 @@ def _png_parameters(file: Any) -> str:
     if file is None:
         return ""
     path = file if isinstance(file, str) else getattr(file, "name", "")
-    try:
-        return read_png_text(path).get("parameters", "this PNG carries no generation parameters")
+    try:  # the bytes, not the path: gradio has checked the file is an upload; messages name no server path
+        return read_png_text(Path(path).read_bytes(), what="the PNG").get(
+            "parameters", "this PNG carries no generation parameters"
+        )
     except InputError as err:
         raise gr.Error(str(err)) from None
 
@@ -467,7 +465,13 @@ def _parameters_to_fields(text: str) -> tuple:
     sampler = settings.get("Sampler")
     if sampler and settings.get("Schedule type", "").lower() == "karras" and not sampler.endswith("Karras"):
         sampler = f"{sampler} Karras"
-    number = lambda key, kind: kind(settings[key]) if key in settings else gr.skip()  # noqa: E731
+
+    def number(key: str, kind: type) -> Any:
+        try:
+            return kind(settings[key]) if key in settings else gr.skip()
+        except ValueError:
+            raise gr.Error(f"{key}: {settings[key]!r} is not a {kind.__name__}") from None
+
     return (
         prompt,
         negative,
