@@ -90,6 +90,7 @@ def shoot_all(page, out: Path) -> None:
     page.fill("#i2i-prompt textarea", "a handwritten digit 8")
     page.locator("#i2i-inpaint input").check()
     number(page, "i2i-batch-size", 4)
+    number(page, "i2i-seed", 2)
     page.click("#i2i-generate")
     page.wait_for_selector("#i2i-progress :text('done')", timeout=120_000)
     page.screenshot(path=out / "img2img.png", full_page=True)

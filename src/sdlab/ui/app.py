@@ -62,6 +62,8 @@ def build_ui(worker: Worker) -> gr.Blocks:
                     init = gr.ImageMask(
                         label="Image (draw on it to inpaint that area)", type="pil", elem_id="i2i-image",
                         image_mode="RGBA", sources=["upload", "clipboard"], canvas_size=(512, 512),
+                        # a see-through brush, 3 px in the image's own pixels (resizable in the page)
+                        brush=gr.Brush(default_size=3, colors=[("#ff3366", 0.6)], color_mode="fixed"),
                     )  # fmt: skip
                     mask_upload = gr.Image(
                         label="Mask (optional upload: white = repaint)", type="pil", elem_id="i2i-mask"
