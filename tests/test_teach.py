@@ -12,7 +12,6 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from sdlab.embeddings import expand_prompt
 from sdlab.errors import InputError, TrainingError
 from sdlab.loading import load_pipeline
 from sdlab.training.data import LatentData, diffusion_loss, encode_text
@@ -52,9 +51,7 @@ def fixed_loss(pipe, data_dir, prompt: str = "a bright square") -> float:
         for _ in range(4):
             noise = torch.randn(latents.shape, generator=g)
             t = torch.randint(100, 900, (len(latents),), generator=g)
-            embeds = encode_text(
-                pipe.tokenizer, pipe.text_encoder, [expand_prompt(pipe, prompt)] * len(latents)
-            )
+            embeds = encode_text(pipe.tokenizer, pipe.text_encoder, [prompt] * len(latents))
             losses.append(
                 diffusion_loss(pipe.unet, training_noise_scheduler(pipe), latents, embeds, noise, t).mean()
             )

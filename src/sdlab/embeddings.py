@@ -5,13 +5,13 @@
 - AUTOMATIC1111 format: `name.safetensors` holding {"emb_params": tensor (K, D)}, or a `.pt` pickle
   with {"string_to_param": {"*": tensor}} (only with allow_pickle, and then weights_only).
 
-A K-vector token "<t>" becomes K tokens "<t>", "<t>_1", ... "<t>_{K-1}", and every prompt that says "<t>"
-is expanded to all of them before tokenizing, as diffusers' `maybe_convert_prompt` does.
+A K-vector token "<t>" becomes K tokens "<t>", "<t>_1", ... "<t>_{K-1}"; wherever the tokenizer finds
+"<t>" in a prompt, `sdlab.prompts.tokenize_prompt` puts all K in its place, as diffusers'
+`maybe_convert_prompt` does.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -47,16 +47,7 @@ def add_tokens(pipe: Pipeline, token: str, vectors: torch.Tensor) -> list[int]:
     with torch.no_grad():
         weight = pipe.text_encoder.get_input_embeddings().weight
         weight[ids] = vectors.to(weight.device, weight.dtype)
-    pipe.multi_vector_tokens[token] = names
     return ids
-
-
-def expand_prompt(pipe: Pipeline, prompt: str) -> str:
-    """Spell out every multi-vector token: "a <t> digit" -> "a <t> <t>_1 <t>_2 digit"."""
-    for token, names in pipe.multi_vector_tokens.items():
-        if len(names) > 1:
-            prompt = re.sub(rf"(?<!\S){re.escape(token)}(?!\S|_\d)", " ".join(names), prompt)
-    return prompt
 
 
 def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> tuple[str, torch.Tensor]:

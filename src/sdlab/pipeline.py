@@ -29,8 +29,6 @@ class Pipeline:
     name: str = ""  # a short name for metadata (A1111's "Model:")
     # the model's recommended sampling settings (its folder's sdlab.json), used where a call gives none
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
-    # textual-inversion tokens with several vectors, spelled out in prompts: "<t>" -> ["<t>", "<t>_1", ...]
-    multi_vector_tokens: dict[str, list[str]] = field(default_factory=dict)
     _hash: str | None = field(default=None, repr=False)
 
     @property

@@ -4,7 +4,8 @@ Syntax (as users of AUTOMATIC1111's web UI know it):
     (word)       weight x 1.1        ((word)) x 1.21
     [word]       weight / 1.1
     (word:1.3)   weight x 1.3        \\( \\) \\[ \\]  literal brackets
-    BREAK        start a new 75-token chunk
+    BREAK        start a new 75-token chunk (the upper-case word; brackets around it change nothing)
+    (word:-0.5)  any number is a weight, negative ones included
 Long prompts are cut into chunks of 75 tokens, each encoded as its own `<bos> ... <eos> <pad>...` window
 of 77 and concatenated along the sequence axis, so the UNet's cross-attention sees all of them.
 A plain prompt (one chunk, all weights 1) gives exactly `text_encoder(tokenizer(prompt, padding="max_length"))`.
@@ -19,54 +20,72 @@ import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
 ROUND, SQUARE = 1.1, 1 / 1.1
-_TOKEN = re.compile(r"\\[()\[\]\\]|\(|\[|:\s*([+-]?\d*\.?\d+)\s*\)|\)|\]|BREAK|[^\\()\[\]:B]+|.", re.S)
+# AUTOMATIC1111's `re_attention` (modules/prompt_parser.py), with a stricter number: "(a:1.2.3)" is text
+_ATTENTION = re.compile(
+    r"""
+    \\[()\[\]\\]      # escaped bracket or backslash: literal
+    | \\                  # a lone backslash: dropped, as A1111 does
+    | \( | \[
+    | :\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)   # ":1.3)" closes a round bracket with an explicit weight
+    | \) | \]
+    | [^\\()\[\]:]+
+    | :
+    """,
+    re.X,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")  # A1111's re_break: the upper-case word, anywhere, brackets or not
+BREAK = None  # the weight that marks a chunk boundary in `parse_prompt_weights`' output
 
 
-def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
-    """Split a prompt into (text, weight) runs; ("BREAK", -1) marks a forced chunk boundary.
+def parse_prompt_weights(text: str) -> list[tuple[str, float | None]]:
+    """Split a prompt into (text, weight) runs, as A1111's `parse_prompt_attention`.
 
-    Unclosed brackets apply to the rest of the prompt; stray closing brackets are kept as text.
+    ("BREAK", None) marks a forced chunk boundary: only the literal word BREAK makes one, wherever it
+    stands; any number, negative ones included, is an ordinary weight. Unclosed brackets apply to the
+    rest of the prompt; stray closing brackets are kept as text; adjacent runs of equal weight merge.
     """
     runs: list[list] = []  # [text, weight] pairs, mutable so a closing bracket can rescale a range
-    stack: list[tuple[str, int]] = []  # (bracket, index of the first run inside it)
+    round_open: list[int] = []
+    square_open: list[int] = []
 
     def scale(start: int, factor: float) -> None:
         for run in runs[start:]:
-            if run[1] > 0:
+            if run[1] is not BREAK:
                 run[1] *= factor
 
-    for m in _TOKEN.finditer(text):
-        tok, explicit = m.group(0), m.group(1)
-        if tok.startswith("\\") and len(tok) == 2:
-            runs.append([tok[1], 1.0])
-        elif tok in ("(", "["):
-            stack.append((tok, len(runs)))
-        elif explicit is not None and stack and stack[-1][0] == "(":
-            scale(stack.pop()[1], float(explicit))
-        elif tok == ")" and stack and stack[-1][0] == "(":
-            scale(stack.pop()[1], ROUND)
-        elif tok == "]" and stack and stack[-1][0] == "[":
-            scale(stack.pop()[1], SQUARE)
-        elif tok == "BREAK" and _is_word(text, m.start(), m.end()):
-            runs.append(["BREAK", -1.0])
+    for m in _ATTENTION.finditer(text):
+        token, explicit = m.group(0), m.group(1)
+        if token.startswith("\\"):
+            runs.append([token[1:], 1.0])
+        elif token == "(":
+            round_open.append(len(runs))
+        elif token == "[":
+            square_open.append(len(runs))
+        elif explicit is not None and round_open:
+            scale(round_open.pop(), float(explicit))
+        elif token == ")" and round_open:
+            scale(round_open.pop(), ROUND)
+        elif token == "]" and square_open:
+            scale(square_open.pop(), SQUARE)
         else:
-            runs.append([tok, 1.0])
-    for bracket, start in reversed(stack):
-        scale(start, ROUND if bracket == "(" else SQUARE)
+            for i, part in enumerate(_BREAK.split(token)):
+                if i:
+                    runs.append(["BREAK", BREAK])
+                runs.append([part, 1.0])
+    for start in round_open:
+        scale(start, ROUND)
+    for start in square_open:
+        scale(start, SQUARE)
 
-    merged: list[tuple[str, float]] = []
-    for tok, weight in runs:
-        if merged and merged[-1][1] == weight and weight > 0:
-            merged[-1] = (merged[-1][0] + tok, weight)
+    merged: list[tuple[str, float | None]] = []
+    for token, weight in runs:
+        if not token and weight is not BREAK:
+            continue
+        if merged and weight is not BREAK and merged[-1][1] == weight:
+            merged[-1] = (merged[-1][0] + token, weight)
         else:
-            merged.append((tok, weight))
+            merged.append((token, weight))
     return merged or [("", 1.0)]
-
-
-def _is_word(text: str, start: int, end: int) -> bool:
-    before = text[start - 1] if start > 0 else " "
-    after = text[end] if end < len(text) else " "
-    return not (before.isalnum() or after.isalnum())
 
 
 @dataclass
@@ -81,18 +100,40 @@ class TokenChunks:
         return bool((self.weights != 1).any())
 
 
+COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack: a chunk ends after a comma this close to its end
+
+
 def tokenize_prompt(tokenizer: CLIPTokenizer, prompt: str, num_chunks: int | None = None) -> TokenChunks:
-    """Tokenize `prompt` into 75-token chunks (each wrapped in bos/eos, padded), padded to `num_chunks`."""
+    """Tokenize `prompt` into 75-token chunks (each wrapped in bos/eos, padded), padded to `num_chunks`.
+
+    As A1111's `tokenize_line`: BREAK ends a chunk; a full chunk whose last comma is at most 20 tokens
+    back moves the words after that comma to the next chunk, so a phrase is not cut in two; a
+    multi-vector textual-inversion token `<t>` becomes its vectors `<t> <t>_1 ...` wherever the
+    tokenizer finds it (next to punctuation, inside brackets), each with the weight around it.
+    """
     window = tokenizer.model_max_length - 2
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    more_vectors = _multi_vector_ids(tokenizer)
     chunks: list[list[tuple[int, float]]] = [[]]
+    last_comma = -1
     for text, weight in parse_prompt_weights(prompt):
-        if weight < 0:  # BREAK
+        if weight is BREAK:
             chunks.append([])
+            last_comma = -1
             continue
         for token in tokenizer(text, add_special_tokens=False, verbose=False).input_ids:
-            if len(chunks[-1]) == window:
-                chunks.append([])
-            chunks[-1].append((token, weight))
+            for token_id in (token, *more_vectors.get(token, ())):
+                chunk = chunks[-1]
+                if len(chunk) == window:
+                    if last_comma >= 0 and len(chunk) - last_comma <= COMMA_BACKTRACK:
+                        chunks[-1], moved = chunk[: last_comma + 1], chunk[last_comma + 1 :]
+                        chunks.append(moved)
+                    else:
+                        chunks.append([])
+                    last_comma = -1
+                if token_id == comma:
+                    last_comma = len(chunks[-1])
+                chunks[-1].append((token_id, weight))
     if len(chunks) > 1 and not chunks[-1]:
         chunks.pop()
     while num_chunks is not None and len(chunks) < num_chunks:
@@ -107,6 +148,21 @@ def tokenize_prompt(tokenizer: CLIPTokenizer, prompt: str, num_chunks: int | Non
             ids[row, col], weights[row, col] = token, weight
         ids[row, len(chunk) + 1] = eos
     return TokenChunks(ids, weights)
+
+
+def _multi_vector_ids(tokenizer: CLIPTokenizer) -> dict[int, list[int]]:
+    """{id of "<t>": ids of "<t>_1", "<t>_2", ...} for every multi-vector token the tokenizer was given
+    (diffusers' naming, as `maybe_convert_prompt` expands it)."""
+    added = tokenizer.get_added_vocab()
+    expansions = {}
+    for name, token_id in added.items():
+        rest, i = [], 1
+        while f"{name}_{i}" in added:
+            rest.append(added[f"{name}_{i}"])
+            i += 1
+        if rest:
+            expansions[token_id] = rest
+    return expansions
 
 
 @torch.no_grad()

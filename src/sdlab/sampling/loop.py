@@ -21,7 +21,6 @@ import PIL.Image
 import torch
 from diffusers.image_processor import VaeImageProcessor
 
-from sdlab.embeddings import expand_prompt
 from sdlab.errors import InputError
 from sdlab.images import load_image, load_mask
 from sdlab.prompts import count_chunks, encode_prompts
@@ -181,8 +180,7 @@ def generate(
     # 2. Encode the prompts; the unconditional branch is the negative prompt (or "")
     prompts_b = [p for p in prompts for _ in range(num_images_per_prompt)]
     negatives_b = [n for n in negatives for _ in range(num_images_per_prompt)]
-    texts = [expand_prompt(pipe, p) for p in prompts_b]  # multi-vector embedding tokens spelled out
-    negative_texts = [expand_prompt(pipe, n) for n in negatives_b]
+    texts, negative_texts = prompts_b, negatives_b  # (multi-vector embeddings are expanded per token)
     chunks = count_chunks(pipe.tokenizer, texts + (negative_texts if do_cfg else []))
     embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, texts, chunks).to(dtype)
     if do_cfg:

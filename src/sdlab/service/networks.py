@@ -31,7 +31,7 @@ def extra_networks(
     Raises `InputError` for a file that is not a LoRA or an embedding for this model; the model is
     restored before the error leaves the block.
     """
-    tokenizer, tokens = pipe.tokenizer, dict(pipe.multi_vector_tokens)
+    tokenizer = pipe.tokenizer
     vocab_size = pipe.text_encoder.get_input_embeddings().weight.shape[0]
     adapters: list[str] = []
     try:
@@ -49,6 +49,5 @@ def extra_networks(
         finally:  # the embeddings are restored even if taking a LoRA off failed
             if pipe.tokenizer is not tokenizer:
                 pipe.tokenizer = tokenizer
-                pipe.multi_vector_tokens = tokens
                 if pipe.text_encoder.get_input_embeddings().weight.shape[0] != vocab_size:
                     pipe.text_encoder.resize_token_embeddings(vocab_size)  # keeps rows 0 .. vocab_size - 1
