@@ -188,9 +188,44 @@ def test_exif_orientation_is_applied(tmp_path):
 # --- masks ------------------------------------------------------------------------------------
 
 
+def _square_mask(mode: str) -> Image.Image:
+    """A 32x32 mask whose middle 16x16 square is to be repainted, as an editor of `mode` would export it."""
+    if mode in ("RGBA", "LA"):  # transparent background, opaque white square
+        image = Image.new(mode, (32, 32), (0,) * len(mode))
+        image.paste((255,) * len(mode), (8, 8, 24, 24))
+    elif mode == "PA":  # a palette image whose background colour is transparent
+        image = Image.new("P", (32, 32), 0)
+        image.putpalette([0, 0, 0, 255, 255, 255])
+        image.paste(1, (8, 8, 24, 24))
+        image.info["transparency"] = 0
+    elif mode == "RGBA-opaque":  # alpha everywhere 255: its luminance counts
+        image = Image.new("RGBA", (32, 32), (0, 0, 0, 255))
+        image.paste((255, 255, 255, 255), (8, 8, 24, 24))
+    elif mode == "I;16":  # 16-bit grey: white is 65535
+        image = Image.new("I;16", (32, 32), 0)
+        image.paste(65535, (8, 8, 24, 24))
+    else:  # opaque: white square on black
+        image = Image.new("L", (32, 32), 0)
+        image.paste(255, (8, 8, 24, 24))
+        image = image.convert(mode)
+    return image
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "RGBA-opaque", "RGB", "L", "1", "I;16", "CMYK"])
+def test_masks_use_alpha_when_transparent_and_luminance_when_opaque(tmp_path, mode):
+    """Issue 11: an editor's RGBA mask (transparent background, opaque square) repaints the square
+    only (25 % of the image), as A1111's create_binary_mask reads it; an opaque mask is its luminance."""
+    image = _square_mask(mode)
+    path = tmp_path / ("m.tiff" if mode == "CMYK" else "m.png")
+    image.save(path)
+    for source in (path, path.read_bytes(), image):
+        mask = np.asarray(load_mask(source, size=(32, 32))) > 127
+        assert mask.mean() == 0.25 and mask[8:24, 8:24].all()
+
+
 def test_mask_is_l_and_size_is_checked(tmp_path):
-    mask = Image.new("RGBA", (8, 4), (0, 0, 0, 255))
-    mask.putpixel((0, 0), (0, 0, 0, 0))  # transparent: white, repaint
+    mask = Image.new("RGBA", (8, 4), (0, 0, 0, 0))
+    mask.putpixel((0, 0), (0, 0, 0, 255))  # opaque: repaint; transparent: keep
     mask.save(tmp_path / "m.png")
     loaded = load_mask(tmp_path / "m.png", size=(8, 4))
     assert loaded.mode == "L"

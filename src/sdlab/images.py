@@ -41,29 +41,46 @@ def load_image(source: Source, *, what: str = "image", max_pixels: int = MAX_PIX
     `source` may also be the bytes of an encoded file (an upload): they pass the same checks as a
     file. `what` names the image's role in error messages ("init image", "mask"). Images with more
     than `max_pixels` pixels are refused from their header, before any pixel is decoded.
+    Transparency is composited onto white.
     """
-    if isinstance(source, Image.Image):
-        _check_pixels(source.size, what, max_pixels)
-        return _decode(source, what)
-    if isinstance(source, bytes):
-        with _open_checked(source, what, max_pixels) as image:
-            return _decode(image, what)
-    path = Path(source)
-    with _open_checked(path, what, max_pixels) as image:
-        return _decode(image, f"{what} '{path}'")
+    image, label = _read(source, what, max_pixels)
+    return _to_rgb(image, label)
 
 
 def load_mask(source: Source, *, size: tuple[int, int] | None = None) -> Image.Image:
     """Open an inpainting mask as mode "L": white is repainted, black is kept (as diffusers and A1111).
 
-    Transparent areas count as white, as everywhere in `load_image`. `size` is the init image's
-    (width, height); a mask of another size is refused rather than silently stretched.
+    A mask with transparency (RGBA, LA, PA, or a palette or grey image with a transparent colour)
+    is its alpha channel: opaque pixels are repainted, transparent ones kept, as A1111's
+    `create_binary_mask` reads the masks image editors export. An opaque mask is its luminance.
+    `size` is the init image's (width, height); a mask of another size is refused, not stretched.
     """
-    mask = load_image(source, what="mask").convert("L")
+    image, label = _read(source, "mask", MAX_PIXELS)
+    alpha = None
+    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info:
+        alpha = image.convert("LA" if image.mode == "La" else image.mode).convert("RGBA").getchannel("A")
+    if alpha is not None and alpha.getextrema() != (255, 255):
+        mask = alpha
+    else:
+        mask = _to_rgb(image, label).convert("L")
     if size is not None and mask.size != tuple(size):
         (w, h), (iw, ih) = mask.size, size
         raise InputError(f"mask is {w}x{h} but the init image is {iw}x{ih}; they must be the same size.")
     return mask
+
+
+def _read(source: Source, what: str, max_pixels: int) -> tuple[Image.Image, str]:
+    """`source` decoded (EXIF orientation applied) in its own mode, and its label for messages."""
+    if isinstance(source, Image.Image):
+        _check_pixels(source.size, what, max_pixels)
+        return _decode(source, what), what
+    if isinstance(source, bytes):
+        with _open_checked(source, what, max_pixels) as image:
+            return _decode(image, what), what
+    path = Path(source)
+    label = f"{what} '{path}'"
+    with _open_checked(path, what, max_pixels) as image:
+        return _decode(image, label), label
 
 
 def save_png(
@@ -174,7 +191,7 @@ def _decode(image: Image.Image, label: str) -> Image.Image:
         image = ImageOps.exif_transpose(image)  # phones store pixels sideways plus an orientation tag
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"{label} is truncated or corrupt ({e}); re-export or re-download it.") from e
-    return _to_rgb(image, label)
+    return image
 
 
 @contextmanager
