@@ -32,7 +32,11 @@ def test_generate_writes_png_with_a1111_parameters_and_replay_reproduces_it(caps
     assert code == 0 and str(out) in stdout
     prompt, negative, settings = parse_parameters(read_png_text(out)["parameters"])
     assert (prompt, negative) == ("a (red:1.2) cat", "blurry")
-    assert settings["Sampler"] == "DPM++ 2M Karras" and settings["Seed"] == "1234"
+    assert (
+        settings["Sampler"] == "DPM++ 2M"
+        and settings["Schedule type"] == "Karras"
+        and settings["Seed"] == "1234"
+    )
     assert settings["Steps"] == "3" and settings["CFG scale"] == "6.5" and settings["Size"] == "32x32"
     assert settings["Model"] == "tiny" and len(settings["Model hash"]) == 10
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import PIL.Image
 import pytest
 
 from sdlab.errors import InputError
@@ -138,3 +139,74 @@ def test_surrounding_whitespace_of_prompts_is_not_kept():
 def test_unwritable_setting_names_are_refused(key):
     with pytest.raises(InputError, match="setting name"):
         format_parameters("p", None, {"Steps": 1, key: 2, "Seed": 3})
+
+
+# "parameters" lines as AUTOMATIC1111 versions wrote them (and extensions added to them)
+A1111_LINES = [
+    (  # 2022, before model names and versions; an 8-digit model hash
+        "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model hash: 7460a6fa",
+        {"scheduler": "euler_a", "seed": 1, "num_inference_steps": 20},
+    ),
+    (  # 1.0-1.8: the schedule in the sampler's name
+        "a cat\nNegative prompt: blurry\nSteps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 42, "
+        "Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.6.0",
+        {"scheduler": "dpmpp_2m_karras", "negative_prompt": "blurry", "width": 512, "height": 768},
+    ),
+    (  # 1.9+: the schedule type as a field of its own
+        "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3, Size: 512x512, "
+        "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1",
+        {"scheduler": "dpmpp_2m_karras", "seed": 3},
+    ),
+    (  # 1.9+ with the automatic schedule, img2img
+        "a cat\nSteps: 30, Sampler: Euler, Schedule type: Automatic, CFG scale: 5.5, Seed: 9, Size: 64x64, "
+        "Denoising strength: 0.45, Version: v1.9.4",
+        {"scheduler": "euler", "strength": 0.45, "guidance_scale": 5.5},
+    ),
+    (  # extensions' fields, values quoted because they hold commas and colons; hires fix
+        "a (cat:1.2), <lora:style:0.8>\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 5, Size: 512x512, "
+        "Denoising strength: 0.7, Hires upscale: 2, Hires upscaler: Latent, "
+        'Lora hashes: "style: 1a2b3c4d5e6f, detail: 0f9e8d7c6b5a", TI hashes: "bad: 1234", '
+        'ADetailer model: face_yolov8n.pt, ADetailer prompt: "a face, smiling", Version: v1.10.1',
+        {"scheduler": "ddim", "prompt": "a (cat:1.2), <lora:style:0.8>", "seed": 5},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), A1111_LINES, ids=["2022", "1.6", "1.9-karras", "1.9-img2img", "extensions"]
+)
+def test_recipes_are_read_from_every_a1111_version(tmp_path, text, expected):
+    from sdlab.images import save_png
+    from sdlab.outputs import read_recipe
+
+    path = save_png(PIL.Image.new("RGB", (8, 8)), tmp_path / "a1111.png", parameters=text)
+    recipe = read_recipe(path)
+    assert {k: recipe[k] for k in expected} == expected
+    if "Hires upscale" in text:
+        assert "strength" not in recipe  # hires fix's denoising strength is not img2img's
+
+
+def test_sdlab_writes_the_schedule_type_as_a1111_1_9_does_and_reads_it_back(tmp_path):
+    from sdlab.outputs import infotext, read_recipe
+
+    base = {"prompt": "a cat", "negative_prompt": "", "num_inference_steps": 20, "guidance_scale": 7.0, "seed": 1,
+            "width": 32, "height": 32, "model_hash": "0123456789", "model": "digits", "sdlab_version": "0"}  # fmt: skip
+    for name, sampler, schedule in [("dpmpp_2m_karras", "DPM++ 2M", "Karras"), ("euler_a", "Euler a", None)]:
+        text = infotext({**base, "scheduler": name})
+        settings = parse_parameters(text)[2]
+        assert settings["Sampler"] == sampler and settings.get("Schedule type") == schedule
+        assert list(settings)[:3] == ["Steps", "Sampler", "Schedule type" if schedule else "CFG scale"]
+        from sdlab.images import save_png
+
+        path = save_png(PIL.Image.new("RGB", (8, 8)), tmp_path / f"{name}.png", parameters=text)
+        assert read_recipe(path)["scheduler"] == name
+
+
+def test_an_unknown_schedule_type_is_one_sentence(tmp_path):
+    from sdlab.images import save_png
+    from sdlab.outputs import read_recipe
+
+    text = "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Align Your Steps, CFG scale: 7, Seed: 1, Size: 8x8"
+    path = save_png(PIL.Image.new("RGB", (8, 8)), tmp_path / "ays.png", parameters=text)
+    with pytest.raises(InputError, match="unknown schedule type 'Align Your Steps'"):
+        read_recipe(path)

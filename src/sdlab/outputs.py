@@ -18,7 +18,7 @@ from sdlab.images import make_grid, read_png_text, save_png
 from sdlab.metadata import format_parameters, parse_parameters
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.loop import GenerationResult
-from sdlab.sampling.schedulers import scheduler_from_a1111, scheduler_spec
+from sdlab.sampling.schedulers import a1111_sampler, resolve_sampler
 
 
 def recipe(
@@ -44,9 +44,11 @@ def recipe(
 
 def infotext(r: dict) -> str:
     """A1111's `parameters` text for one image's recipe."""
+    sampler, schedule = a1111_sampler(r["scheduler"])
     settings = {
         "Steps": r["num_inference_steps"],
-        "Sampler": scheduler_spec(r["scheduler"]).a1111,
+        "Sampler": sampler,
+        "Schedule type": schedule,  # A1111 1.9+'s form ("DPM++ 2M" + "Karras"); None is left out
         "CFG scale": r["guidance_scale"],
         "Seed": r["seed"],
         "Size": f"{r['width']}x{r['height']}",
@@ -110,13 +112,14 @@ def read_recipe(path: str | Path) -> dict:
             "seed": int(s["Seed"]),
             "num_inference_steps": int(s["Steps"]),
             "guidance_scale": float(s["CFG scale"]),
-            "scheduler": scheduler_from_a1111(s.get("Sampler", "PLMS")),
+            # old A1111 wrote "DPM++ 2M Karras", 1.9+ writes "DPM++ 2M" and "Schedule type: Karras"
+            "scheduler": resolve_sampler(s.get("Sampler", "PLMS"), s.get("Schedule type")),
             "width": width,
             "height": height,
         }
     except (KeyError, ValueError) as err:
         raise InputError(f"{path}: its 'parameters' chunk lacks a readable {err} setting") from err
-    if "Denoising strength" in s:
+    if "Denoising strength" in s and "Hires upscale" not in s:  # with hires fix it is the second pass's
         r["strength"] = float(s["Denoising strength"])
     if "CFG Rescale phi" in s:
         r["guidance_rescale"] = float(s["CFG Rescale phi"])

@@ -81,14 +81,13 @@ def scheduler_name_from_config(config: dict[str, Any]) -> str:
     return "pndm"
 
 
-def scheduler_from_a1111(sampler: str) -> str:
-    """Map an A1111 sampler name ("DPM++ 2M Karras") back to sdlab's ("dpmpp_2m_karras")."""
-    for name, spec in SCHEDULERS.items():
-        if spec.a1111 == sampler:
-            return name
-    raise InputError(
-        f"sampler {sampler!r} has no sdlab scheduler; known: {', '.join(s.a1111 for s in SCHEDULERS.values())}"
-    )
+def a1111_sampler(name: str) -> tuple[str, str | None]:
+    """(Sampler, Schedule type) as AUTOMATIC1111 1.9+ writes them: "dpmpp_2m_karras" -> ("DPM++ 2M", "Karras");
+    a sampler on its own schedule has no schedule type: "euler" -> ("Euler", None)."""
+    sampler = scheduler_spec(name).a1111
+    if sampler.endswith(" Karras"):
+        return sampler.removesuffix(" Karras"), "Karras"
+    return sampler, None
 
 
 def resolve_sampler(sampler_name: str | None, schedule: str | None) -> str | None:
@@ -103,7 +102,7 @@ def resolve_sampler(sampler_name: str | None, schedule: str | None) -> str | Non
         if base is None:
             known = ", ".join(spec.a1111 for spec in SCHEDULERS.values())
             raise InputError(f"unknown sampler {sampler_name!r}; sdlab has: {known}")
-    kind = (schedule or "automatic").strip().lower()
+    kind = (schedule or "automatic").strip().lower().replace(" ", "_")
     if kind not in SCHEDULE_TYPES:
         raise InputError(f"unknown schedule type {schedule!r}; sdlab has: {', '.join(SCHEDULE_TYPES)}")
     if kind == "karras" and base is not None and not base.endswith("_karras"):

@@ -464,9 +464,15 @@ def _parameters_to_fields(text: str) -> tuple:
         raise gr.Error("drop a PNG with generation parameters first")
     prompt, negative, settings = parse_parameters(text)
     width, _, height = settings.get("Size", "").partition("x")
-    sampler = settings.get("Sampler")
-    if sampler and settings.get("Schedule type", "").lower() == "karras" and not sampler.endswith("Karras"):
-        sampler = f"{sampler} Karras"
+    try:  # old A1111 wrote "DPM++ 2M Karras", 1.9+ writes "DPM++ 2M" and "Schedule type: Karras"
+        name = (
+            resolve_sampler(settings["Sampler"], settings.get("Schedule type"))
+            if "Sampler" in settings
+            else None
+        )
+    except InputError:
+        name = None  # a sampler sdlab has not: the model's default
+    sampler = SCHEDULERS[name].a1111 if name else MODEL_DEFAULT
 
     def number(key: str, kind: type) -> Any:
         try:
@@ -477,7 +483,7 @@ def _parameters_to_fields(text: str) -> tuple:
     return (
         prompt,
         negative,
-        sampler if sampler in SAMPLERS else MODEL_DEFAULT,
+        sampler,
         number("Steps", int),
         number("CFG scale", float),
         number("Seed", int),
