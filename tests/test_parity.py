@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import SD15_SCHEDULER  # noqa: E402
 from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
@@ -163,3 +164,76 @@ def test_inpaint_with_strength_matches_diffusers(tiny, tiny_inpaint, channels):
         width=48,
     )
     assert (ours.pixels - theirs).abs().mean() < TOL
+
+
+# SD folders in the wild often ship PNDM's scheduler config without `clip_sample`, with `steps_offset`
+# 0 or `skip_prk_steps` false. diffusers' SD pipelines correct their scheduler when they are built;
+# sdlab must make the same corrections, or DDIM clips x0 to [-1, 1] (25/255 off before the fix).
+OLD_CONFIG = {
+    k: v for k, v in SD15_SCHEDULER.items() if k not in ("clip_sample", "steps_offset", "skip_prk_steps")
+}
+OLD_CONFIG["skip_prk_steps"] = False
+
+
+def raw_reference(cls, pipe, scheduler: str, seed: int, **kwargs) -> torch.Tensor:
+    """diffusers' pipeline given the *uncorrected* scheduler: it applies its own corrections."""
+    import diffusers
+
+    from sdlab.sampling.schedulers import scheduler_spec
+
+    spec = scheduler_spec(scheduler)
+    raw = getattr(diffusers, spec.cls).from_config({**pipe.scheduler_config, **spec.overrides})
+    ref = cls(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+              scheduler=raw, safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    ref.set_progress_bar_config(disable=True)
+    n = len(kwargs["prompt"]) * kwargs.get("num_images_per_prompt", 1)
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+    return ref(**kwargs, generator=generators, output_type="pt").images
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "pndm", "euler"])
+def test_configs_missing_the_sd_corrections_match_diffusers(scheduler):
+    from conftest import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=2)
+    pipe.scheduler_config = dict(OLD_CONFIG)
+    kwargs = dict(prompt=PROMPTS, negative_prompt=NEGATIVES, num_inference_steps=5, guidance_scale=5.0)
+    ours = generate(pipe, **kwargs, scheduler=scheduler, seed=3, height=32, width=32).pixels
+    theirs = raw_reference(StableDiffusionPipeline, pipe, scheduler, 3, **kwargs, height=32, width=32)
+    assert (ours - theirs).abs().mean() < TOL
+    image = source_image()
+    ours = generate(pipe, **kwargs, init_image=image, strength=0.6, scheduler=scheduler, seed=3).pixels
+    theirs = raw_reference(
+        StableDiffusionImg2ImgPipeline, pipe, scheduler, 3, **kwargs, image=image, strength=0.6
+    )
+    assert (ours - theirs).abs().mean() < TOL
+    # diffusers' inpainting pipeline corrects steps_offset and skip_prk_steps but not clip_sample, so
+    # it clips SD latents to [-1, 1] with such a config; sdlab does not (SD latents are not in that
+    # range): compare the two where diffusers is consistent. One prompt: see test_inpaint_matches_diffusers.
+    pipe.scheduler_config = {**OLD_CONFIG, "clip_sample": False}
+    one = dict(kwargs, prompt=PROMPTS[:1], negative_prompt=NEGATIVES[:1])
+    ours = generate(pipe, **one, init_image=image, mask_image=half_mask(), scheduler=scheduler, seed=3).pixels
+    theirs = raw_reference(
+        StableDiffusionInpaintPipeline, pipe, scheduler, 3, **one, image=image, mask_image=half_mask(),
+        height=32, width=48,
+    )  # fmt: skip
+    assert (ours - theirs).abs().mean() < TOL
+
+
+def test_an_old_unet_config_gets_the_sample_size_diffusers_gives_it(tiny_dir, tmp_path):
+    """StableDiffusionPipeline's third correction: a UNet config saved by diffusers < 0.9 with a sample
+    size under 64 meant 64 (a 512-pixel SD 1.x); sdlab's default image size follows it."""
+    import json
+    import shutil
+
+    from sdlab.loading import load_pipeline
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_dir, old)
+    config_file = old / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    config.update(_diffusers_version="0.8.0", sample_size=16)
+    config_file.write_text(json.dumps(config))
+    pipe = load_pipeline(old, device="cpu")
+    assert pipe.unet.config.sample_size == 64 and pipe.default_size == 64 * pipe.vae_scale_factor
+    assert load_pipeline(tiny_dir, device="cpu").unet.config.sample_size == 16  # a current config is kept

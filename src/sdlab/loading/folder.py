@@ -22,6 +22,22 @@ SAMPLING_DEFAULTS = {"guidance_scale": (int, float), "num_inference_steps": (int
 PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "pytorch_model.bin")
 
 
+def _correct_old_unet_config(unet: UNet2DConditionModel) -> None:
+    """As `StableDiffusionPipeline.__init__`: a UNet config saved by diffusers < 0.9 with a sample size
+    under 64 meant 64 (512-pixel SD 1.x); the default image size follows from it."""
+    from packaging.version import Version
+
+    saved = unet.config.get("_diffusers_version")
+    size = unet.config.get("sample_size")
+    if (
+        saved
+        and Version(Version(saved).base_version) < Version("0.9.0")
+        and isinstance(size, int)
+        and size < 64
+    ):
+        unet.register_to_config(sample_size=64)
+
+
 def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
 
@@ -53,6 +69,7 @@ def load_folder(path: Path, *, allow_pickle: bool = False, dtype: torch.dtype = 
         raise InputError(f"cannot read {scheduler_file}: {_first_line(err)}") from err
     for module in (unet, vae, text_encoder):
         module.eval()
+    _correct_old_unet_config(unet)
     return Pipeline(
         unet=unet,
         vae=vae,

@@ -174,7 +174,7 @@ def generate(
     seeds = _seeds(seed, batch_size)
     generators = generators_for(seeds)
     scheduler_name = scheduler or scheduler_name_from_config(pipe.scheduler_config)
-    sched = make_scheduler(scheduler_name, pipe.scheduler_config)
+    sched = make_scheduler(scheduler_name, pipe.scheduler_config, inpainting=mask_image is not None)
     do_cfg = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
 
     # 2. Encode the prompts; the unconditional branch is the negative prompt (or "")

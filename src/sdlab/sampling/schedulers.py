@@ -48,8 +48,16 @@ SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}  # A1111 1.9+'s 
 SAMPLER_ALIASES = {name: [name, f"k_{name}"] for name in SCHEDULERS}
 
 
-def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
-    """A fresh scheduler `name` (see `SCHEDULERS`) on the noise schedule of `config`."""
+def make_scheduler(name: str, config: dict[str, Any], *, inpainting: bool = False) -> SchedulerMixin:
+    """A fresh scheduler `name` (see `SCHEDULERS`) on the noise schedule of `config`.
+
+    The corrections diffusers' Stable Diffusion pipelines make to their scheduler's config when they
+    are built apply here too (`StableDiffusionPipeline.__init__` and its img2img/inpaint siblings):
+    `steps_offset` becomes 1, `clip_sample` False, and for inpainting `skip_prk_steps` True. Many SD
+    folders ship PNDM's config, without `clip_sample`; DDIM's default would then clip x0 to [-1, 1].
+    (diffusers' inpainting pipeline alone leaves `clip_sample` as it is; sdlab corrects it there too,
+    since SD latents are not in [-1, 1].)
+    """
     spec = scheduler_spec(name)
     cls = getattr(diffusers, spec.cls)
     # The config may come from another scheduler class (SD ships PNDM's): keep what this class
@@ -62,7 +70,16 @@ def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
         "solver_order",
     }
     base = {k: v for k, v in config.items() if k in accepted}
-    return cls.from_config({**base, **spec.overrides})
+    scheduler = cls.from_config({**base, **spec.overrides})
+    corrections = {}
+    if scheduler.config.get("steps_offset", 1) != 1:
+        corrections["steps_offset"] = 1
+    if scheduler.config.get("clip_sample", False) is True:
+        corrections["clip_sample"] = False
+    if inpainting and scheduler.config.get("skip_prk_steps", True) is False:
+        corrections["skip_prk_steps"] = True
+    scheduler.register_to_config(**corrections)  # as the pipelines do: the config, which step() reads
+    return scheduler
 
 
 def scheduler_spec(name: str) -> SchedulerSpec:
