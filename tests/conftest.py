@@ -45,10 +45,14 @@ def tiny_text_encoder(hidden_act: str = "quick_gelu") -> CLIPTextModel:
     )
 
 
-def tiny_pipeline(in_channels: int = 4, seed: int = 0) -> Pipeline:
-    """A 2-level UNet, VAE (factor 2) and 5-layer CLIP text model of width 32: random but seeded."""
+def tiny_pipeline(in_channels: int = 4, seed: int = 0, **unet_config) -> Pipeline:
+    """A 2-level UNet, VAE (factor 2) and 5-layer CLIP text model of width 32: random but seeded.
+
+    `unet_config` adds UNet options, e.g. time_cond_proj_dim=32 for a guidance-distilled (LCM) UNet.
+    """
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
+        **unet_config,
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=16,

@@ -237,3 +237,46 @@ def test_an_old_unet_config_gets_the_sample_size_diffusers_gives_it(tiny_dir, tm
     pipe = load_pipeline(old, device="cpu")
     assert pipe.unet.config.sample_size == 64 and pipe.default_size == 64 * pipe.vae_scale_factor
     assert load_pipeline(tiny_dir, device="cpu").unet.config.sample_size == 16  # a current config is kept
+
+
+def test_a_guidance_distilled_unet_matches_diffusers_lcm_pipeline():
+    """LCM UNets take the guidance scale as an embedding (`timestep_cond`), not as two passes."""
+    from conftest import tiny_pipeline
+    from diffusers import LatentConsistencyModelPipeline
+
+    pipe = tiny_pipeline(seed=3, time_cond_proj_dim=32)
+    ref = LatentConsistencyModelPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        scheduler=make_scheduler("lcm", pipe.scheduler_config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    ref.set_progress_bar_config(disable=True)
+    images = {}
+    for scale in (1.0, 8.5):
+        kwargs = dict(
+            num_inference_steps=4, guidance_scale=scale, num_images_per_prompt=2, height=32, width=32
+        )
+        ours = generate(pipe, "a red cube", scheduler="lcm", seed=5, **kwargs).pixels
+        generators = [torch.Generator("cpu").manual_seed(5 + i) for i in range(2)]
+        theirs = ref("a red cube", generator=generators, output_type="pt", **kwargs).images
+        assert (ours - theirs).abs().mean() < TOL
+        images[scale] = ours
+    assert (images[1.0] - images[8.5]).abs().mean() > 10 * TOL  # the embedding reaches the UNet
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (dict(num_class_embeds=10), "this UNet expects class labels"),
+        (dict(addition_embed_type="text_time"), "this UNet expects added conditioning"),
+    ],
+)
+def test_a_unet_needing_conditioning_sdlab_does_not_give_is_refused(config, message):
+    from conftest import tiny_pipeline
+
+    from sdlab.errors import InputError
+
+    pipe = tiny_pipeline()
+    pipe.unet.register_to_config(**config)  # the check reads the config, as a loaded model's would say
+    with pytest.raises(InputError, match=message):
+        generate(pipe, "a cat", num_inference_steps=2, height=32, width=32, seed=0)

@@ -6,6 +6,8 @@ that image generated alone, and a seed gives the same noise on every device.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import AutoencoderKL
 from diffusers.utils.torch_utils import randn_tensor
@@ -84,3 +86,15 @@ def predicted_x0(
     if prediction_type == "v_prediction":
         return a * sample - s * model_output
     raise ValueError(f"predicted x0 needs an epsilon or v-prediction model, not {prediction_type}")
+
+
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int) -> torch.Tensor:
+    """The sinusoidal embedding of guidance scales `w` (B,) that guidance-distilled UNets (LCM) take as
+    `timestep_cond` (B, embedding_dim), float32; LCM passes w = guidance_scale - 1. As diffusers'
+    `LatentConsistencyModelPipeline.get_guidance_scale_embedding` (after VDM's timestep embedding)."""
+    w = w.float() * 1000.0
+    half = embedding_dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    angles = w[:, None] * frequencies[None, :]
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    return torch.nn.functional.pad(embedding, (0, embedding_dim % 2))

@@ -29,6 +29,7 @@ from sdlab.sampling.latents import (
     decode_latents,
     encode_images,
     generators_for,
+    guidance_scale_embedding,
     guided_noise,
     initial_noise,
     predicted_x0,
@@ -175,7 +176,9 @@ def generate(
     generators = generators_for(seeds)
     scheduler_name = scheduler or scheduler_name_from_config(pipe.scheduler_config)
     sched = make_scheduler(scheduler_name, pipe.scheduler_config, inpainting=mask_image is not None)
-    do_cfg = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+    check_unet_conditioning(pipe.unet)
+    distilled = pipe.unet.config.time_cond_proj_dim is not None  # guidance baked in (LCM): one pass
+    do_cfg = guidance_scale > 1 and not distilled
 
     # 2. Encode the prompts; the unconditional branch is the negative prompt (or "")
     prompts_b = [p for p in prompts for _ in range(num_images_per_prompt)]
@@ -216,7 +219,11 @@ def generate(
             pipe, mask_image, init_pixels, init_size, height, width, batch_size, generators
         )
 
-    # 6. Denoising loop
+    # 6. Denoising loop; a guidance-distilled UNet is told the guidance scale as an embedding
+    timestep_cond = None
+    if distilled:
+        w = torch.full((batch_size,), guidance_scale - 1.0)
+        timestep_cond = guidance_scale_embedding(w, pipe.unet.config.time_cond_proj_dim).to(device, dtype)
     stopped_at = None
     step_kwargs = _step_kwargs(sched, generators, eta)
     prediction_type = sched.config.get("prediction_type", "epsilon")
@@ -228,7 +235,9 @@ def generate(
             model_input = torch.cat(
                 [model_input] + [torch.cat([x] * 2) if do_cfg else x for x in extra], dim=1
             )
-        noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        noise_pred = pipe.unet(
+            model_input, t, encoder_hidden_states=embeds, timestep_cond=timestep_cond, return_dict=False
+        )[0]
         noise_uncond, noise_cond = None, noise_pred
         if do_cfg:
             noise_uncond, noise_cond = noise_pred.chunk(2)
@@ -307,6 +316,30 @@ def check_numbers(steps: int, guidance: float, rescale: float, per_prompt: int, 
         raise InputError(f"num_images_per_prompt (--num-images) must be an integer >= 1, got {per_prompt!r}")
     if not isinstance(eta, int | float) or not (0 <= eta <= 1):
         raise InputError(f"eta must be in [0, 1], got {eta}")
+
+
+def check_unet_conditioning(unet: Any) -> None:
+    """Refuse, with one sentence, a UNet that needs conditioning the loop does not supply.
+
+    Supplied: text embeddings, and the guidance-scale embedding of guidance-distilled (LCM) UNets.
+    Not supplied: class labels (SD's x4 upscaler, unCLIP) and added embeddings (SDXL's text_time).
+    """
+    config = unet.config
+    if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
+        raise InputError(
+            f"this UNet expects class labels (class_embed_type {config.get('class_embed_type')!r}), as SD's x4 "
+            "upscaler and unCLIP do; sdlab generates with SD 1.x/2.x text-to-image UNets"
+        )
+    if config.get("addition_embed_type") is not None:
+        raise InputError(
+            f"this UNet expects added conditioning (addition_embed_type {config.get('addition_embed_type')!r}, "
+            "e.g. SDXL's text_time); sdlab generates with SD 1.x/2.x text-to-image UNets"
+        )
+    if config.get("encoder_hid_dim_type") is not None:
+        raise InputError(
+            f"this UNet projects its conditioning itself (encoder_hid_dim_type "
+            f"{config.get('encoder_hid_dim_type')!r}); sdlab generates with SD 1.x/2.x text-to-image UNets"
+        )
 
 
 def _check_size(height: int, width: int, factor: int) -> None:
