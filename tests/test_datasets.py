@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 
 import numpy as np
 import pytest
@@ -64,3 +66,64 @@ def test_write_metadata_round_trips_and_pixels_are_centre_cropped(tmp_path):
     expected = torch.tensor([40.0 * i / 127.5 - 1 for i in range(3)])
     assert torch.allclose(pixels.mean(dim=(1, 2, 3)), expected, atol=1e-5)
     assert np.isclose(float(pixels.min()), -1.0)
+
+
+def _white_png(folder, name="a.png"):
+    Image.new("RGB", (8, 8), "white").save(folder / name)
+
+
+@pytest.mark.parametrize(
+    ("data", "caption"),
+    [
+        (
+            "a handwritten digit 3".encode("utf-16"),
+            "a handwritten digit 3",
+        ),  # Notepad's "Unicode": UTF-16 LE + BOM
+        (codecs.BOM_UTF16_BE + "a digit".encode("utf-16-be"), "a digit"),
+        ("a digit ✓".encode("utf-8-sig"), "a digit ✓"),
+        ("a digit".encode("utf-32"), "a digit"),
+        (b"a digit\r\n", "a digit"),
+        (b"\r\n  first line  \r\nsecond line\r\n", "first line"),  # kohya: the first non-empty line
+        (b"", ""),
+        (b"   \n", ""),
+    ],
+    ids=["utf-16-le", "utf-16-be", "utf-8-bom", "utf-32", "crlf", "two-lines", "empty", "blank"],
+)
+def test_sidecar_encodings_and_line_ends(tmp_path, data, caption):
+    _white_png(tmp_path)
+    (tmp_path / "a.txt").write_bytes(data)
+    assert read_folder(tmp_path)[0].caption == caption
+
+
+@pytest.mark.parametrize(
+    ("lines", "result"),
+    [
+        ('{"file_name": "a.png", "text": "a digit"}\r\n'.encode("utf-8-sig"), "a digit"),
+        ('{"file_name": "a.png", "text": "a digit"}\n'.encode("utf-16"), "a digit"),
+        (b'{"file_name": "a.png", "text": ""}\n', ""),
+        (b'{"file_name": "a.png", "text": null}\n', "line 1: the text is null (null), not text"),
+        (b'\n{"file_name": "a.png", "caption": 3}\n', "line 2: the caption is int (3), not text"),
+        (
+            b'{"file_name": "a.png", "prompt": ["a", "b"]}\n',
+            'line 1: the prompt is list (["a", "b"]), not text',
+        ),
+        (b'{"file_name": "a.png", "text": "caf\xe9"}\n', "is not UTF-8 text (a bad byte at position"),
+    ],
+    ids=["utf-8-bom-crlf", "utf-16", "empty", "null", "number", "list", "latin-1"],
+)
+def test_metadata_captions_are_decoded_or_refused_by_file_and_line(tmp_path, lines, result):
+    _white_png(tmp_path)
+    (tmp_path / "metadata.jsonl").write_bytes(lines)
+    if result.startswith(("line", "is not")):
+        with pytest.raises(InputError, match=re.escape(result)) as info:
+            read_folder(tmp_path)
+        assert "metadata.jsonl" in str(info.value)
+    else:
+        assert read_folder(tmp_path)[0].caption == result
+
+
+def test_a_sidecar_in_another_encoding_is_named(tmp_path):
+    _white_png(tmp_path)
+    (tmp_path / "a.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(InputError, match=r"a\.txt is not UTF-8 text .*save it as UTF-8"):
+        read_folder(tmp_path)

@@ -6,10 +6,18 @@
 
 A metadata.jsonl line wins over a sidecar. Every image is opened before training starts, so a broken
 file is reported by name instead of crashing a run hours in.
+
+Caption text, from either source: UTF-8, or any encoding a byte-order mark names (UTF-8 with BOM,
+UTF-16 and UTF-32, as Windows Notepad saves "Unicode"); CRLF or LF line ends; surrounding blanks
+stripped. A sidecar's caption is its first non-empty line, as kohya-ss reads it; an empty sidecar
+or `"text": ""` is the empty caption (the unconditional prompt, as caption dropout uses). A `null`,
+a number or a list where a caption should be, or text in another encoding, is refused with a
+sentence naming the file (and the line of metadata.jsonl).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +33,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 CAPTION_COLUMNS = ("text", "caption", "prompt")
 SIDECAR_SUFFIXES = (".txt", ".caption")
 METADATA = "metadata.jsonl"
+# byte-order marks, longest first: UTF-32 LE's begins with UTF-16 LE's
+BOMS = [
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+]
 
 
 @dataclass(frozen=True)
@@ -81,12 +97,24 @@ def write_metadata(folder: str | Path, captions: dict[Path, str], *, sidecars: b
     return folder / METADATA
 
 
+def read_text(path: Path) -> str:
+    """The text of `path`: UTF-8, or the encoding its byte-order mark names; InputError otherwise."""
+    data = path.read_bytes()
+    encoding = next((name for bom, name in BOMS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{path} is not {encoding.upper()} text (a bad byte at position {err.start}); save it as UTF-8"
+        ) from None
+
+
 def _metadata_captions(folder: Path) -> dict[Path, str]:
     file = folder / METADATA
     if not file.is_file():
         return {}
     captions = {}
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(file).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -98,10 +126,16 @@ def _metadata_captions(folder: Path) -> dict[Path, str]:
                 f"{file} line {number} is not a JSON object with a file_name and a "
                 f"{'/'.join(CAPTION_COLUMNS)} field"
             ) from None
-        path = (folder / name).resolve()
-        if not path.is_file():
+        caption = row[column]
+        if not isinstance(caption, str):
+            kind = "null" if caption is None else type(caption).__name__
+            raise InputError(
+                f"{file} line {number}: the {column} is {kind} ({json.dumps(caption)}), not text; write it "
+                f'as a string, or "" for an empty caption'
+            )
+        if not isinstance(name, str) or not (folder / name).resolve().is_file():
             raise InputError(f"{file} line {number} names {name}, which is not in {folder}")
-        captions[path] = str(row[column]).strip()
+        captions[(folder / name).resolve()] = caption.strip()
     return captions
 
 
@@ -109,5 +143,6 @@ def _sidecar_caption(image: Path) -> str | None:
     for suffix in SIDECAR_SUFFIXES:
         sidecar = image.with_suffix(suffix)
         if sidecar.is_file():
-            return sidecar.read_text(encoding="utf-8").strip()
+            lines = [line.strip() for line in read_text(sidecar).splitlines() if line.strip()]
+            return lines[0] if lines else ""
     return None
