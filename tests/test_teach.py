@@ -331,3 +331,45 @@ def test_two_processes_take_the_same_steps_as_one_on_the_same_global_batch(tiny_
         assert torch.allclose(p1, p2, atol=1e-5)
         moved |= not torch.allclose(p1, p0)
     assert moved
+
+
+def test_resuming_with_another_option_is_one_sentence_naming_it(tiny_dir, data_dir, tmp_path, capsys):
+    """Issue 11: a LoRA run with --rank 4 resumed with --rank 8 stopped with a 26 KB traceback."""
+    from sdlab.cli.main import main
+
+    run = ["lora", str(data_dir), "-o", str(tmp_path / "lora"), "--model", str(tiny_dir), "--batch-size", "4"]
+    assert main([*run, "--rank", "4", "--steps", "2", "--checkpoint-every", "1"]) == 0
+    capsys.readouterr()
+    assert main([*run, "--rank", "8", "--steps", "2", "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert "--rank is 8, but the checkpoint" in err and "was trained with --rank 4" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    # what may change on a resume: how long it trains, and how often it saves
+    assert main([*run, "--rank", "4", "--steps", "3", "--checkpoint-every", "3", "--resume", "latest"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("recipe", "first", "changed", "flag"),
+    [
+        ("finetune", {}, {"learning_rate": 3e-4}, "--learning-rate"),
+        ("textual_inversion", {"token": "<sq>"}, {"token": "<sq>", "num_vectors": 2}, "--num-vectors"),
+        (
+            "dreambooth",
+            {"instance_prompt": "a sks square"},
+            {"instance_prompt": "a sks cube"},
+            "--instance-prompt",
+        ),
+    ],
+)
+def test_every_recipe_checks_its_options_before_resuming(
+    tiny_dir, data_dir, tmp_path, recipe, first, changed, flag
+):
+    import importlib
+
+    module = importlib.import_module(f"sdlab.training.{recipe}")
+    config_cls = next(getattr(module, n) for n in dir(module) if n.endswith("Config") and n != "RecipeConfig")
+    train = getattr(module, recipe)
+    base = common(tiny_dir, data_dir, tmp_path, steps=1, checkpoint_every=1)
+    train(config_cls(**base, **first))
+    with pytest.raises(InputError, match=f"^{flag} is .*, but the checkpoint .* was trained with {flag} "):
+        train(config_cls(**base, **changed, resume="latest"))

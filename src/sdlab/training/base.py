@@ -45,7 +45,7 @@ from sdlab.loading.folder import save_folder
 from sdlab.loading.tokenizer import clip_tokenizer
 from sdlab.pipeline import Pipeline
 from sdlab.training.atomic import atomic_path
-from sdlab.training.checkpoints import CheckpointManager, RandomState
+from sdlab.training.checkpoints import CheckpointManager, RandomState, run_options
 from sdlab.training.contrastive import contrastive_pretrain
 from sdlab.training.loop import append_csv, make_accelerator
 
@@ -102,9 +102,13 @@ PRESETS: dict[str, dict] = {
 def train_base(cfg: BaseTrainConfig, *, resume: bool = False, limit_train: int | None = None) -> Path:
     """Run every stage not yet done in `cfg.run_dir`; returns the final model folder."""
     run = Path(cfg.run_dir)
+    accelerator = make_accelerator(cfg.mixed_precision)
+    if resume:  # other options than the checkpoint's are refused before any stage runs
+        checkpoints = CheckpointManager(run / "checkpoints", accelerator, options=run_options(cfg))
+        if (latest := checkpoints.latest()) is not None:
+            checkpoints.check_options(latest)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list) + "\n")
-    accelerator = make_accelerator(cfg.mixed_precision)
     if cfg.data:
         # a folder of captioned images (metadata.jsonl or .txt sidecars) instead of the MNIST digits
         items = read_folder(cfg.data)
@@ -267,7 +271,9 @@ def train_unet(
     rng = RandomState(cfg.seed + accelerator.process_index)
     for obj in (ema_unet, ema_text, rng):
         accelerator.register_for_checkpointing(obj)
-    checkpoints = CheckpointManager(run / "checkpoints", accelerator, keep=cfg.keep_checkpoints)
+    checkpoints = CheckpointManager(
+        run / "checkpoints", accelerator, keep=cfg.keep_checkpoints, options=run_options(cfg)
+    )
     step = checkpoints.resume() if resume else 0
     if not resume and checkpoints.latest() is not None:
         raise InputError(

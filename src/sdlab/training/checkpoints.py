@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -30,11 +32,32 @@ class RandomState:
         self.py.setstate((version, tuple(internal), gauss))
 
 
-class CheckpointManager:
-    """`root/step-000500/` folders, each complete (written to a temporary name, then renamed) or absent."""
+# What a resumed run may change: how long it trains, how often it saves and validates, and where.
+# Every other option shapes the weights or the data stream, and must equal the checkpoint's.
+FREE_ON_RESUME = frozenset(
+    {"steps", "unet_steps", "resume", "output", "checkpoint_every", "keep_checkpoints", "validate_every",
+     "validation_prompts", "validation_prompt", "validation_steps", "allow_pickle"}
+)  # fmt: skip
 
-    def __init__(self, root: str | Path, accelerator: Accelerator, keep: int = 2) -> None:
+
+def run_options(config: Any) -> dict[str, Any]:
+    """The options of a run (a config dataclass) that a resume must repeat, as JSON values."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in FREE_ON_RESUME}
+    return json.loads(json.dumps(fields, default=str))
+
+
+class CheckpointManager:
+    """`root/step-000500/` folders, each complete (written to a temporary name, then renamed) or absent.
+
+    Each carries the run's `options` (see `run_options`); resuming with other values is refused with a
+    sentence naming the option, before anything is loaded.
+    """
+
+    def __init__(
+        self, root: str | Path, accelerator: Accelerator, keep: int = 2, options: dict[str, Any] | None = None
+    ) -> None:
         self.root, self.accelerator, self.keep = Path(root), accelerator, keep
+        self.options = options or {}
 
     def all(self) -> list[Path]:
         if not self.root.is_dir():
@@ -53,7 +76,7 @@ class CheckpointManager:
         if self.accelerator.is_main_process:
             with atomic_path(target) as tmp:
                 self.accelerator.save_state(str(tmp), safe_serialization=True)
-                (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
+                (tmp / "step.json").write_text(json.dumps({"step": step, "options": self.options}) + "\n")
             for old in self.all()[: -self.keep]:
                 shutil.rmtree(old)
         self.accelerator.wait_for_everyone()
@@ -64,5 +87,28 @@ class CheckpointManager:
         ckpt = Path(path) if path else self.latest()
         if ckpt is None or not (ckpt / "step.json").exists():
             raise InputError(f"no complete checkpoint to resume from in {path or self.root}")
+        step = self.check_options(ckpt)
         self.accelerator.load_state(str(ckpt))
-        return json.loads((ckpt / "step.json").read_text())["step"]
+        return step
+
+    def check_options(self, ckpt: Path) -> int:
+        """The step of checkpoint `ckpt`, after checking this run's options equal those it was trained
+        with; raises `InputError` naming the first option that differs."""
+        record = json.loads((ckpt / "step.json").read_text())
+        saved = record.get("options")
+        if saved is None:  # written before checkpoints recorded their options
+            return record["step"]
+        changed = [k for k in saved if k in self.options and self.options[k] != saved[k]]
+        if not changed:
+            return record["step"]
+        first = changed[0]
+        flag = "--" + first.replace("_", "-")
+        more = (
+            f" (also changed: {', '.join('--' + k.replace('_', '-') for k in changed[1:])})"
+            if changed[1:]
+            else ""
+        )
+        raise InputError(
+            f"{flag} is {self.options[first]!r}, but the checkpoint {ckpt} was trained with {flag} "
+            f"{saved[first]!r}{more}; resume with the same value, or start a new run in another folder"
+        )

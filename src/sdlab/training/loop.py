@@ -27,7 +27,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from sdlab.errors import InputError, TrainingError
-from sdlab.training.checkpoints import CheckpointManager, RandomState
+from sdlab.training.checkpoints import CheckpointManager, RandomState, run_options
 
 
 @dataclass
@@ -66,7 +66,9 @@ class TrainLoop:
         if cfg.batch_size % world:
             raise InputError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
         self.rng = RandomState(cfg.seed)  # the same stream on every process: one global batch
-        self.checkpoints = CheckpointManager(self.out / "checkpoints", self.accelerator, cfg.keep_checkpoints)
+        self.checkpoints = CheckpointManager(
+            self.out / "checkpoints", self.accelerator, cfg.keep_checkpoints, run_options(cfg)
+        )
         self.step = 0
         self._params: list[torch.nn.Parameter] = []
         self._resume_target = self._check_resume(cfg.resume)
@@ -162,11 +164,14 @@ class TrainLoop:
             latest = self.checkpoints.latest()
             if latest is None:
                 raise InputError(f"--resume latest: {self.out / 'checkpoints'} holds no complete checkpoint")
-            return str(latest)
-        path = Path(resume)
-        if not (path / "step.json").is_file():
-            raise InputError(f"--resume {resume}: not a complete sdlab checkpoint folder (no step.json)")
-        return str(path)
+            target = latest
+        else:
+            target = Path(resume)
+            if not (target / "step.json").is_file():
+                raise InputError(f"--resume {resume}: not a complete sdlab checkpoint folder (no step.json)")
+        # before any model is built: a resume with other options must fail at once, in one sentence
+        self.checkpoints.check_options(target)
+        return str(target)
 
 
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
