@@ -101,6 +101,10 @@ def test_sidecar_encodings_and_line_ends(tmp_path, data, caption):
         ('{"file_name": "a.png", "text": "a digit"}\r\n'.encode("utf-8-sig"), "a digit"),
         ('{"file_name": "a.png", "text": "a digit"}\n'.encode("utf-16"), "a digit"),
         (b'{"file_name": "a.png", "text": ""}\n', ""),
+        (
+            '{"file_name": "a.png", "text": "one\u2028two"}\n'.encode(),
+            "one\u2028two",
+        ),  # raw U+2028 is valid JSON
         (b'{"file_name": "a.png", "text": null}\n', "line 1: the text is null (null), not text"),
         (b'\n{"file_name": "a.png", "caption": 3}\n', "line 2: the caption is int (3), not text"),
         (
@@ -109,7 +113,7 @@ def test_sidecar_encodings_and_line_ends(tmp_path, data, caption):
         ),
         (b'{"file_name": "a.png", "text": "caf\xe9"}\n', "is not UTF-8 text (a bad byte at position"),
     ],
-    ids=["utf-8-bom-crlf", "utf-16", "empty", "null", "number", "list", "latin-1"],
+    ids=["utf-8-bom-crlf", "utf-16", "empty", "u2028", "null", "number", "list", "latin-1"],
 )
 def test_metadata_captions_are_decoded_or_refused_by_file_and_line(tmp_path, lines, result):
     _white_png(tmp_path)

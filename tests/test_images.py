@@ -190,12 +190,15 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def _square_mask(mode: str) -> Image.Image:
     """A 32x32 mask whose middle 16x16 square is to be repainted, as an editor of `mode` would export it."""
-    if mode in ("RGBA", "LA"):  # transparent background, opaque white square
-        image = Image.new(mode, (32, 32), (0,) * len(mode))
-        image.paste((255,) * len(mode), (8, 8, 24, 24))
-    elif mode == "PA":  # a palette image whose background colour is transparent
+    if mode == "RGBA":  # transparent background, opaque white square
+        image = Image.new(mode, (32, 32), (0, 0, 0, 0))
+        image.paste((255, 255, 255, 255), (8, 8, 24, 24))
+    elif mode == "LA":  # black everywhere: only the alpha tells the square (luminance would say 0 %)
+        image = Image.new(mode, (32, 32), (0, 0))
+        image.paste((0, 255), (8, 8, 24, 24))
+    elif mode == "PA":  # a palette of two blacks, the background's transparent: only alpha tells
         image = Image.new("P", (32, 32), 0)
-        image.putpalette([0, 0, 0, 255, 255, 255])
+        image.putpalette([0, 0, 0, 0, 0, 0])
         image.paste(1, (8, 8, 24, 24))
         image.info["transparency"] = 0
     elif mode == "RGBA-opaque":  # alpha everywhere 255: its luminance counts

@@ -162,6 +162,10 @@ A1111_LINES = [
         "Denoising strength: 0.45, Version: v1.9.4",
         {"scheduler": "euler", "strength": 0.45, "guidance_scale": 5.5},
     ),
+    (  # 1.9+ "Uniform": the model's own timestep spacing
+        "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale: 7, Seed: 4, Size: 64x64",
+        {"scheduler": "dpmpp_2m", "seed": 4},
+    ),
     (  # extensions' fields, values quoted because they hold commas and colons; hires fix
         "a (cat:1.2), <lora:style:0.8>\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 5, Size: 512x512, "
         "Denoising strength: 0.7, Hires upscale: 2, Hires upscaler: Latent, "
@@ -173,7 +177,9 @@ A1111_LINES = [
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"), A1111_LINES, ids=["2022", "1.6", "1.9-karras", "1.9-img2img", "extensions"]
+    ("text", "expected"),
+    A1111_LINES,
+    ids=["2022", "1.6", "1.9-karras", "1.9-img2img", "1.9-uniform", "extensions"],
 )
 def test_recipes_are_read_from_every_a1111_version(tmp_path, text, expected):
     from sdlab.images import save_png

@@ -66,6 +66,30 @@ def test_a_full_chunk_moves_the_words_after_its_last_comma_to_the_next(tiny):
     assert far.ids[0, 1:77].tolist() == [cat] * 49 + [comma] + [dog] * 25 + [eos]
 
 
+def test_a_comma_at_a_full_chunk_starts_the_next_one(tiny):
+    """In A1111 a comma arriving at a full chunk takes the comma branch, not the backtrack."""
+    tok = tiny.tokenizer
+    cat, dog, comma = (tok.convert_tokens_to_ids(t) for t in ("cat</w>", "dog</w>", ",</w>"))
+    tokens = tokenize_prompt(tok, "cat " * 60 + ", " + "dog " * 14 + ", cat")
+    assert tokens.ids[0, 1:76].tolist() == [cat] * 60 + [comma] + [dog] * 14
+    assert tokens.ids[1, 1:3].tolist() == [comma, cat]
+
+
+def test_an_embedding_is_never_split_between_chunks(tiny):
+    import copy
+
+    from sdlab.embeddings import add_tokens
+
+    pipe = copy.copy(tiny)
+    pipe.tokenizer = copy.deepcopy(tiny.tokenizer)
+    pipe.text_encoder = copy.deepcopy(tiny.text_encoder)
+    ids = add_tokens(pipe, "<t4>", torch.randn(4, 32))
+    tokens = tokenize_prompt(pipe.tokenizer, "cat " * 73 + "<t4> dog")  # 2 places left, 4 vectors
+    cat = pipe.tokenizer.convert_tokens_to_ids("cat</w>")
+    assert tokens.ids[0, 1:75].tolist() == [cat] * 73 + [pipe.tokenizer.eos_token_id]
+    assert tokens.ids[1, 1:5].tolist() == ids
+
+
 @pytest.mark.parametrize(
     ("prompt", "chunks"),
     [("", 1), ("BREAK a", 2), ("a BREAK", 1), ("a BREAK BREAK b", 3), (" ".join(["cat"] * 300), 4)],

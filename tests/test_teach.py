@@ -373,3 +373,21 @@ def test_every_recipe_checks_its_options_before_resuming(
     train(config_cls(**base, **first))
     with pytest.raises(InputError, match=f"^{flag} is .*, but the checkpoint .* was trained with {flag} "):
         train(config_cls(**base, **changed, resume="latest"))
+
+
+def test_train_base_checks_its_options_before_any_stage_runs(tmp_path):
+    import json
+
+    from sdlab.training.base import PRESETS, BaseTrainConfig, train_base
+    from sdlab.training.checkpoints import run_options
+
+    first = BaseTrainConfig(**{**PRESETS["tiny"], "run_dir": str(tmp_path / "run")})
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000003"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "step.json").write_text(json.dumps({"step": 3, "options": run_options(first)}))
+    changed = BaseTrainConfig(**{**PRESETS["tiny"], "run_dir": str(tmp_path / "run"), "seed": first.seed + 1})
+    with pytest.raises(
+        InputError, match="^--seed is .*, but the checkpoint .*step-000003 was trained with --seed"
+    ):
+        train_base(changed, resume=True)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]  # no stage ran

@@ -9,7 +9,8 @@ file is reported by name instead of crashing a run hours in.
 
 Caption text, from either source: UTF-8, or any encoding a byte-order mark names (UTF-8 with BOM,
 UTF-16 and UTF-32, as Windows Notepad saves "Unicode"); CRLF or LF line ends; surrounding blanks
-stripped. A sidecar's caption is its first non-empty line, as kohya-ss reads it; an empty sidecar
+stripped. A sidecar's caption is its first non-empty line (kohya-ss takes the first line, and
+refuses an empty file); an empty sidecar
 or `"text": ""` is the empty caption (the unconditional prompt, as caption dropout uses). A `null`,
 a number or a list where a caption should be, or text in another encoding, is refused with a
 sentence naming the file (and the line of metadata.jsonl).
@@ -114,7 +115,9 @@ def _metadata_captions(folder: Path) -> dict[Path, str]:
     if not file.is_file():
         return {}
     captions = {}
-    for number, line in enumerate(read_text(file).splitlines(), start=1):
+    # only "\n" ends a line: JSON strings may hold U+2028 and the like, which splitlines() would split on
+    for number, line in enumerate(read_text(file).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

@@ -50,15 +50,14 @@ def load_image(source: Source, *, what: str = "image", max_pixels: int = MAX_PIX
 def load_mask(source: Source, *, size: tuple[int, int] | None = None) -> Image.Image:
     """Open an inpainting mask as mode "L": white is repainted, black is kept (as diffusers and A1111).
 
-    A mask with transparency (RGBA, LA, PA, or a palette or grey image with a transparent colour)
-    is its alpha channel: opaque pixels are repainted, transparent ones kept, as A1111's
-    `create_binary_mask` reads the masks image editors export. An opaque mask is its luminance.
+    A mask with transparency is its alpha channel: opaque pixels are repainted, transparent ones
+    kept. That is how A1111's `create_binary_mask` reads RGBA masks, the kind image editors export;
+    sdlab reads LA, PA and palette or grey images with a transparent colour the same way (A1111 would
+    take their luminance). An opaque mask is its luminance, as in A1111 and diffusers.
     `size` is the init image's (width, height); a mask of another size is refused, not stretched.
     """
     image, label = _read(source, "mask", MAX_PIXELS)
-    alpha = None
-    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info:
-        alpha = image.convert("LA" if image.mode == "La" else image.mode).convert("RGBA").getchannel("A")
+    alpha = _rgba(image).getchannel("A") if _has_alpha(image) else None
     if alpha is not None and alpha.getextrema() != (255, 255):
         mask = alpha
     else:
@@ -246,16 +245,22 @@ def _to_rgb(image: Image.Image, label: str) -> Image.Image:
         return image.copy()
     if mode.startswith("I;16") or mode in ("I", "F"):
         return Image.fromarray(_to_uint8(np.asarray(image), mode), "L").convert("RGB")
-    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info:
-        if mode == "La":  # Pillow has no direct La -> RGBA conversion
-            image = image.convert("LA")
-        rgba = image.convert("RGBA")
+    if _has_alpha(image):
+        rgba = _rgba(image)
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     try:
         return image.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV, RGBX
     except ValueError as e:
         raise InputError(f"{label} has pixel mode {mode}, which we cannot convert to RGB.") from e
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info
+
+
+def _rgba(image: Image.Image) -> Image.Image:
+    return (image.convert("LA") if image.mode == "La" else image).convert("RGBA")  # no direct La -> RGBA
 
 
 def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:

@@ -41,7 +41,9 @@ def parse_prompt_weights(text: str) -> list[tuple[str, float | None]]:
     """Split a prompt into (text, weight) runs, as A1111's `parse_prompt_attention`.
 
     ("BREAK", None) marks a forced chunk boundary: only the literal word BREAK makes one, wherever it
-    stands; any number, negative ones included, is an ordinary weight. Unclosed brackets apply to the
+    stands; any number, negative ones included, is an ordinary weight. (One difference: A1111 marks
+    BREAK with the weight -1, which brackets around it rescale, so "(a BREAK b)" does not break there;
+    here it does.) Unclosed brackets apply to the
     rest of the prompt; stray closing brackets are kept as text; adjacent runs of equal weight merge.
     """
     runs: list[list] = []  # [text, weight] pairs, mutable so a closing bracket can rescale a range
@@ -106,10 +108,11 @@ COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack: a chunk ends after a co
 def tokenize_prompt(tokenizer: CLIPTokenizer, prompt: str, num_chunks: int | None = None) -> TokenChunks:
     """Tokenize `prompt` into 75-token chunks (each wrapped in bos/eos, padded), padded to `num_chunks`.
 
-    As A1111's `tokenize_line`: BREAK ends a chunk; a full chunk whose last comma is at most 20 tokens
-    back moves the words after that comma to the next chunk, so a phrase is not cut in two; a
-    multi-vector textual-inversion token `<t>` becomes its vectors `<t> <t>_1 ...` wherever the
-    tokenizer finds it (next to punctuation, inside brackets), each with the weight around it.
+    As A1111's `tokenize_line`: BREAK ends a chunk; when a chunk is full and the next token is not a
+    comma, a comma at most 20 tokens back ends it instead and the words after it move to the next
+    chunk, so a phrase is not cut in two; a multi-vector textual-inversion token `<t>` becomes its
+    vectors `<t> <t>_1 ...` wherever the tokenizer finds it (next to punctuation, inside brackets),
+    each with the weight around it, all in one chunk.
     """
     window = tokenizer.model_max_length - 2
     comma = tokenizer.convert_tokens_to_ids(",</w>")
@@ -122,18 +125,18 @@ def tokenize_prompt(tokenizer: CLIPTokenizer, prompt: str, num_chunks: int | Non
             last_comma = -1
             continue
         for token in tokenizer(text, add_special_tokens=False, verbose=False).input_ids:
-            for token_id in (token, *more_vectors.get(token, ())):
-                chunk = chunks[-1]
-                if len(chunk) == window:
-                    if last_comma >= 0 and len(chunk) - last_comma <= COMMA_BACKTRACK:
-                        chunks[-1], moved = chunk[: last_comma + 1], chunk[last_comma + 1 :]
-                        chunks.append(moved)
-                    else:
-                        chunks.append([])
-                    last_comma = -1
-                if token_id == comma:
-                    last_comma = len(chunks[-1])
-                chunks[-1].append((token_id, weight))
+            vectors = (token, *more_vectors.get(token, ()))  # an embedding's vectors stay in one chunk
+            chunk = chunks[-1]
+            if token == comma:
+                last_comma = len(chunk)
+            elif len(chunk) == window and last_comma >= 0 and len(chunk) - last_comma <= COMMA_BACKTRACK:
+                chunks[-1], moved = chunk[: last_comma + 1], chunk[last_comma + 1 :]
+                chunks.append(moved)
+                last_comma = -1
+            if len(chunks[-1]) == window or len(chunks[-1]) + len(vectors) > window:
+                chunks.append([])
+                last_comma = -1
+            chunks[-1].extend((v, weight) for v in vectors)
     if len(chunks) > 1 and not chunks[-1]:
         chunks.pop()
     while num_chunks is not None and len(chunks) < num_chunks:

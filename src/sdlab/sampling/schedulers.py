@@ -44,7 +44,8 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
 }
 
 
-SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}  # A1111 1.9+'s "Schedule type"
+# A1111 1.9+'s "Schedule type"; Uniform is the timestep spacing the model's config gives, as automatic
+SCHEDULE_TYPES = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
 SAMPLER_ALIASES = {name: [name, f"k_{name}"] for name in SCHEDULERS}
 
 

@@ -35,14 +35,19 @@ class RandomState:
 # What a resumed run may change: how long it trains, how often it saves and validates, and where.
 # Every other option shapes the weights or the data stream, and must equal the checkpoint's.
 FREE_ON_RESUME = frozenset(
-    {"steps", "unet_steps", "resume", "output", "checkpoint_every", "keep_checkpoints", "validate_every",
-     "validation_prompts", "validation_prompt", "validation_steps", "allow_pickle"}
+    {"steps", "unet_steps", "resume", "output", "run_dir", "checkpoint_every", "keep_checkpoints",
+     "validate_every", "validation_prompts", "validation_prompt", "validation_steps", "allow_pickle",
+     "half", "guidance_scale"}  # the last two only shape the saved model's files and sdlab.json
 )  # fmt: skip
+PATH_OPTIONS = frozenset({"data", "model", "class_dir"})  # compared as resolved paths, however spelled
 
 
 def run_options(config: Any) -> dict[str, Any]:
     """The options of a run (a config dataclass) that a resume must repeat, as JSON values."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in FREE_ON_RESUME}
+    for key in PATH_OPTIONS & fields.keys():
+        if fields[key]:
+            fields[key] = str(Path(fields[key]).expanduser().resolve())
     return json.loads(json.dumps(fields, default=str))
 
 

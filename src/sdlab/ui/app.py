@@ -470,8 +470,11 @@ def _parameters_to_fields(text: str) -> tuple:
             if "Sampler" in settings
             else None
         )
-    except InputError:
-        name = None  # a sampler sdlab has not: the model's default
+    except InputError:  # a schedule type sdlab has not: the sampler on its own schedule, if sdlab has it
+        try:
+            name = resolve_sampler(settings["Sampler"], None)
+        except InputError:
+            name = None  # a sampler sdlab has not: the model's default
     sampler = SCHEDULERS[name].a1111 if name else MODEL_DEFAULT
 
     def number(key: str, kind: type) -> Any:
