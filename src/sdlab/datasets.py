@@ -82,7 +82,7 @@ def load_pixels(items: list[CaptionedImage], size: int) -> torch.Tensor:
 
 def write_metadata(folder: str | Path, captions: dict[Path, str], *, sidecars: bool = False) -> Path:
     """Write `metadata.jsonl` (and optionally .txt sidecars) for `captions` {image path: caption}."""
-    from sdlab.training.atomic import atomic_path
+    from sdlab.atomic import atomic_path
 
     folder = Path(folder)
     lines = [

@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken
 
+from sdlab.atomic import atomic_path
 from sdlab.errors import InputError
 from sdlab.loading.checkpoint import read_pickle, read_state_dict
 from sdlab.pipeline import Pipeline
-from sdlab.training.atomic import atomic_path
 
 
 def token_names(token: str, k: int) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import secrets
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from sdlab.atomic import atomic_path
 from sdlab.errors import InputError
 
 # Formats a user may hand us. Pillow can open more (EPS runs Ghostscript, others are rarely
@@ -92,33 +92,23 @@ def save_png(
     """Write `image` as a PNG with text chunks, atomically, creating parent folders.
 
     `parameters` is A1111's infotext chunk (see `sdlab.metadata.format_parameters`); `extra` adds
-    more chunks, e.g. {"sdlab": json}. The file appears whole or not at all: we write a temporary
-    file in the same folder and `os.replace` it, so a crash never leaves a half-written PNG.
+    more chunks, e.g. {"sdlab": json}. The file appears whole or not at all (`sdlab.atomic`), so a
+    crash never leaves a half-written PNG.
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"output path '{path}' must end in .png; save_png writes PNG files only.")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         data = png_bytes(image, parameters=parameters, extra=extra)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with 0o666 lets the umask decide permissions, as a plain open() would;
-        # tempfile.mkstemp would leave every output readable by its owner only (0o600).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # open() leaves permissions to the umask
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         reason = e.strerror or str(e)
         raise InputError(
             f"cannot write '{path}' ({reason}); check that its folder is writable and has space."
         ) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

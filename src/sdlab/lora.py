@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from sdlab.atomic import atomic_path
 from sdlab.errors import InputError
 from sdlab.loading.checkpoint import read_state_dict
 from sdlab.pipeline import Pipeline
-from sdlab.training.atomic import atomic_path
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # attention projections, as diffusers' LoRA scripts
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]

@@ -12,13 +12,13 @@ from typing import Any
 
 from PIL import Image
 
-from sdlab import __version__
 from sdlab.errors import InputError
 from sdlab.images import make_grid, read_png_text, save_png
 from sdlab.metadata import format_parameters, parse_parameters
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.loop import GenerationResult
 from sdlab.sampling.schedulers import a1111_sampler, resolve_sampler
+from sdlab.version import __version__
 
 
 def recipe(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sdlab.atomic import atomic_path
 from sdlab.cli.generate import load_model
 from sdlab.cli.options import EvalOptions
 from sdlab.errors import InputError
-from sdlab.training.atomic import atomic_path
 
 
 def run_eval(opts: EvalOptions) -> dict:

@@ -5,24 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdlab import __version__
 from sdlab.cli.options import (
     CaptionOptions,
     ConvertOptions,
-    DreamBoothOptions,
     EvalOptions,
-    FinetuneOptions,
     GenerateOptions,
     InfoOptions,
-    LoraOptions,
     ReplayOptions,
     ServeOptions,
-    TextualInversionOptions,
     TrainBaseOptions,
     add_options,
     from_namespace,
 )
 from sdlab.errors import InputError, TrainingError
+from sdlab.training import RECIPES
+from sdlab.version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sdlab.cli.generate import run_generate, run_replay
     from sdlab.cli.info import run_convert, run_info
     from sdlab.cli.serve import run_serve
-    from sdlab.cli.teach import run_caption, run_dreambooth, run_finetune, run_lora, run_textual_inversion
+    from sdlab.cli.teach import run_caption, run_recipe
     from sdlab.cli.train import run_train_base
 
     parser = _Parser(
@@ -60,25 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
             run_caption,
             "caption a folder of images (metadata.jsonl, .txt sidecars)",
         ),
-        (
-            "finetune",
-            FinetuneOptions,
-            run_finetune,
-            "fine-tune the UNet (and text encoder) on captioned images",
-        ),
-        ("lora", LoraOptions, run_lora, "train a LoRA on captioned images"),
-        (
-            "textual-inversion",
-            TextualInversionOptions,
-            run_textual_inversion,
-            "teach the text encoder one new word from a few images",
-        ),
-        (
-            "dreambooth",
-            DreamBoothOptions,
-            run_dreambooth,
-            "bind a subject to a rare token, with prior preservation",
-        ),
         ("serve", ServeOptions, run_serve, "the AUTOMATIC1111-compatible HTTP API (FastAPI, uvicorn)"),
         (
             "convert",
@@ -87,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
             "save a model as a single .safetensors file or a diffusers folder",
         ),
     ]
+    for recipe in RECIPES:  # the teaching recipes: flags generated from each one's config dataclass
+        config, train = recipe.load()
+        commands.append((recipe.command, config, run_recipe(train), recipe.help))
     for name, options, run, help in commands:
         p = sub.add_parser(name, help=help, description=help)
         add_options(p, options)

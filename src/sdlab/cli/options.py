@@ -6,33 +6,12 @@ aliases users expect (`--steps` for `--num-inference-steps`).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from sdlab.options import add_options, from_namespace, option
 from sdlab.sampling.schedulers import SCHEDULERS
 
-METAVARS = {int: "N", float: "X", str: "TEXT"}
-PATHS = {
-    "model",
-    "config",
-    "init_image",
-    "mask_image",
-    "output",
-    "image",
-    "embedding",
-    "lora",
-    "folder",
-    "data",
-}
-
-
-def option(default: Any, help: str, *aliases: str, positional: bool = False, **argparse_kwargs: Any) -> Any:
-    meta = {"help": help, "aliases": aliases, "positional": positional, **argparse_kwargs}
-    return field(default=default, metadata=meta)
+__all__ = ["add_options", "from_namespace", "option"]
 
 
 @dataclass
@@ -184,87 +163,6 @@ class CaptionOptions:
 
 
 @dataclass
-class TeachOptions:
-    """Options every teaching recipe shares (see sdlab.training.recipe.RecipeConfig)."""
-
-    data: str = option(
-        "", "folder of training images (captions: metadata.jsonl or .txt sidecars)", positional=True
-    )
-    output: str = option(
-        "",
-        "run folder: checkpoints/, loss.csv, validation/ and the result",
-        "-o",
-        metavar="DIR",
-        required=True,
-    )
-    model: str | None = option(
-        None, "base model: diffusers folder or .safetensors (default: the digits model)"
-    )
-    steps: int = option(500, "optimizer steps")
-    batch_size: int = option(8, "global batch size (split across processes)")
-    learning_rate: float = option(1e-4, "AdamW learning rate", "--lr")
-    lr_scheduler: str = option("constant", "constant, cosine, linear, constant_with_warmup, ...")
-    warmup_steps: int = option(0, "learning-rate warm-up steps")
-    seed: int = option(0, "seed of the batch order, noise and timesteps")
-    checkpoint_every: int = option(100, "save a resumable checkpoint every N steps")
-    keep_checkpoints: int = option(2, "complete checkpoints to keep")
-    validate_every: int = option(0, "save a validation grid every N steps (0: at the end only)")
-    validation_prompt: str | None = option(None, "validation prompts, separated by |")
-    caption_dropout: float = option(0.0, "share of empty captions")
-    snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (e.g. 5)")
-    no_cache_latents: bool = option(False, "encode every batch with the VAE instead of once up front")
-    mixed_precision: str = option("no", "no, fp16 or bf16 (accelerate's mixed precision)")
-    resume: str | None = option(
-        None, "latest, or a checkpoint folder to continue from", metavar="latest|PATH"
-    )
-    allow_pickle: bool = option(False, "allow a pickle base model (loaded with weights_only)")
-
-
-@dataclass
-class FinetuneOptions(TeachOptions):
-    train_text_encoder: bool = option(False, "train the text encoder too")
-    ema_decay: float = option(0.999, "EMA decay of the saved weights (0: no EMA)")
-    half: bool = option(False, "store the result's weights in float16")
-
-
-@dataclass
-class LoraOptions(TeachOptions):
-    rank: int = option(4, "LoRA rank")
-    train_text_encoder: bool = option(False, "also put adapters on the text encoder")
-    learning_rate: float = option(1e-3, "AdamW learning rate", "--lr")
-
-
-@dataclass
-class TextualInversionOptions(TeachOptions):
-    token: str = option("", "the new word, e.g. <tiny>", required=True)
-    initializer_token: str = option("", "an existing single-token word to start from (default: small noise)")
-    num_vectors: int = option(1, "vectors (tokens) the new word is made of")
-    prompts: str = option(
-        "object",
-        "object or style templates, or caption: each image's caption, the token appended unless it names it",
-        choices=["object", "style", "caption"],
-    )
-    a1111: bool = option(False, "also write the embedding in A1111's format")
-    learning_rate: float = option(5e-3, "AdamW learning rate", "--lr")
-
-
-@dataclass
-class DreamBoothOptions(TeachOptions):
-    instance_prompt: str = option("", "the prompt of every instance image, e.g. 'a sks digit'", required=True)
-    class_prompt: str = option("", "the subject's class, e.g. 'a handwritten digit' (for prior preservation)")
-    prior_preservation: bool = option(False, "add the loss on class images the base model generates")
-    num_class_images: int = option(100, "class images to generate (reused from --class-dir when present)")
-    prior_loss_weight: float = option(1.0, "weight W of the prior loss")
-    class_dir: str | None = option(
-        None, "folder of class images (default: OUTPUT/class_images)", metavar="DIR"
-    )
-    train_text_encoder: bool = option(False, "train the text encoder too")
-    lora: bool = option(False, "train LoRA adapters instead of the full UNet")
-    rank: int = option(4, "LoRA rank (with --lora)")
-    learning_rate: float = option(5e-5, "AdamW learning rate", "--lr")
-
-
-@dataclass
 class ServeOptions:
     """`sdlab serve`: flags named as AUTOMATIC1111 names them (--port, --listen, --api-auth, --*-dir)."""
 
@@ -303,37 +201,3 @@ class InfoOptions(ModelOptions):
         None, "diffusers folder or single-file .safetensors checkpoint", positional=True
     )
     json: bool = option(False, "print machine-readable JSON")
-
-
-def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one argument per dataclass field of `cls`."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = dict(f.metadata)
-        aliases, positional = meta.pop("aliases"), meta.pop("positional")
-        kind = _base_type(hints[f.name])
-        if positional:
-            parser.add_argument(f.name, type=kind, help=meta.pop("help"), **meta)
-            continue
-        flags = ["--" + f.name.replace("_", "-"), *aliases]
-        if kind is bool:
-            parser.add_argument(*flags, dest=f.name, action="store_true", help=meta.pop("help"))
-        else:
-            parser.add_argument(
-                *flags,
-                dest=f.name,
-                type=kind,
-                default=f.default,
-                **{"metavar": "PATH" if f.name in PATHS else METAVARS.get(kind, "VALUE"), **meta},
-            )
-
-
-def from_namespace(cls: type, ns: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
-
-
-def _base_type(hint: Any) -> type:
-    """`int | None` -> int."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint

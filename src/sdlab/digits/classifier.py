@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sdlab.training.atomic import atomic_path
+from sdlab.atomic import atomic_path
 
 # trained apart from any captioner (scripts/train_eval_classifier.py): the judge of `sdlab eval`
 EVAL_CLASSIFIER = Path(__file__).resolve().parent.parent / "models" / "digits-eval-classifier.safetensors"

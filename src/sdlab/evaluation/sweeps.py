@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sdlab.atomic import atomic_path
 from sdlab.evaluation.digits import Judge, gradient_guidance_effect, sample_digits, strength_effect
 from sdlab.evaluation.metrics import diversity, prompt_accuracy
 from sdlab.pipeline import Pipeline
-from sdlab.training.atomic import atomic_path
 
 GUIDANCE_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0)
 STRENGTHS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

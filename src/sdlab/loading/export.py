@@ -17,15 +17,14 @@ SD 2.x files written here hold the 23 text layers diffusers keeps; the unused 24
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
 
+from sdlab.atomic import atomic_path
 from sdlab.errors import InputError
 
 if TYPE_CHECKING:
@@ -83,8 +82,7 @@ def save_single_file(pipeline: Pipeline, path: str | Path, *, dtype: torch.dtype
     """Write the pipeline's UNet, VAE and text encoder to `path` (a `.safetensors` file), atomically.
 
     `dtype` casts floating-point weights (e.g. `torch.float16` halves the file); by default they are
-    written as they are. The file appears complete or not at all: it is written to a temporary file in
-    the same folder and moved into place with `os.replace`.
+    written as they are. The file appears complete or not at all (`sdlab.atomic`).
     """
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
@@ -100,14 +98,8 @@ def save_single_file(pipeline: Pipeline, path: str | Path, *, dtype: torch.dtype
             tensor = tensor.to(dtype)
         tensors[key] = tensor.contiguous()  # no copy for the weights as they are: a full SD is gigabytes
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata={"format": "pt"})
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     return path
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from sdlab.atomic import atomic_path
 from sdlab.errors import InputError
 from sdlab.loading.tokenizer import clip_tokenizer
 from sdlab.pipeline import Pipeline
@@ -144,11 +143,8 @@ def save_folder(
     import diffusers
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
         for name in ("unet", "vae", "text_encoder"):
             module = getattr(pipe, name)
             if weights_dtype is not None and module.dtype != weights_dtype:
@@ -182,14 +178,4 @@ def save_folder(
         if pipe.sampling_defaults:
             sdlab = {"sampling": pipe.sampling_defaults}
             (tmp / SDLAB_FILE).write_text(json.dumps(sdlab, indent=2) + "\n")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path

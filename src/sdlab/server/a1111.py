@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdlab import __version__
 from sdlab.errors import InputError
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler
 from sdlab.service import GenerationRequest, RequestResult
+from sdlab.version import __version__
 
 # A1111 fields sdlab does not implement, with the values under which leaving them out changes
 # nothing (ANY: the field never changes the image in sdlab's setting, e.g. hires-fix options when

@@ -26,7 +26,6 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from sdlab import __version__
 from sdlab.embeddings import read_embedding
 from sdlab.errors import InputError
 from sdlab.images import read_png_text
@@ -36,6 +35,7 @@ from sdlab.server import a1111
 from sdlab.server.security import LOOPBACK_HOSTS, Guard
 from sdlab.service import ModelEntry, ModelRegistry, RequestResult
 from sdlab.service.worker import QueueFull, Worker
+from sdlab.version import __version__
 
 log = logging.getLogger("sdlab.server")
 API = "/sdapi/v1"

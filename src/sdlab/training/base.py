@@ -33,6 +33,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
+from sdlab.atomic import atomic_path
 from sdlab.datasets import load_pixels, read_folder
 from sdlab.digits.architecture import SCHEDULER_CONFIG, DigitsArchitecture
 from sdlab.digits.attributes import measure
@@ -44,7 +45,6 @@ from sdlab.images import make_grid, save_png
 from sdlab.loading.folder import save_folder
 from sdlab.loading.tokenizer import clip_tokenizer
 from sdlab.pipeline import Pipeline
-from sdlab.training.atomic import atomic_path
 from sdlab.training.checkpoints import CheckpointManager, RandomState, run_options
 from sdlab.training.contrastive import contrastive_pretrain
 from sdlab.training.loop import append_csv, make_accelerator

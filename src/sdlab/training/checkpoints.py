@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from sdlab.atomic import atomic_path
 from sdlab.errors import InputError
-from sdlab.training.atomic import atomic_path
 
 
 class RandomState:

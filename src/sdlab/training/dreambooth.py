@@ -22,6 +22,7 @@ from sdlab.datasets import METADATA, load_pixels, read_folder, write_metadata
 from sdlab.errors import InputError
 from sdlab.images import save_png
 from sdlab.loading.folder import save_folder
+from sdlab.options import option
 from sdlab.pipeline import Pipeline
 from sdlab.training.data import LatentData, diffusion_loss, encode_text, noise_and_timesteps
 from sdlab.training.loop import TrainLoop
@@ -31,15 +32,22 @@ from sdlab.training.recipe import RecipeConfig, load_base, save_validation, trai
 
 @dataclass
 class DreamBoothConfig(RecipeConfig):
-    instance_prompt: str = "a sks digit"
-    class_prompt: str = ""
-    prior_preservation: bool = False
-    num_class_images: int = 100
-    prior_loss_weight: float = 1.0
-    class_dir: str | None = None  # default: OUTPUT/class_images
-    train_text_encoder: bool = False
-    lora: bool = False
-    rank: int = 4
+    instance_prompt: str = option("a sks digit", "the prompt of every instance image, e.g. 'a sks digit'")
+    class_prompt: str = option("", "the subject's class, e.g. 'a handwritten digit' (for prior preservation)")
+    prior_preservation: bool = option(
+        False, "add the loss on class images the base model generates", "--with-prior-preservation"
+    )
+    num_class_images: int = option(100, "class images to generate (reused from --class-dir when present)")
+    prior_loss_weight: float = option(1.0, "weight W of the prior loss")
+    class_dir: str | None = option(
+        None, "folder of class images (default: OUTPUT/class_images)", "--class-data-dir", metavar="DIR"
+    )
+    train_text_encoder: bool = option(False, "train the text encoder too")
+    lora: bool = option(False, "train LoRA adapters instead of the full UNet")
+    rank: int = option(4, "LoRA rank (with --lora)")
+    learning_rate: float = option(
+        5e-5, "AdamW learning rate (a few images: a small step keeps the model)", "--lr"
+    )
 
 
 def dreambooth(cfg: DreamBoothConfig) -> Path:
@@ -52,7 +60,7 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
     pipe = load_base(cfg, loop.accelerator.device)
     items = read_folder(cfg.data, require_captions=False)
     instance = LatentData(
-        load_pixels(items, pipe.default_size),
+        load_pixels(items, cfg.resolution or pipe.default_size),
         [cfg.instance_prompt] * len(items),
         pipe.vae,
         cache=cfg.cache_latents,
@@ -63,7 +71,7 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
         with loop.accelerator.main_process_first():
             class_items = class_images(pipe, cfg.class_prompt, class_dir, cfg.num_class_images, cfg.seed)
         prior = LatentData(
-            load_pixels(class_items, pipe.default_size),
+            load_pixels(class_items, cfg.resolution or pipe.default_size),
             [cfg.class_prompt] * len(class_items),
             pipe.vae,
             cache=cfg.cache_latents,

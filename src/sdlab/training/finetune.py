@@ -14,6 +14,7 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from sdlab.loading.folder import save_folder
+from sdlab.options import option
 from sdlab.pipeline import Pipeline
 from sdlab.training.loop import TrainLoop
 from sdlab.training.recipe import RecipeConfig, caption_loss, folder_data, load_base, save_validation
@@ -21,16 +22,16 @@ from sdlab.training.recipe import RecipeConfig, caption_loss, folder_data, load_
 
 @dataclass
 class FinetuneConfig(RecipeConfig):
-    train_text_encoder: bool = False
-    ema_decay: float = 0.999  # 0: save the raw weights
-    half: bool = False  # store the result's weights in float16
+    train_text_encoder: bool = option(False, "train the text encoder too")
+    ema_decay: float = option(0.999, "EMA decay of the saved weights (0: save the raw weights)")
+    half: bool = option(False, "store the result's weights in float16")
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
     """Train, then write the model (EMA weights) as a diffusers folder at OUTPUT/model."""
     loop = TrainLoop(cfg)
     pipe = load_base(cfg, loop.accelerator.device)
-    data = folder_data(cfg.data, pipe, cache=cfg.cache_latents)
+    data = folder_data(cfg.data, pipe, cache=cfg.cache_latents, size=cfg.resolution)
     modules = [pipe.unet] + ([pipe.text_encoder] if cfg.train_text_encoder else [])
     for module in modules:
         module.requires_grad_(True).train()

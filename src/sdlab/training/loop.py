@@ -17,7 +17,7 @@ import csv
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +27,40 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from sdlab.errors import InputError, TrainingError
+from sdlab.options import option
 from sdlab.training.checkpoints import CheckpointManager, RandomState, run_options
 
 
 @dataclass
 class TrainConfig:
-    output: str  # run folder: checkpoints/, loss.csv, validation/ and the result
-    steps: int = 500
-    batch_size: int = 8  # global: split across processes
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "constant"  # any of diffusers.optimization's: constant, cosine, linear, ...
-    warmup_steps: int = 0
-    seed: int = 0
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    validate_every: int = 0  # 0: only at the end
-    validation_prompts: list[str] = field(default_factory=list)
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
-    resume: str | None = None  # "latest" or a checkpoint folder
+    """What every training run takes. Each field is a CLI flag (`sdlab.options`); the aliases are the
+    names diffusers' training examples use, so their users find their flags."""
+
+    output: str = option(
+        MISSING, "run folder: checkpoints/, loss.csv, validation/ and the result", "-o", "--output-dir",
+        metavar="DIR", required=True,
+    )  # fmt: skip
+    steps: int = option(500, "optimizer steps", "--max-train-steps")
+    batch_size: int = option(8, "global batch size (split across processes)", "--train-batch-size")
+    learning_rate: float = option(1e-4, "AdamW learning rate", "--lr")
+    lr_scheduler: str = option("constant", "constant, cosine, linear, constant_with_warmup, ... (diffusers')")
+    warmup_steps: int = option(0, "learning-rate warm-up steps", "--lr-warmup-steps")
+    seed: int = option(0, "seed of the batch order, noise and timesteps")
+    checkpoint_every: int = option(100, "save a resumable checkpoint every N steps", "--checkpointing-steps")
+    keep_checkpoints: int = option(2, "complete checkpoints to keep", "--checkpoints-total-limit")
+    validate_every: int = option(0, "save a validation grid every N steps (0: at the end only)")
+    validation_prompts: list[str] = option(
+        MISSING, 'validation prompts: several values, or one with "|" between prompts', "--validation-prompt",
+        default_factory=list,
+    )  # fmt: skip
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
+    mixed_precision: str = option("no", "no, fp16 or bf16 (accelerate's mixed precision)")
+    resume: str | None = option(
+        None,
+        "latest, or a checkpoint folder to continue from",
+        "--resume-from-checkpoint",
+        metavar="latest|PATH",
+    )
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):

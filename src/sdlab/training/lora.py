@@ -15,14 +15,18 @@ from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
 from sdlab.lora import TEXT_TARGETS, UNET_TARGETS, add_text_encoder_adapter, save_lora
+from sdlab.options import option
 from sdlab.training.loop import TrainLoop
 from sdlab.training.recipe import RecipeConfig, caption_loss, folder_data, load_base, save_validation
 
 
 @dataclass
 class LoraTrainConfig(RecipeConfig):
-    rank: int = 4
-    train_text_encoder: bool = False
+    rank: int = option(4, "LoRA rank")
+    train_text_encoder: bool = option(False, "also put adapters on the text encoder")
+    learning_rate: float = option(
+        1e-3, "AdamW learning rate (LoRA layers start at zero: higher than full fine-tuning's)", "--lr"
+    )
 
 
 def add_lora_adapters(pipe, rank: int, text_encoder: bool) -> list[torch.nn.Module]:
@@ -47,7 +51,7 @@ def lora(cfg: LoraTrainConfig) -> Path:
     """Train; write OUTPUT/pytorch_lora_weights.safetensors."""
     loop = TrainLoop(cfg)
     pipe = load_base(cfg, loop.accelerator.device)
-    data = folder_data(cfg.data, pipe, cache=cfg.cache_latents)
+    data = folder_data(cfg.data, pipe, cache=cfg.cache_latents, size=cfg.resolution)
     modules = add_lora_adapters(pipe, cfg.rank, cfg.train_text_encoder)
     prepared = loop.prepare(*modules, params=trainable_parameters(modules), weight_decay=1e-2)
     unet = prepared[0]

@@ -12,6 +12,7 @@ from diffusers import DDPMScheduler
 from sdlab.datasets import load_pixels, read_folder
 from sdlab.images import make_grid, save_png
 from sdlab.loading import load_pipeline
+from sdlab.options import option
 from sdlab.pipeline import Pipeline
 from sdlab.training.data import LatentData, diffusion_loss, encode_text, noise_and_timesteps
 from sdlab.training.loop import TrainConfig, TrainLoop
@@ -19,13 +20,23 @@ from sdlab.training.loop import TrainConfig, TrainLoop
 
 @dataclass
 class RecipeConfig(TrainConfig):
-    data: str = ""  # folder of images with captions (metadata.jsonl or .txt sidecars)
-    model: str | None = None  # base model (default: the shipped digits model)
-    allow_pickle: bool = False
-    cache_latents: bool = True
-    caption_dropout: float = 0.0  # share of empty captions (keeps the unconditional branch of CFG trained)
-    snr_gamma: float | None = None  # min-SNR loss weighting; None: plain MSE
-    validation_steps: int = 20  # sampling steps of the validation grids
+    """What every teaching recipe takes, on top of the training loop's options."""
+
+    data: str = option(
+        "", "folder of training images (captions: metadata.jsonl or .txt sidecars)", positional=True
+    )
+    model: str | None = option(
+        None, "base model: diffusers folder or .safetensors (default: the digits model)",
+        "--pretrained-model-name-or-path",
+    )  # fmt: skip
+    resolution: int | None = option(None, "training image side in pixels (default: the model's)")
+    allow_pickle: bool = option(False, "allow a pickle base model (loaded with weights_only)")
+    cache_latents: bool = option(
+        True, "encode the images with the VAE once, up front (--no-cache-latents: each batch)"
+    )
+    caption_dropout: float = option(0.0, "share of empty captions (keeps CFG's unconditional branch trained)")
+    snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (e.g. 5; default: plain MSE)")
+    validation_steps: int = option(20, "sampling steps of the validation grids")
 
 
 def load_base(cfg: RecipeConfig, device: torch.device) -> Pipeline:
@@ -41,10 +52,12 @@ def training_noise_scheduler(pipe: Pipeline) -> DDPMScheduler:
     return DDPMScheduler.from_config(pipe.scheduler_config)
 
 
-def folder_data(folder: str | Path, pipe: Pipeline, *, cache: bool = True) -> LatentData:
-    """A captioned folder at the model's resolution, read and checked (every image opens) before training."""
+def folder_data(
+    folder: str | Path, pipe: Pipeline, *, cache: bool = True, size: int | None = None
+) -> LatentData:
+    """A captioned folder at `size` pixels (default: the model's), read and checked (every image opens)."""
     items = read_folder(folder)
-    pixels = load_pixels(items, pipe.default_size)
+    pixels = load_pixels(items, size or pipe.default_size)
     return LatentData(pixels, [item.caption for item in items], pipe.vae, cache=cache)
 
 

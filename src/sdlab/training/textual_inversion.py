@@ -19,6 +19,7 @@ import torch
 from sdlab.datasets import load_pixels, read_folder
 from sdlab.embeddings import add_tokens, save_embedding, token_names
 from sdlab.errors import InputError
+from sdlab.options import option
 from sdlab.training.data import LatentData, diffusion_loss, encode_text, noise_and_timesteps
 from sdlab.training.loop import TrainLoop
 from sdlab.training.recipe import RecipeConfig, load_base, save_validation, training_noise_scheduler
@@ -47,11 +48,18 @@ PROMPT_SOURCES = ("object", "style", "caption")
 
 @dataclass
 class TextualInversionConfig(RecipeConfig):
-    token: str = "<concept>"
-    initializer_token: str = ""
-    num_vectors: int = 1
-    prompts: str = "object"  # object templates, style templates, or each image's caption + the token
-    a1111: bool = False  # also write the embedding in A1111's format (TOKEN.safetensors)
+    token: str = option("<concept>", "the new word, e.g. <tiny>", "--placeholder-token")
+    initializer_token: str = option("", "an existing single-token word to start from (default: small noise)")
+    num_vectors: int = option(1, "vectors (tokens) the new word is made of")
+    prompts: str = option(
+        "object",
+        "object or style templates, or caption: each image's caption, the token appended unless it names it",
+        choices=list(PROMPT_SOURCES),
+    )
+    a1111: bool = option(False, "also write the embedding in A1111's format (TOKEN.safetensors)")
+    learning_rate: float = option(
+        5e-3, "AdamW learning rate (one embedding row: far higher than a UNet's)", "--lr"
+    )
 
 
 def caption_with_token(caption: str, token: str, words: str) -> str:
@@ -79,7 +87,9 @@ def textual_inversion(cfg: TextualInversionConfig) -> Path:
     else:
         captions = [words] * len(items)  # filled into a random template at each step
     templates = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}.get(cfg.prompts)
-    data = LatentData(load_pixels(items, pipe.default_size), captions, pipe.vae, cache=cfg.cache_latents)
+    data = LatentData(
+        load_pixels(items, cfg.resolution or pipe.default_size), captions, pipe.vae, cache=cfg.cache_latents
+    )
 
     embeddings = pipe.text_encoder.get_input_embeddings()
     embeddings.weight.requires_grad_(True)

@@ -1,8 +1,13 @@
-"""Writing files and folders so that they are complete or absent, never half-written."""
+"""Writing files and folders so that they are complete or absent, never half-written.
+
+The one helper for it: PNGs, checkpoints, single-file and folder models, embeddings, LoRAs, captions
+and evaluation reports are all written through `atomic_path`.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +19,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write (a file or a folder); it replaces `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
     _remove(tmp)
     try:
         yield tmp

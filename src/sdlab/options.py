@@ -1,0 +1,102 @@
+"""Options described once: dataclass fields carrying their help text, from which argparse flags are made.
+
+A command's options dataclass (`sdlab.cli.options`) or a training recipe's config (`sdlab.training`)
+declares each option with `option(default, help, *aliases)`; `add_options` turns the fields into
+flags (`--kebab-case` names plus the aliases), so the shell's defaults are the Python defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, field
+from typing import Any
+
+METAVARS = {int: "N", float: "X", str: "TEXT"}
+PATHS = {
+    "model", "config", "init_image", "mask_image", "output", "image", "embedding", "lora", "folder", "data",
+    "class_dir", "run_dir",
+}  # fmt: skip
+
+
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *aliases: str,
+    positional: bool = False,
+    default_factory: Any = MISSING,
+    **argparse_kwargs: Any,
+) -> Any:
+    """A dataclass field with its help text (units, range) and extra flag names, e.g. `--lr`."""
+    meta = {"help": help, "aliases": aliases, "positional": positional, **argparse_kwargs}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def split_bar(text: str) -> list[str]:
+    """ "a|b" -> ["a", "b"]: several texts in one flag value."""
+    return [part.strip() for part in text.split("|") if part.strip()]
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one for a default_factory); None for a required field."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one argument per dataclass field of `cls` that was declared with `option`.
+
+    bool fields are switches (`--x`; one that defaults to True also gets `--no-x`); list[str] fields
+    take several values, or one value with "|" between texts.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        meta = dict(f.metadata)
+        aliases, positional = meta.pop("aliases"), meta.pop("positional")
+        kind = _base_type(hints[f.name])
+        default = default_of(f)
+        if positional:
+            parser.add_argument(f.name, type=kind, help=meta.pop("help"), **meta)
+            continue
+        flags = ["--" + f.name.replace("_", "-"), *aliases]
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            parser.add_argument(*flags, dest=f.name, action=action, default=default, help=meta.pop("help"))
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(
+                *flags, dest=f.name, type=split_bar, nargs="+", default=default, metavar="TEXT",
+                action=_Flatten, **meta,
+            )  # fmt: skip
+        else:
+            metavar = "PATH" if f.name in PATHS else METAVARS.get(kind, "VALUE")
+            parser.add_argument(
+                *flags, dest=f.name, type=kind, default=default, **{"metavar": metavar, **meta}
+            )
+
+
+def from_namespace(cls: type, ns: argparse.Namespace) -> Any:
+    """An instance of `cls` from parsed arguments (fields the parser has no flag for keep their defaults)."""
+    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
+
+
+class _Flatten(argparse.Action):
+    """Several values, each possibly "a|b", as one flat list."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, [text for value in values for text in value])
+
+
+def _base_type(hint: Any) -> Any:
+    """`int | None` -> int; `list[str]` stays `list[str]`."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
