@@ -49,13 +49,15 @@ class GeneratedImage:
 
 @dataclass
 class RequestResult:
+    """What a request made: every image of every batch with its recipe, the model it used, the seeds
+    (image i has seeds[i]), the last batch's raw result (latents for chaining), and what the worker
+    adds (`extra`: the job's timestamp, an interrupt's record)."""
+
     images: list[GeneratedImage]
     model: ModelEntry
     pipe: Pipeline
-    settings: dict[str, Any]  # the resolved options of the first batch (steps, CFG, scheduler, size...)
     seeds: list[int]
     last: GenerationResult | None = None  # the last batch, with its latents (for chaining)
-    stopped: bool = False  # a batch ended early (interrupt or skip)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,7 +102,6 @@ def run_request(
     sources = _sources(registry, request, entry, embeddings)
     images: list[GeneratedImage] = []
     result = None
-    stopped = False
     with extra_networks(pipe, loras, list(embeddings.items()), allow_pickle=registry.allow_pickle):
         for batch in range(request.batch_count):
             if batch and keep_going is not None and not keep_going():
@@ -128,7 +129,6 @@ def run_request(
                 callback=step_hook,
                 observe=observe,
             )
-            stopped |= result.settings.get("stopped_at_step") is not None
             for i, image in enumerate(result.images):
                 r = recipe(result, i, pipe, sources)
                 r["prompt"], r["negative_prompt"] = request.prompt, request.negative_prompt or ""
@@ -137,10 +137,8 @@ def run_request(
         images=images,
         model=entry,
         pipe=pipe,
-        settings=dict(images[0].recipe) if images else {},
         seeds=[g.recipe["seed"] for g in images],
         last=result,
-        stopped=stopped,
     )
 
 
