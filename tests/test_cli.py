@@ -56,6 +56,11 @@ def test_several_images_get_numbered_files_a_grid_and_their_own_seeds(capsys, tm
     assert files == ["batch-0.png", "batch-1.png", "batch-2.png", "batch-grid.png"]
     seeds = [json.loads(read_png_text(tmp_path / f"batch-{i}.png")["sdlab"])["seed"] for i in range(3)]
     assert seeds == [10, 11, 12]
+    # the grid carries its first image's parameters, as A1111's grids do
+    assert (
+        read_png_text(tmp_path / "batch-grid.png")["parameters"]
+        == read_png_text(tmp_path / "batch-0.png")["parameters"]
+    )
     # the third image replays alone, from its own recipe
     code, stdout, _ = run(capsys, "replay", tmp_path / "batch-2.png")
     assert code == 0 and "identical pixels" in stdout

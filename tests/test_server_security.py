@@ -198,3 +198,14 @@ def test_the_web_ui_takes_no_server_path_from_the_page(server, tmp_path):
         assert "the secret prompt" not in stream and "root:" not in stream
     served = requests.get(server + f"/gradio_api/file={secret}", timeout=30)
     assert served.status_code == 403
+
+
+def test_a_body_that_is_not_json_is_one_sentence(server):
+    response = requests.post(
+        server + TXT2IMG,
+        data=b'{"prompt": "a cat",, }',
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("the request body is not valid JSON (at character")

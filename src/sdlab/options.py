@@ -68,6 +68,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(f.name, type=kind, help=meta.pop("help"), **meta)
             continue
         flags = ["--" + f.name.replace("_", "-"), *aliases]
+        text = meta.get("help", "")
+        if default not in (None, False, "", []) and "default" not in text:
+            meta["help"] = f"{text} (default: {default})"  # what the flag is when it is left out
         if kind is bool:
             action = argparse.BooleanOptionalAction if default else "store_true"
             parser.add_argument(*flags, dest=f.name, action=action, default=default, help=meta.pop("help"))

@@ -81,8 +81,9 @@ def write_pngs(images: list[Image.Image], recipes: list[dict], output: str | Pat
     written = []
     for image, r, target in zip(images, recipes, targets, strict=True):
         written.append(save_png(image, target, parameters=infotext(r), extra={"sdlab": json.dumps(r)}))
-    if len(images) > 1:
-        written.append(save_png(make_grid(images), output.with_name(f"{output.stem}-grid.png")))
+    if len(images) > 1:  # the grid carries its first image's parameters, as A1111's grids do
+        grid = output.with_name(f"{output.stem}-grid.png")
+        written.append(save_png(make_grid(images), grid, parameters=infotext(recipes[0])))
     return written
 
 

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
             run_caption,
             "caption a folder of images (metadata.jsonl, .txt sidecars)",
         ),
-        ("serve", ServeOptions, run_serve, "the AUTOMATIC1111-compatible HTTP API (FastAPI, uvicorn)"),
+        ("serve", ServeOptions, run_serve, "the web UI and AUTOMATIC1111's HTTP API, on 127.0.0.1:7860"),
         (
             "convert",
             ConvertOptions,

@@ -166,7 +166,7 @@ class CaptionOptions:
 class ServeOptions:
     """`sdlab serve`: flags named as AUTOMATIC1111 names them (--port, --listen, --api-auth, --*-dir)."""
 
-    port: int = option(7860, "TCP port (A1111's default)")
+    port: int = option(7860, "TCP port (7860 is A1111's too)")
     listen: bool = option(False, "listen on every network interface, not only 127.0.0.1 (needs --api-auth)")
     api_auth: str | None = option(
         None, "USER:PASSWORD[,USER:PASSWORD]: HTTP Basic credentials for every request (or SDLAB_API_AUTH)"

@@ -76,8 +76,8 @@ def run_serve(opts: ServeOptions) -> None:
     shown = "127.0.0.1" if not opts.listen else host
     models = ", ".join(e.name for e in registry.models())
     print(
-        f"sdlab serve: http://{shown}:{opts.port}/sdapi/v1 (API docs: http://{shown}:{opts.port}/docs); "
-        f"models: {models}",
+        f"sdlab serve: web UI http://{shown}:{opts.port}/, API http://{shown}:{opts.port}/sdapi/v1 "
+        f"(docs: /docs); models: {models}",
         file=sys.stderr,
         flush=True,
     )

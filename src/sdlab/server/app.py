@@ -314,6 +314,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            at = first.get("loc", ("body", "?"))[-1]
+            return _error(422, "InputError", f"the request body is not valid JSON (at character {at})")
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
         return _error(422, "InputError", f"{where}: {first.get('msg', 'invalid')}")
 
