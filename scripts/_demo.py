@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sdlab.atomic import atomic_path
 from sdlab.cli.main import main as sdlab
-from sdlab.training.atomic import atomic_path
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "demos"
 
