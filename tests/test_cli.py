@@ -205,3 +205,18 @@ def test_guided_generation_records_the_guide_and_replays_it(capsys, tmp_path, ti
 def test_eval_refuses_unknown_sweeps(capsys, tiny_dir):
     code, _, err = run(capsys, "eval", "--model", tiny_dir, "--sweep", "guidance,colour")
     assert code == 2 and "unknown sweep 'colour'" in err
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["--version"], ["generate", "--steps", "x"], ["serve", "--port", "x"]]
+)
+def test_help_version_and_argument_errors_import_no_torch(argv):
+    """Issue 13: `sdlab --help` took 4.6 s, most of it importing torch, diffusers and transformers."""
+    code = (
+        "import sys\nfrom sdlab.cli.main import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip().splitlines()[-1] == "[]"

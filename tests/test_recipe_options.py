@@ -13,7 +13,8 @@ from sdlab.training import RECIPES
 
 
 def parse(command: str, *argv: str):
-    return build_parser().parse_args([command, "DATA", "-o", "OUT", *argv])
+    args = [command, "DATA", "-o", "OUT", *argv]
+    return build_parser(args).parse_args(args)
 
 
 def another_value(name: str, kind, default, choices) -> tuple[object, list[str]]:
@@ -49,11 +50,10 @@ def test_cli_defaults_are_the_dataclass_defaults_and_every_field_is_a_flag(recip
 def test_diffusers_example_flags_are_accepted():
     from sdlab.training.lora import LoraTrainConfig
 
-    args = build_parser().parse_args(
-        ["lora", "DATA", "--output-dir", "OUT", "--max-train-steps", "9", "--train-batch-size", "2",
-         "--learning-rate", "0.5", "--resolution", "64", "--resume-from-checkpoint", "latest",
-         "--pretrained-model-name-or-path", "m", "--checkpointing-steps", "3", "--lr-warmup-steps", "4"]
-    )  # fmt: skip
+    argv = ["lora", "DATA", "--output-dir", "OUT", "--max-train-steps", "9", "--train-batch-size", "2",
+            "--learning-rate", "0.5", "--resolution", "64", "--resume-from-checkpoint", "latest",
+            "--pretrained-model-name-or-path", "m", "--checkpointing-steps", "3", "--lr-warmup-steps", "4"]  # fmt: skip
+    args = build_parser(argv).parse_args(argv)
     cfg = from_namespace(LoraTrainConfig, args)
     assert (cfg.output, cfg.steps, cfg.batch_size, cfg.learning_rate, cfg.resolution, cfg.resume) == (
         "OUT",

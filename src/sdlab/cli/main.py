@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from sdlab.cli.options import (
@@ -27,52 +28,58 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sdlab.cli.evaluate import run_eval
-    from sdlab.cli.generate import run_generate, run_replay
-    from sdlab.cli.info import run_convert, run_info
-    from sdlab.cli.serve import run_serve
-    from sdlab.cli.teach import run_caption, run_recipe
-    from sdlab.cli.train import run_train_base
+# command, its options, "module:function" that runs it (imported only when it runs), help
+COMMANDS = [
+    ("generate", GenerateOptions, "sdlab.cli.generate:run_generate", "text-to-image, image-to-image and inpainting"),
+    ("replay", ReplayOptions, "sdlab.cli.generate:run_replay", "regenerate an image from the recipe stored in its PNG"),
+    ("info", InfoOptions, "sdlab.cli.info:run_info", "describe a model: components, sizes, scheduler, resolution"),
+    ("eval", EvalOptions, "sdlab.cli.evaluate:run_eval",
+     "measure a digits model: accuracy, FID, diversity, negative prompts, strength"),
+    ("train-base", TrainBaseOptions, "sdlab.cli.train:run_train_base", "train the digits Stable Diffusion from scratch"),
+    ("caption", CaptionOptions, "sdlab.cli.teach:run_caption", "caption a folder of images (metadata.jsonl, .txt sidecars)"),
+    ("serve", ServeOptions, "sdlab.cli.serve:run_serve", "the web UI and AUTOMATIC1111's HTTP API, on 127.0.0.1:7860"),
+    ("convert", ConvertOptions, "sdlab.cli.info:run_convert",
+     "save a model as a single .safetensors file or a diffusers folder"),
+]  # fmt: skip
 
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `sdlab` parser. Importing it costs no torch: commands' code loads when a command runs, and
+    a training recipe's flags (its config lives beside its torch code) only when `argv` names it."""
     parser = _Parser(
         prog="sdlab", description="Stable Diffusion end to end: generate, train and measure, offline."
     )
     parser.add_argument("--version", action="version", version=f"sdlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    commands = [
-        ("generate", GenerateOptions, run_generate, "text-to-image, image-to-image and inpainting"),
-        ("replay", ReplayOptions, run_replay, "regenerate an image from the recipe stored in its PNG"),
-        ("info", InfoOptions, run_info, "describe a model: components, sizes, scheduler, resolution"),
-        (
-            "eval",
-            EvalOptions,
-            run_eval,
-            "measure a digits model: accuracy, FID, diversity, negative prompts, strength",
-        ),
-        ("train-base", TrainBaseOptions, run_train_base, "train the digits Stable Diffusion from scratch"),
-        (
-            "caption",
-            CaptionOptions,
-            run_caption,
-            "caption a folder of images (metadata.jsonl, .txt sidecars)",
-        ),
-        ("serve", ServeOptions, run_serve, "the web UI and AUTOMATIC1111's HTTP API, on 127.0.0.1:7860"),
-        (
-            "convert",
-            ConvertOptions,
-            run_convert,
-            "save a model as a single .safetensors file or a diffusers folder",
-        ),
-    ]
-    for recipe in RECIPES:  # the teaching recipes: flags generated from each one's config dataclass
-        config, train = recipe.load()
-        commands.append((recipe.command, config, run_recipe(train), recipe.help))
-    for name, options, run, help in commands:
+    for name, options, target, help in COMMANDS:
         p = sub.add_parser(name, help=help, description=help)
         add_options(p, options)
-        p.set_defaults(run=run, options=options)
+        p.set_defaults(run=_lazy(target), options=options)
+    wanted = set(sys.argv[1:] if argv is None else argv)
+    for recipe in RECIPES:  # the teaching recipes: flags generated from each one's config dataclass
+        p = sub.add_parser(recipe.command, help=recipe.help, description=recipe.help)
+        if recipe.command in wanted:
+            config, train = recipe.load()
+            add_options(p, config)
+            p.set_defaults(run=_run_recipe(train), options=config)
     return parser
+
+
+def _lazy(target: str):
+    def run(options):
+        module, _, function = target.partition(":")
+        return getattr(importlib.import_module(module), function)(options)
+
+    return run
+
+
+def _run_recipe(train):
+    def run(config):
+        from sdlab.cli.teach import run_recipe
+
+        return run_recipe(train)(config)
+
+    return run
 
 
 def _quiet_libraries() -> None:
@@ -86,7 +93,7 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     _quiet_libraries()
     try:
         args.run(from_namespace(args.options, args))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
-
-import diffusers
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from typing import TYPE_CHECKING, Any
 
 from sdlab.errors import InputError
+
+if TYPE_CHECKING:  # the names table is read by the CLI's --help, which must not import diffusers
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ def make_scheduler(name: str, config: dict[str, Any], *, inpainting: bool = Fals
     (diffusers' inpainting pipeline alone leaves `clip_sample` as it is; sdlab corrects it there too,
     since SD latents are not in [-1, 1].)
     """
+    import diffusers
+
     spec = scheduler_spec(name)
     cls = getattr(diffusers, spec.cls)
     # The config may come from another scheduler class (SD ships PNDM's): keep what this class
