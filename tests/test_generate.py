@@ -195,3 +195,29 @@ def test_bad_arguments_raise_one_clear_sentence(tiny, kwargs, message):
     assert isinstance(info.value, InputError)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_each_distinct_prompt_is_encoded_once(tiny, monkeypatch):
+    """Issue 13: -n 16 with CFG ran the text encoder on 32 rows; diffusers encodes once and repeats."""
+    rows = []
+    forward = tiny.text_encoder.forward
+
+    def counting(ids, *args, **kwargs):
+        rows.append(ids.shape[0])
+        return forward(ids, *args, **kwargs)
+
+    monkeypatch.setattr(tiny.text_encoder, "forward", counting)
+    batch = generate(
+        tiny,
+        "a cat",
+        num_images_per_prompt=4,
+        guidance_scale=5.0,
+        num_inference_steps=2,
+        seed=0,
+        height=32,
+        width=32,
+    )
+    assert rows == [2]  # "a cat" and the empty negative prompt, once each
+    rows.clear()
+    alone = generate(tiny, "a cat", guidance_scale=5.0, num_inference_steps=2, seed=2, height=32, width=32)
+    assert torch.allclose(batch.pixels[2], alone.pixels[0], atol=1e-5)  # and image i still equals it alone

@@ -183,12 +183,14 @@ def generate(
     # 2. Encode the prompts; the unconditional branch is the negative prompt (or "")
     prompts_b = [p for p in prompts for _ in range(num_images_per_prompt)]
     negatives_b = [n for n in negatives for _ in range(num_images_per_prompt)]
-    texts, negative_texts = prompts_b, negatives_b  # (multi-vector embeddings are expanded per token)
-    chunks = count_chunks(pipe.tokenizer, texts + (negative_texts if do_cfg else []))
-    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, texts, chunks).to(dtype)
+    # each distinct text is encoded once and repeated, as diffusers does: -n 16 is one encoder pass, not 32
+    texts = prompts_b + (negatives_b if do_cfg else [])
+    distinct = list(dict.fromkeys(texts))
+    chunks = count_chunks(pipe.tokenizer, distinct)
+    encoded = encode_prompts(pipe.tokenizer, pipe.text_encoder, distinct, chunks).to(dtype)
+    embeds = encoded[[distinct.index(t) for t in prompts_b]]
     if do_cfg:
-        uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, negative_texts, chunks).to(dtype)
-        embeds = torch.cat([uncond, embeds])
+        embeds = torch.cat([encoded[[distinct.index(n) for n in negatives_b]], embeds])
 
     # 3. Timesteps: image-to-image skips the first (1 - strength) of the schedule
     sched.set_timesteps(num_inference_steps, device=device)
