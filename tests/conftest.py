@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# model hashes are cached on disk (sdlab.loading.hashing): tests use a cache of their own, servers too
+os.environ.setdefault("SDLAB_CACHE_DIR", tempfile.mkdtemp(prefix="sdlab-test-cache-"))
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel

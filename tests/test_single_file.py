@@ -398,3 +398,25 @@ def test_model_hash_of_a_folder(tmp_path: Path) -> None:
     assert model_hash(tmp_path) == hashlib.sha256(b"unet" + b"vae").hexdigest()[:10]
     with pytest.raises(InputError, match="missing"):
         model_hash(tmp_path / "missing")
+
+
+def test_model_hashes_are_cached_by_path_size_and_time(tmp_path: Path, monkeypatch) -> None:
+    """As A1111: a 4 GB checkpoint is hashed once, not in every process; a changed file is hashed again."""
+    import os
+
+    import sdlab.loading.hashing as hashing
+
+    monkeypatch.setenv("SDLAB_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"weights")
+    reads = []
+    chunks = hashing._chunks
+    monkeypatch.setattr(hashing, "_chunks", lambda f: reads.append(f) or chunks(f))
+    first = model_hash(model)
+    assert model_hash(model) == first and len(reads) == 1  # the second answer came from the cache
+    assert first in (tmp_path / "cache" / "hashes.json").read_text()
+    model.write_bytes(b"other weights")
+    os.utime(model, ns=(1, 1))  # a different size and time: hashed again
+    assert model_hash(model) == hashlib.sha256(b"other weights").hexdigest()[:10] and len(reads) == 2
+    (tmp_path / "cache" / "hashes.json").write_text("not json")  # a damaged cache is ignored
+    assert model_hash(model) == hashlib.sha256(b"other weights").hexdigest()[:10]

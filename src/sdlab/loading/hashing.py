@@ -6,11 +6,17 @@ hash printed by sdlab matches the one A1111 (and civitai) shows for the same `.s
 A diffusers folder has no A1111 equivalent. sdlab hashes the bytes of its weight files (`*.safetensors`,
 `*.bin`, `*.ckpt`, `*.pt`, `*.pth`, at any depth) concatenated in sorted order of their relative POSIX paths
 (`text_encoder/model.safetensors` < `unet/...` < `vae/...`). Configs are not hashed: the hash names weights.
+
+Hashing a 4 GB checkpoint takes seconds, so, as A1111 does, each result is cached by path, size and
+modification time (`hashes.json` in `$SDLAB_CACHE_DIR`, else `$XDG_CACHE_HOME/sdlab` or
+`~/.cache/sdlab`); a changed file is hashed again. A cache that cannot be read or written is ignored.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +32,6 @@ def model_hash(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise InputError(f"Cannot hash {path}: it does not exist.")
-    digest = hashlib.sha256()
     if path.is_dir():
         files = weight_files(path)
         if not files:
@@ -34,10 +39,49 @@ def model_hash(path: str | Path) -> str:
             raise InputError(f"Cannot hash folder {path}: it holds no weight files ({suffixes}).")
     else:
         files = [path]
+    key = str(path.resolve())
+    stamp = [[f.relative_to(path).as_posix() if path.is_dir() else f.name, *_stamp(f)] for f in files]
+    cache = _read_cache()
+    if cache.get(key, {}).get("stamp") == stamp:
+        return cache[key]["hash"]
+    digest = hashlib.sha256()
     for file in files:
         for chunk in _chunks(file):
             digest.update(chunk)
-    return digest.hexdigest()[:HASH_LENGTH]
+    short = digest.hexdigest()[:HASH_LENGTH]
+    _write_cache({**_read_cache(), key: {"stamp": stamp, "hash": short}})
+    return short
+
+
+def cache_file() -> Path:
+    root = (
+        os.environ.get("SDLAB_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sdlab"
+    )
+    return Path(root) / "hashes.json"
+
+
+def _stamp(file: Path) -> list[int]:
+    info = file.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _read_cache() -> dict:
+    try:
+        cache = json.loads(cache_file().read_text())
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache: dict) -> None:
+    from sdlab.atomic import atomic_path
+
+    try:
+        with atomic_path(cache_file()) as tmp:
+            tmp.write_text(json.dumps(cache, indent=1))
+    except OSError:
+        pass  # a read-only home: hash again next time
 
 
 def weight_files(folder: Path) -> list[Path]:
