@@ -66,7 +66,6 @@ def load_pipeline(
     """
     from sdlab.loading.checkpoint import is_single_file
     from sdlab.loading.folder import is_diffusers_folder, load_folder
-    from sdlab.loading.single_file import load_single_file
 
     path = DEFAULT_MODEL if path is None else Path(path).expanduser()
     device = resolve_device(device)
@@ -76,6 +75,8 @@ def load_pipeline(
     if is_diffusers_folder(path):
         pipe = load_folder(path, allow_pickle=allow_pickle, dtype=dtype)
     elif path.is_file() and is_single_file(path):
+        from sdlab.loading.single_file import load_single_file  # its configs and converters only when needed
+
         pipe = load_single_file(path, config=config, allow_pickle=allow_pickle, dtype=dtype)
     elif path.is_dir():
         raise InputError(f"model folder {path} has no model_index.json; is it a diffusers-format model?")
