@@ -192,7 +192,7 @@ class Worker:
         return result
 
     def _preview(self, name: str, pipe: Pipeline) -> LatentPreview:
-        if name not in self._previews or len(self._previews) > 2 * self.registry.cache_size:
+        if name not in self._previews:  # fitted once per model; maps of evicted models are dropped
             self._previews = {k: v for k, v in self._previews.items() if k in self.registry.loaded()}
             self._previews[name] = LatentPreview.fit(pipe)
         return self._previews[name]

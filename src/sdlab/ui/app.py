@@ -157,24 +157,17 @@ def build_ui(worker: Worker) -> gr.Blocks:
                 fields.update(mask_image=chosen.resize(init_image.size), mask_blur=blur, invert_mask=inverted)
             yield from _run_and_watch(worker, base.replace(**fields), outputs_dir)
 
-        for prefix, run, extra, out in (("t2i", run_t2i, [], t2i_out), ("i2i", run_i2i, [init, mask_upload, strength, inpaint, mask_blur, invert], i2i_out)):  # fmt: skip
-            fields = t2i if prefix == "t2i" else i2i
-            event = fields["generate"].click(
+        i2i_extra = [init, mask_upload, strength, inpaint, mask_blur, invert]
+        for fields, run, extra, out in ((t2i, run_t2i, [], t2i_out), (i2i, run_i2i, i2i_extra, i2i_out)):
+            fields["generate"].click(
                 run, inputs=[*extra, *fields["inputs"]],
                 outputs=[out["progress"], out["preview"], out["gallery"], out["files"], out["info"], out["last_seed"], out["infos"], out["images"]],
                 concurrency_limit=8,
             )  # fmt: skip
             fields["interrupt"].click(worker.interrupt, queue=False)
             fields["skip"].click(worker.skip, queue=False)
-            fields["random"].click(lambda: -1, outputs=fields["seed"], queue=False)
             fields["reuse"].click(lambda s: s, inputs=out["last_seed"], outputs=fields["seed"], queue=False)
-            fields["model"].change(
-                _model_defaults(worker),
-                inputs=fields["model"],
-                outputs=[fields["steps"], fields["cfg"], fields["width"], fields["height"]],
-            )
             out["gallery"].select(_selected_info, inputs=out["infos"], outputs=[out["info"], out["selected"]])
-            del event
 
         add_lora.click(
             lambda p, name: f"{p} <lora:{name}:1>".strip() if name else p,
@@ -252,7 +245,7 @@ def build_ui(worker: Worker) -> gr.Blocks:
             inputs=[guide_digit, split_step, *lab["inputs"]],
             outputs=[lab_latents, lab_x0, lab_split, lab_plot, lab_attention],
         )
-        for fields in (xy, lab):
+        for fields in (t2i, i2i, xy, lab):
             fields["random"].click(lambda: -1, outputs=fields["seed"], queue=False)
             fields["model"].change(
                 _model_defaults(worker),
