@@ -85,18 +85,19 @@ def watch(
     pipe = registry.pipeline(registry.find_model(request.model))
     with recording_attention(pipe, latent_size(pipe, request)) if attention else nullcontext() as store:
         result = run_request(registry, request, observe=observe)
-    x0_pixels = _pixels(pipe, torch.cat(kept["x0"]))
+    # every kept latent turned into pixels in one call (one VAE batch, or one fitted preview map)
+    steps = len(timesteps)
+    pixels = _pixels(pipe, torch.cat(kept["latents"] + kept["x0"] + kept["split"]))
+    latents_pixels, x0_pixels, split_pixels = pixels[:steps], pixels[steps : 2 * steps], pixels[2 * steps :]
     frames = [
         Frame(i + 1, t, image, x0)
         for i, (t, image, x0) in enumerate(
-            zip(
-                timesteps, _images(_pixels(pipe, torch.cat(kept["latents"]))), _images(x0_pixels), strict=True
-            )
+            zip(timesteps, _images(latents_pixels), _images(x0_pixels), strict=True)
         )
     ]
     split = None
     if kept["split"]:
-        unconditional, conditional, guided = _images(_pixels(pipe, torch.cat(kept["split"])))
+        unconditional, conditional, guided = _images(split_pixels)
         split = GuidanceSplit(chosen[0], unconditional, conditional, guided)
     probability = None
     if request.guide_digit is not None:
