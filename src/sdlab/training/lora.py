@@ -17,7 +17,7 @@ from peft import LoraConfig
 from sdlab.lora import TEXT_TARGETS, UNET_TARGETS, add_text_encoder_adapter, save_lora
 from sdlab.options import option
 from sdlab.training.loop import TrainLoop
-from sdlab.training.recipe import RecipeConfig, caption_loss, folder_data, load_base, save_validation
+from sdlab.training.recipe import RecipeConfig, caption_objective, folder_data, load_base, save_validation
 
 
 @dataclass
@@ -29,14 +29,19 @@ class LoraTrainConfig(RecipeConfig):
     )
 
 
-def add_lora_adapters(pipe, rank: int, text_encoder: bool) -> list[torch.nn.Module]:
-    """Attach fresh LoRA adapters (alpha = rank, as diffusers' scripts) and return the modules that carry them."""
+def add_lora_adapters(pipe, rank: int, text_encoder: bool, seed: int = 0) -> list[torch.nn.Module]:
+    """Attach fresh LoRA adapters (alpha = rank, as diffusers' scripts) and return the modules that carry them.
+
+    A starts Gaussian, B at zero (Hu et al. 2021); A is drawn from `seed`, so a run's `--seed` fixes it
+    (torch's global stream is left as it was)."""
     config = dict(r=rank, lora_alpha=rank, init_lora_weights="gaussian")
-    pipe.unet.add_adapter(LoraConfig(**config, target_modules=UNET_TARGETS))
-    modules = [pipe.unet]
-    if text_encoder:
-        add_text_encoder_adapter(pipe.text_encoder, LoraConfig(**config, target_modules=TEXT_TARGETS))
-        modules.append(pipe.text_encoder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe.unet.add_adapter(LoraConfig(**config, target_modules=UNET_TARGETS))
+        modules = [pipe.unet]
+        if text_encoder:
+            add_text_encoder_adapter(pipe.text_encoder, LoraConfig(**config, target_modules=TEXT_TARGETS))
+            modules.append(pipe.text_encoder)
     for module in modules:
         cast_training_params(module, dtype=torch.float32)
         module.train()
@@ -52,16 +57,16 @@ def lora(cfg: LoraTrainConfig) -> Path:
     loop = TrainLoop(cfg)
     pipe = load_base(cfg, loop.accelerator.device)
     data = folder_data(cfg.data, pipe, cache=cfg.cache_latents, size=cfg.resolution)
-    modules = add_lora_adapters(pipe, cfg.rank, cfg.train_text_encoder)
+    modules = add_lora_adapters(pipe, cfg.rank, cfg.train_text_encoder, cfg.seed)
     prepared = loop.prepare(*modules, params=trainable_parameters(modules), weight_decay=1e-2)
     unet = prepared[0]
     text_encoder = prepared[1] if cfg.train_text_encoder else pipe.text_encoder
-    compute_loss = caption_loss(loop, cfg, data, pipe, unet, text_encoder)
+    draw, loss = caption_objective(loop, cfg, data, pipe, unet, text_encoder)
 
     def validate(step: int) -> None:
         save_validation(pipe, cfg.validation_prompts, loop.out, step, cfg.validation_steps)
 
-    loop.run(compute_loss, validate=validate, desc="lora")
+    loop.run(draw, loss, validate=validate, desc="lora")
     out = loop.out / "pytorch_lora_weights.safetensors"
     if loop.accelerator.is_main_process:
         save_lora(loop.out, pipe.unet, pipe.text_encoder if cfg.train_text_encoder else None)
