@@ -148,3 +148,20 @@ def server(data_dir):
 
     with serve("--data-dir", str(data_dir), "--checkpoints-limit", "2") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def squares_dir(tmp_path_factory):
+    """Eight 32x32 pictures of a bright square on dark ground, captioned (the teaching recipes' data)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        pixels = np.full((32, 32, 3), 20, np.uint8)
+        x, y = rng.integers(4, 16, 2)
+        pixels[y : y + 12, x : x + 12] = 230
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("a bright square")
+    return folder

@@ -105,12 +105,13 @@ def test_train_base_tiny_runs_every_stage_and_loads_in_diffusers(tmp_path):
         "captioner.safetensors",
         "vae/config.json",
         "text_encoder/config.json",
-        "checkpoints/step-000040/step.json",
+        "stages/unet/checkpoints/step-000040/step.json",
         "validation/step-000040.png",
     ):
         assert (tmp_path / "run" / name).exists(), name
     # losses fall
-    for log in ("vae_loss.csv", "text_loss.csv", "unet_loss.csv"):
+    for stage in ("vae", "text", "unet"):
+        log = f"stages/{stage}/loss.csv"
         rows = csv.DictReader((tmp_path / "run" / log).read_text().splitlines())
         losses = [float(r["loss"]) for r in rows]
         assert np.mean(losses[-10:]) < np.mean(losses[:10]), log
@@ -154,13 +155,14 @@ def test_train_base_on_a_captioned_folder_instead_of_the_digits(tmp_path):
     assert load_pipeline(model).default_size == 32
 
 
-def test_contrastive_pretraining_teaches_the_text_encoder_which_digit_a_caption_names():
+def test_contrastive_pretraining_teaches_the_text_encoder_which_digit_a_caption_names(tmp_path):
     import random
 
     from conftest import tiny_text_encoder
 
     from sdlab.loading.tokenizer import clip_tokenizer
     from sdlab.training.contrastive import contrastive_pretrain
+    from sdlab.training.loop import TrainConfig, TrainLoop
 
     torch.manual_seed(0)
     digits = torch.arange(200) % 10
@@ -180,11 +182,11 @@ def test_contrastive_pretraining_teaches_the_text_encoder_which_digit_a_caption_
         return float(sim[same].mean() - sim[~same].mean())
 
     before = separation()
-    losses = []
-    contrastive_pretrain(
-        text_encoder, tokenizer, captions, features, steps=60, batch_size=64, lr=3e-3,
-        log=lambda step, loss, accuracy: losses.append(loss),
-    )  # fmt: skip
+    loop = TrainLoop(
+        TrainConfig(output=str(tmp_path), steps=60, batch_size=64, learning_rate=3e-3, max_grad_norm=0)
+    )
+    contrastive_pretrain(loop, text_encoder, tokenizer, captions, features)
+    losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / "loss.csv").read_text().splitlines())]
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.3
     # "7" and "seven" now land together, away from the other digits
     assert separation() > before + 0.2

@@ -13,8 +13,19 @@ from sdlab.training import RECIPES
 
 
 def parse(command: str, *argv: str):
-    args = [command, "DATA", "-o", "OUT", *argv]
+    args = [command, *([] if command == "train-base" else ["DATA", "-o", "OUT"]), *argv]
     return build_parser(args).parse_args(args)
+
+
+def config_of(recipe, args):
+    return from_namespace(recipe.load()[0], args, recipe.load_presets())
+
+
+def defaults_of(recipe):
+    config_cls, _ = recipe.load()
+    if recipe.presets:  # the CLI's default preset is the first
+        return config_cls(**next(iter(recipe.load_presets().values())))
+    return config_cls(data="DATA", output="OUT")
 
 
 def another_value(name: str, kind, default, choices) -> tuple[object, list[str]]:
@@ -37,14 +48,28 @@ def another_value(name: str, kind, default, choices) -> tuple[object, list[str]]
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.command for r in RECIPES])
 def test_cli_defaults_are_the_dataclass_defaults_and_every_field_is_a_flag(recipe):
     config_cls, _ = recipe.load()
-    assert from_namespace(config_cls, parse(recipe.command)) == config_cls(data="DATA", output="OUT")
+    assert config_of(recipe, parse(recipe.command)) == defaults_of(recipe)
     hints = typing.get_type_hints(config_cls)
-    for f in dataclasses.fields(config_cls):
-        if f.name in ("data", "output"):
+    options = [f for f in dataclasses.fields(config_cls) if "help" in f.metadata]
+    # what is not a flag is chosen by a preset (train-base's architecture)
+    assert {f.name for f in dataclasses.fields(config_cls)} - {f.name for f in options} <= {"architecture"}
+    for f in options:
+        if f.name in ("data", "output") and not recipe.presets:
             continue
-        default = config_cls(data="DATA", output="OUT").__dict__[f.name]
+        default = getattr(defaults_of(recipe), f.name)
         value, argv = another_value(f.name, _base_type(hints[f.name]), default, f.metadata.get("choices"))
-        assert getattr(from_namespace(config_cls, parse(recipe.command, *argv)), f.name) == value, f.name
+        assert getattr(config_of(recipe, parse(recipe.command, *argv)), f.name) == value, f.name
+
+
+def test_train_base_presets_are_the_python_presets_and_flags_override_them():
+    from sdlab.training.base import PRESETS, BaseTrainConfig
+
+    recipe = next(r for r in RECIPES if r.command == "train-base")
+    for name, values in PRESETS.items():
+        assert config_of(recipe, parse("train-base", "--preset", name)) == BaseTrainConfig(**values)
+    assert BaseTrainConfig() == BaseTrainConfig(**PRESETS["full"])  # Python's default is the shipped model
+    cfg = config_of(recipe, parse("train-base", "--preset", "tiny", "--unet-steps", "9", "--no-half"))
+    assert cfg == BaseTrainConfig(**{**PRESETS["tiny"], "unet_steps": 9, "half": False})
 
 
 def test_diffusers_example_flags_are_accepted():

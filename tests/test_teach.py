@@ -18,31 +18,17 @@ from sdlab.training.data import LatentData, diffusion_loss, encode_text
 from sdlab.training.recipe import training_noise_scheduler
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Eight 32x32 pictures of a bright square on dark ground, captioned."""
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        pixels = np.full((32, 32, 3), 20, np.uint8)
-        x, y = rng.integers(4, 16, 2)
-        pixels[y : y + 12, x : x + 12] = 230
-        Image.fromarray(pixels).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text("a bright square")
-    return folder
-
-
-def common(tiny_dir, data_dir, tmp_path, **overrides):
-    base = dict(data=str(data_dir), model=str(tiny_dir), output=str(tmp_path / "run"), steps=12, batch_size=4,
+def common(tiny_dir, squares_dir, tmp_path, **overrides):
+    base = dict(data=str(squares_dir), model=str(tiny_dir), output=str(tmp_path / "run"), steps=12, batch_size=4,
                 checkpoint_every=6, seed=0)  # fmt: skip
     return {**base, **overrides}
 
 
-def fixed_loss(pipe, data_dir, prompt: str = "a bright square") -> float:
+def fixed_loss(pipe, squares_dir, prompt: str = "a bright square") -> float:
     """The diffusion loss on every training image at fixed noise and timesteps: lower = better fit."""
     from sdlab.datasets import load_pixels, read_folder
 
-    items = read_folder(data_dir, require_captions=False)
+    items = read_folder(squares_dir, require_captions=False)
     data = LatentData(load_pixels(items, pipe.default_size), [prompt] * len(items), pipe.vae)
     g = torch.Generator().manual_seed(123)
     latents = data._mean * pipe.vae.config.scaling_factor
@@ -73,23 +59,23 @@ def diffusers_image(folder_or_pipe, prompt="a bright square"):
     return pipe(prompt, num_inference_steps=3, generator=g, output_type="np").images
 
 
-def test_finetune_fits_the_data_and_diffusers_loads_the_result(tiny_dir, data_dir, tmp_path):
+def test_finetune_fits_the_data_and_diffusers_loads_the_result(tiny_dir, squares_dir, tmp_path):
     from sdlab.training.finetune import FinetuneConfig, finetune
 
-    before = fixed_loss(load_pipeline(tiny_dir, device="cpu"), data_dir)
+    before = fixed_loss(load_pipeline(tiny_dir, device="cpu"), squares_dir)
     model = finetune(
-        FinetuneConfig(**common(tiny_dir, data_dir, tmp_path, steps=30, learning_rate=1e-3, ema_decay=0))
+        FinetuneConfig(**common(tiny_dir, squares_dir, tmp_path, steps=30, learning_rate=1e-3, ema_decay=0))
     )
-    after = fixed_loss(load_pipeline(model, device="cpu"), data_dir)
+    after = fixed_loss(load_pipeline(model, device="cpu"), squares_dir)
     assert after < 0.8 * before
     assert np.abs(diffusers_image(model) - diffusers_image(tiny_dir)).max() > 1e-3
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tiny_dir, data_dir, tmp_path):
+def test_resumed_run_equals_an_uninterrupted_one(tiny_dir, squares_dir, tmp_path):
     from sdlab.training.finetune import FinetuneConfig, finetune
 
-    straight = finetune(FinetuneConfig(**common(tiny_dir, data_dir, tmp_path / "a", ema_decay=0.9)))
-    cfg = common(tiny_dir, data_dir, tmp_path / "b", ema_decay=0.9)
+    straight = finetune(FinetuneConfig(**common(tiny_dir, squares_dir, tmp_path / "a", ema_decay=0.9)))
+    cfg = common(tiny_dir, squares_dir, tmp_path / "b", ema_decay=0.9)
     finetune(FinetuneConfig(**{**cfg, "steps": 6}))  # stops at step 6 (a checkpoint)
     cfg["output"] = str(tmp_path / "b" / "run")
     resumed = finetune(FinetuneConfig(**cfg, resume="latest"))
@@ -100,12 +86,12 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_dir, data_dir, tmp_path):
 
 
 def test_a_crash_during_a_save_resumes_from_the_last_complete_checkpoint(
-    tiny_dir, data_dir, tmp_path, monkeypatch
+    tiny_dir, squares_dir, tmp_path, monkeypatch
 ):
     from sdlab.training.checkpoints import CheckpointManager
     from sdlab.training.finetune import FinetuneConfig, finetune
 
-    cfg = common(tiny_dir, data_dir, tmp_path, steps=9, checkpoint_every=3, ema_decay=0)
+    cfg = common(tiny_dir, squares_dir, tmp_path, steps=9, checkpoint_every=3, ema_decay=0)
     real_save = CheckpointManager.save
 
     def dying_save(self, step):
@@ -123,7 +109,7 @@ def test_a_crash_during_a_save_resumes_from_the_last_complete_checkpoint(
     assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step-")) == ["step-000003"]
     monkeypatch.setattr(CheckpointManager, "save", real_save)
     finetune(FinetuneConfig(**cfg, resume="latest"))
-    straight = common(tiny_dir, data_dir, tmp_path / "straight", steps=9, checkpoint_every=3, ema_decay=0)
+    straight = common(tiny_dir, squares_dir, tmp_path / "straight", steps=9, checkpoint_every=3, ema_decay=0)
     finetune(FinetuneConfig(**straight))
     assert losses(tmp_path / "run") == pytest.approx(losses(tmp_path / "straight" / "run"), abs=1e-6)
     assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step-")) == [
@@ -133,15 +119,15 @@ def test_a_crash_during_a_save_resumes_from_the_last_complete_checkpoint(
 
 
 def test_bad_resume_nan_loss_and_broken_images_stop_with_one_sentence(
-    tiny_dir, data_dir, tmp_path, monkeypatch
+    tiny_dir, squares_dir, tmp_path, monkeypatch
 ):
     import sdlab.training.recipe as recipe
     from sdlab.training.finetune import FinetuneConfig, finetune
 
     with pytest.raises(InputError, match="not a complete sdlab checkpoint"):
-        finetune(FinetuneConfig(**common(tiny_dir, data_dir, tmp_path, resume=str(tmp_path / "nowhere"))))
+        finetune(FinetuneConfig(**common(tiny_dir, squares_dir, tmp_path, resume=str(tmp_path / "nowhere"))))
     with pytest.raises(InputError, match="no complete checkpoint"):
-        finetune(FinetuneConfig(**common(tiny_dir, data_dir, tmp_path / "x", resume="latest")))
+        finetune(FinetuneConfig(**common(tiny_dir, squares_dir, tmp_path / "x", resume="latest")))
 
     real = recipe.diffusion_loss
     calls = []
@@ -155,7 +141,7 @@ def test_bad_resume_nan_loss_and_broken_images_stop_with_one_sentence(
     with pytest.raises(
         TrainingError, match="loss became nan at step 8; the last complete checkpoint.*step-000006"
     ):
-        finetune(FinetuneConfig(**common(tiny_dir, data_dir, tmp_path / "nan", ema_decay=0)))
+        finetune(FinetuneConfig(**common(tiny_dir, squares_dir, tmp_path / "nan", ema_decay=0)))
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -181,7 +167,7 @@ def test_textual_inversion_captions_take_the_token_in_place_or_appended():
     assert caption_with_token("a <tiny>x digit", "<tiny>", "<tiny>") == "a <tiny>x digit <tiny>"
 
 
-def test_textual_inversion_trains_only_its_rows_and_loads_in_diffusers(tiny_dir, data_dir, tmp_path):
+def test_textual_inversion_trains_only_its_rows_and_loads_in_diffusers(tiny_dir, squares_dir, tmp_path):
     from safetensors.torch import load_file
 
     from sdlab.embeddings import load_embedding
@@ -190,7 +176,7 @@ def test_textual_inversion_trains_only_its_rows_and_loads_in_diffusers(tiny_dir,
     base = load_pipeline(tiny_dir, device="cpu")
     base_rows = base.text_encoder.get_input_embeddings().weight.detach().clone()
     cfg = TextualInversionConfig(
-        **common(tiny_dir, data_dir, tmp_path, steps=25, learning_rate=5e-2),
+        **common(tiny_dir, squares_dir, tmp_path, steps=25, learning_rate=5e-2),
         token="<sq>", initializer_token="square", num_vectors=2, prompts="caption", a1111=True,
     )  # fmt: skip
     out = textual_inversion(cfg)
@@ -198,11 +184,11 @@ def test_textual_inversion_trains_only_its_rows_and_loads_in_diffusers(tiny_dir,
     assert list(learned) == ["<sq>"] and learned["<sq>"].shape == (2, 32)
 
     pipe = load_pipeline(tiny_dir, device="cpu")
-    before = fixed_loss(pipe, data_dir, "a bright square <sq>")  # unknown word: split into sub-tokens
+    before = fixed_loss(pipe, squares_dir, "a bright square <sq>")  # unknown word: split into sub-tokens
     assert load_embedding(pipe, out) == "<sq>"
     rows = pipe.text_encoder.get_input_embeddings().weight
     assert torch.equal(rows[: len(base_rows)], base_rows)  # every other row bit-identical
-    assert fixed_loss(pipe, data_dir, "a bright square <sq>") < before
+    assert fixed_loss(pipe, squares_dir, "a bright square <sq>") < before
     # A1111 format, named after the file
     a1111 = load_pipeline(tiny_dir, device="cpu")
     assert load_embedding(a1111, tmp_path / "run" / "sq.safetensors") == "sq"
@@ -221,25 +207,27 @@ def test_textual_inversion_trains_only_its_rows_and_loads_in_diffusers(tiny_dir,
     assert np.abs(ours.pixels[0].permute(1, 2, 0).numpy() - theirs[0]).mean() < 1e-3
 
 
-def test_lora_improves_the_fit_and_loads_in_diffusers(tiny_dir, data_dir, tmp_path):
+def test_lora_improves_the_fit_and_loads_in_diffusers(tiny_dir, squares_dir, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from sdlab.lora import load_lora
     from sdlab.training.lora import LoraTrainConfig, lora
 
-    before = fixed_loss(load_pipeline(tiny_dir, device="cpu"), data_dir)
+    before = fixed_loss(load_pipeline(tiny_dir, device="cpu"), squares_dir)
     cfg = LoraTrainConfig(
-        **common(tiny_dir, data_dir, tmp_path, steps=30, learning_rate=1e-2), rank=4, train_text_encoder=True
+        **common(tiny_dir, squares_dir, tmp_path, steps=30, learning_rate=1e-2),
+        rank=4,
+        train_text_encoder=True,
     )
     out = lora(cfg)
     pipe = load_pipeline(tiny_dir, device="cpu")
     plain_text = encode_text(pipe.tokenizer, pipe.text_encoder, ["a bright square"])
     load_lora(pipe, out)
-    assert fixed_loss(pipe, data_dir) < 0.95 * before
+    assert fixed_loss(pipe, squares_dir) < 0.95 * before
     assert not torch.allclose(encode_text(pipe.tokenizer, pipe.text_encoder, ["a bright square"]), plain_text)
     zero = load_pipeline(tiny_dir, device="cpu")
     load_lora(zero, out, weight=0.0)
-    assert fixed_loss(zero, data_dir) == pytest.approx(before, rel=1e-5)
+    assert fixed_loss(zero, squares_dir) == pytest.approx(before, rel=1e-5)
     # diffusers' own pipeline loads the UNet layers (its text-encoder path needs peft >= 0.22, not yet on PyPI)
     layers = load_file(str(out))
     assert any(k.startswith("text_encoder.text_model.") for k in layers)
@@ -254,7 +242,7 @@ def test_lora_improves_the_fit_and_loads_in_diffusers(tiny_dir, data_dir, tmp_pa
     assert np.abs(diffusers_image(ref) - plain).max() > 1e-3
 
 
-def test_dreambooth_generates_and_reuses_class_images(tiny_dir, data_dir, tmp_path):
+def test_dreambooth_generates_and_reuses_class_images(tiny_dir, squares_dir, tmp_path):
     from sdlab.training.dreambooth import DreamBoothConfig, class_images, dreambooth
 
     pipe = load_pipeline(tiny_dir, device="cpu")
@@ -265,14 +253,14 @@ def test_dreambooth_generates_and_reuses_class_images(tiny_dir, data_dir, tmp_pa
     assert len(again) == 3 and all(p.path.stat().st_mtime_ns == stamp[p.path.name] for p in again[:2])
     assert json.loads((folder / "metadata.jsonl").read_text().splitlines()[0])["text"] == "a square"
 
-    before = fixed_loss(pipe, data_dir, "a sks square")
+    before = fixed_loss(pipe, squares_dir, "a sks square")
     cfg = DreamBoothConfig(
-        **common(tiny_dir, data_dir, tmp_path, steps=20, learning_rate=1e-3),
+        **common(tiny_dir, squares_dir, tmp_path, steps=20, learning_rate=1e-3),
         instance_prompt="a sks square", class_prompt="a square", prior_preservation=True,
         num_class_images=3, class_dir=str(folder),
     )  # fmt: skip
     model = dreambooth(cfg)
-    assert fixed_loss(load_pipeline(model, device="cpu"), data_dir, "a sks square") < before
+    assert fixed_loss(load_pipeline(model, device="cpu"), squares_dir, "a sks square") < before
     assert len(list(folder.glob("*.png"))) == 3  # the cache was enough
 
     # --lora: the same recipe writes a LoRA file instead of a model, and the base untouched + LoRA fits better
@@ -283,7 +271,7 @@ def test_dreambooth_generates_and_reuses_class_images(tiny_dir, data_dir, tmp_pa
     assert out.name == "pytorch_lora_weights.safetensors"
     pipe = load_pipeline(tiny_dir, device="cpu")
     load_lora(pipe, out)
-    assert fixed_loss(pipe, data_dir, "a sks square") < before
+    assert fixed_loss(pipe, squares_dir, "a sks square") < before
 
 
 DRIVER = """
@@ -293,7 +281,7 @@ finetune(FinetuneConfig(**json.loads(open(sys.argv[1]).read())))
 """
 
 
-def test_two_processes_take_the_same_steps_as_one_on_the_same_global_batch(tiny_dir, data_dir, tmp_path):
+def test_two_processes_take_the_same_steps_as_one_on_the_same_global_batch(tiny_dir, squares_dir, tmp_path):
     import os
     import socket
     import subprocess
@@ -306,7 +294,7 @@ def test_two_processes_take_the_same_steps_as_one_on_the_same_global_batch(tiny_
     for processes in (1, 2):
         cfg = tmp_path / f"cfg{processes}.json"
         cfg.write_text(
-            json.dumps(common(tiny_dir, data_dir, tmp_path / str(processes), steps=4, ema_decay=0))
+            json.dumps(common(tiny_dir, squares_dir, tmp_path / str(processes), steps=4, ema_decay=0))
         )
         if processes == 1:
             command = [sys.executable, str(driver), str(cfg)]
@@ -333,11 +321,20 @@ def test_two_processes_take_the_same_steps_as_one_on_the_same_global_batch(tiny_
     assert moved
 
 
-def test_resuming_with_another_option_is_one_sentence_naming_it(tiny_dir, data_dir, tmp_path, capsys):
+def test_resuming_with_another_option_is_one_sentence_naming_it(tiny_dir, squares_dir, tmp_path, capsys):
     """Issue 11: a LoRA run with --rank 4 resumed with --rank 8 stopped with a 26 KB traceback."""
     from sdlab.cli.main import main
 
-    run = ["lora", str(data_dir), "-o", str(tmp_path / "lora"), "--model", str(tiny_dir), "--batch-size", "4"]
+    run = [
+        "lora",
+        str(squares_dir),
+        "-o",
+        str(tmp_path / "lora"),
+        "--model",
+        str(tiny_dir),
+        "--batch-size",
+        "4",
+    ]
     assert main([*run, "--rank", "4", "--steps", "2", "--checkpoint-every", "1"]) == 0
     capsys.readouterr()
     assert main([*run, "--rank", "8", "--steps", "2", "--resume", "latest"]) == 2
@@ -362,14 +359,14 @@ def test_resuming_with_another_option_is_one_sentence_naming_it(tiny_dir, data_d
     ],
 )
 def test_every_recipe_checks_its_options_before_resuming(
-    tiny_dir, data_dir, tmp_path, recipe, first, changed, flag
+    tiny_dir, squares_dir, tmp_path, recipe, first, changed, flag
 ):
     import importlib
 
     module = importlib.import_module(f"sdlab.training.{recipe}")
     config_cls = next(getattr(module, n) for n in dir(module) if n.endswith("Config") and n != "RecipeConfig")
     train = getattr(module, recipe)
-    base = common(tiny_dir, data_dir, tmp_path, steps=1, checkpoint_every=1)
+    base = common(tiny_dir, squares_dir, tmp_path, steps=1, checkpoint_every=1)
     train(config_cls(**base, **first))
     with pytest.raises(InputError, match=f"^{flag} is .*, but the checkpoint .* was trained with {flag} "):
         train(config_cls(**base, **changed, resume="latest"))
@@ -382,7 +379,7 @@ def test_train_base_checks_its_options_before_any_stage_runs(tmp_path):
     from sdlab.training.checkpoints import run_options
 
     first = BaseTrainConfig(**{**PRESETS["tiny"], "run_dir": str(tmp_path / "run")})
-    checkpoint = tmp_path / "run" / "checkpoints" / "step-000003"
+    checkpoint = tmp_path / "run" / "stages" / "unet" / "checkpoints" / "step-000003"
     checkpoint.mkdir(parents=True)
     (checkpoint / "step.json").write_text(json.dumps({"step": 3, "options": run_options(first)}))
     changed = BaseTrainConfig(**{**PRESETS["tiny"], "run_dir": str(tmp_path / "run"), "seed": first.seed + 1})
@@ -390,4 +387,4 @@ def test_train_base_checks_its_options_before_any_stage_runs(tmp_path):
         InputError, match="^--seed is .*, but the checkpoint .*step-000003 was trained with --seed"
     ):
         train_base(changed, resume=True)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]  # no stage ran
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["stages"]  # no stage ran

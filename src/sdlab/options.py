@@ -50,12 +50,20 @@ def default_of(f: dataclasses.Field) -> Any:
     return None
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type, presets: dict[str, dict] | None = None) -> None:
     """Add one argument per dataclass field of `cls` that was declared with `option`.
 
     bool fields are switches (`--x`; one that defaults to True also gets `--no-x`); list[str] fields
-    take several values, or one value with "|" between texts.
+    take several values, or one value with "|" between texts. With `presets` (name -> field values),
+    a `--preset` flag chooses one and every other flag left out takes the preset's value
+    (`from_namespace` fills them in).
     """
+    if presets:
+        names = list(presets)
+        parser.add_argument(
+            "--preset", choices=names, default=names[0], metavar="NAME",
+            help=f"{', '.join(names)}: the values of the flags left out (default: {names[0]})",
+        )  # fmt: skip
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
@@ -69,10 +77,17 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         flags = ["--" + f.name.replace("_", "-"), *aliases]
         text = meta.get("help", "")
-        if default not in (None, False, "", []) and "default" not in text:
+        if presets:  # the flag is None when left out; the preset or the dataclass supplies the value
+            preset_sets = any(f.name in values for values in presets.values())
+            if preset_sets:
+                meta["help"] = f"{text} (default: the preset's)"
+            elif _shown(default) and "default" not in text:
+                meta["help"] = f"{text} (default: {default})"
+            default = None
+        elif _shown(default) and "default" not in text:
             meta["help"] = f"{text} (default: {default})"  # what the flag is when it is left out
         if kind is bool:
-            action = argparse.BooleanOptionalAction if default else "store_true"
+            action = argparse.BooleanOptionalAction if default or presets else "store_true"
             parser.add_argument(*flags, dest=f.name, action=action, default=default, help=meta.pop("help"))
         elif typing.get_origin(kind) is list:
             parser.add_argument(
@@ -86,9 +101,19 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             )
 
 
-def from_namespace(cls: type, ns: argparse.Namespace) -> Any:
-    """An instance of `cls` from parsed arguments (fields the parser has no flag for keep their defaults)."""
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
+def from_namespace(cls: type, ns: argparse.Namespace, presets: dict[str, dict] | None = None) -> Any:
+    """An instance of `cls` from parsed arguments (fields the parser has no flag for keep their defaults).
+
+    With `presets`, the chosen preset's values stand in for the flags that were left out."""
+    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)}
+    if presets:
+        given = {**presets[ns.preset], **{k: v for k, v in given.items() if v is not None}}
+    return cls(**given)
+
+
+def _shown(default: Any) -> bool:
+    """Whether help should say the default: not for None, False, "" or [] (but for 0)."""
+    return not (default is None or default is False or default in ("", []))
 
 
 class _Flatten(argparse.Action):

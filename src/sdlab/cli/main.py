@@ -14,7 +14,6 @@ from sdlab.cli.options import (
     InfoOptions,
     ReplayOptions,
     ServeOptions,
-    TrainBaseOptions,
     add_options,
     from_namespace,
 )
@@ -35,7 +34,6 @@ COMMANDS = [
     ("info", InfoOptions, "sdlab.cli.info:run_info", "describe a model: components, sizes, scheduler, resolution"),
     ("eval", EvalOptions, "sdlab.cli.evaluate:run_eval",
      "measure a digits model: accuracy, FID, diversity, negative prompts, strength"),
-    ("train-base", TrainBaseOptions, "sdlab.cli.train:run_train_base", "train the digits Stable Diffusion from scratch"),
     ("caption", CaptionOptions, "sdlab.cli.teach:run_caption", "caption a folder of images (metadata.jsonl, .txt sidecars)"),
     ("serve", ServeOptions, "sdlab.cli.serve:run_serve", "the web UI and AUTOMATIC1111's HTTP API, on 127.0.0.1:7860"),
     ("convert", ConvertOptions, "sdlab.cli.info:run_convert",
@@ -60,8 +58,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(recipe.command, help=recipe.help, description=recipe.help)
         if recipe.command in wanted:
             config, train = recipe.load()
-            add_options(p, config)
-            p.set_defaults(run=_run_recipe(train), options=config)
+            presets = recipe.load_presets()
+            add_options(p, config, presets)
+            p.set_defaults(run=_run_recipe(train), options=config, presets=presets)
     return parser
 
 
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     _quiet_libraries()
     try:
-        args.run(from_namespace(args.options, args))
+        args.run(from_namespace(args.options, args, getattr(args, "presets", None)))
     except InputError as err:
         print(f"sdlab {args.command}: error: {err}", file=sys.stderr)
         return 2

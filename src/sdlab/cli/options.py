@@ -104,37 +104,6 @@ class ConvertOptions(ModelOptions):
 
 
 @dataclass
-class TrainBaseOptions:
-    preset: str = option(
-        "quick",
-        "quick (under 20 min on 2 CPU cores), full (the shipped model) or tiny (seconds)",
-        choices=["quick", "full", "tiny"],
-        metavar="NAME",
-    )
-    run_dir: str = option(
-        "runs/digits", "folder for stages, checkpoints, loss logs and validation grids", metavar="PATH"
-    )
-    output: str | None = option(
-        None, "where to write the final diffusers model (default: RUN_DIR/model)", "-o", metavar="PATH"
-    )
-    data: str | None = option(
-        None,
-        "train on this folder of captioned images (metadata.jsonl or .txt sidecars) instead of the MNIST digits",
-        metavar="DIR",
-    )
-    seed: int | None = option(None, "random seed (default: the preset's)")
-    vae_steps: int | None = option(None, "VAE training steps (default: the preset's)")
-    text_pretrain_steps: int | None = option(
-        None,
-        "CLIP-style contrastive pretraining steps of the text encoder, 0 for none (default: the preset's)",
-    )
-    unet_steps: int | None = option(None, "UNet + text encoder training steps (default: the preset's)")
-    batch_size: int | None = option(None, "batch size per process (default: the preset's)")
-    mixed_precision: str | None = option(None, "no, fp16 or bf16 (accelerate's mixed precision)")
-    resume: bool = option(False, "continue from the latest complete checkpoint in RUN_DIR")
-
-
-@dataclass
 class EvalOptions(ModelOptions):
     per_digit: int = option(50, "images generated per digit for accuracy, FID and diversity")
     scheduler: str | None = option(

@@ -20,13 +20,19 @@ class Recipe:
     config: str  # the config dataclass's name
     function: str  # the function of that config that trains and returns the result's path
     help: str
+    presets: str | None = None  # name of a dict of presets in the module (the first is the CLI's default)
 
     def load(self) -> tuple[type, Callable[..., Path]]:
         module = importlib.import_module(self.module)
         return getattr(module, self.config), getattr(module, self.function)
 
+    def load_presets(self) -> dict[str, dict] | None:
+        return getattr(importlib.import_module(self.module), self.presets) if self.presets else None
+
 
 RECIPES = [
+    Recipe("train-base", "sdlab.training.base", "BaseTrainConfig", "train_base",
+           "train the digits Stable Diffusion from scratch", presets="PRESETS"),
     Recipe("finetune", "sdlab.training.finetune", "FinetuneConfig", "finetune",
            "fine-tune the UNet (and text encoder) on captioned images"),
     Recipe("lora", "sdlab.training.lora", "LoraTrainConfig", "lora", "train a LoRA on captioned images"),

@@ -7,30 +7,30 @@ Stages, each leaving its artifact in the run folder so that a rerun skips what i
     4. text       - optional (`text_pretrain_steps`): the text encoder pretrained CLIP-style, captions
                     matched contrastively to the captioner's image features (training/contrastive.py)
     5. unet       - UNet + text encoder, trained jointly on the noise-prediction loss with ~10% empty
-                    captions (for classifier-free guidance), min-SNR weighting and EMA; resumable
+                    captions (for classifier-free guidance), min-SNR weighting and EMA
     6. model      - the EMA weights saved as a diffusers folder that StableDiffusionPipeline loads
 
-With `data=DIR` (`--data`), a folder of captioned images replaces the digits and stage 1 is skipped.
+The three trained stages (vae, text, unet) run on the one training loop (`TrainLoop`), each in
+`RUN_DIR/stages/NAME/` with its checkpoints and loss.csv; `--resume` continues the stage that was
+interrupted, bit for bit. With `data=DIR` (`--data`), a folder of captioned images replaces the digits
+and stage 1 is skipped.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
-import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import PartialState
 from diffusers import AutoencoderKL, DDPMScheduler
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, compute_snr
-from tqdm.auto import tqdm
+from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel
 
 from sdlab.atomic import atomic_path
@@ -40,45 +40,74 @@ from sdlab.digits.attributes import measure
 from sdlab.digits.captioner import DigitsCaptioner
 from sdlab.digits.classifier import DigitClassifier, accuracy, train_classifier
 from sdlab.digits.data import to_gray, to_pixels, train_test_split
-from sdlab.errors import InputError, TrainingError
+from sdlab.errors import InputError
 from sdlab.images import make_grid, save_png
 from sdlab.loading.folder import save_folder
 from sdlab.loading.tokenizer import clip_tokenizer
+from sdlab.options import option
 from sdlab.pipeline import Pipeline
-from sdlab.training.checkpoints import CheckpointManager, RandomState, run_options
+from sdlab.training.checkpoints import CheckpointManager, run_options
 from sdlab.training.contrastive import contrastive_pretrain
-from sdlab.training.loop import append_csv, make_accelerator
+from sdlab.training.data import diffusion_loss, encode_text
+from sdlab.training.loop import OPTIMIZERS, TrainConfig, TrainLoop, append_csv
+
+STAGES = ("vae", "text", "unet")  # the trained stages, in order: RUN_DIR/stages/NAME/
 
 
 @dataclass
 class BaseTrainConfig:
-    run_dir: str = "runs/digits"  # stages, checkpoints, logs and validation grids
-    output: str | None = None  # final diffusers folder (default: RUN_DIR/model)
-    data: str | None = None  # a folder of captioned images to train on instead of the MNIST digits
-    seed: int = 0
+    """The options of `sdlab train-base`; the defaults are the shipped model's (`--preset full`), and
+    `PRESETS` holds the other presets' changes. `architecture` is chosen by the preset, not a flag."""
+
+    run_dir: str = option("runs/digits", "folder for stages, checkpoints, loss logs and validation grids")
+    output: str | None = option(
+        None, "where to write the final diffusers model (default: RUN_DIR/model)", "-o", "--output-dir"
+    )
+    data: str | None = option(
+        None,
+        "train on this folder of captioned images (metadata.jsonl or .txt sidecars) instead of the digits",
+    )
+    seed: int = option(0, "seed of every stage's initial weights, batches, noise and timesteps")
     architecture: DigitsArchitecture = field(default_factory=DigitsArchitecture)
-    classifier_epochs: int = 6
-    vae_steps: int = 2000
-    vae_lr: float = 2e-3
-    kl_weight: float = 1e-6  # as SD's VAE: a nearly deterministic autoencoder, latents kept near N(0, s^2)
-    text_pretrain_steps: int = 0  # CLIP-style contrastive pretraining of the text encoder (digits only)
-    text_pretrain_lr: float = 2e-3
-    unet_steps: int = 6000
-    batch_size: int = 64
-    unet_lr: float = 1e-3
-    warmup_steps: int = 200
-    lr_scheduler: str = "cosine"  # any diffusers schedule name, e.g. constant_with_warmup
-    caption_dropout: float = 0.1  # empty captions teach the unconditional branch of CFG
-    attribute_keep: float = 0.7  # each style word appears in 70% of the captions of digits that have it
-    snr_gamma: float = 5.0  # min-SNR-5 loss weighting (Hang et al. 2023): faster convergence
-    ema_decay: float = 0.999
-    validate_every: int = 1000
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    mixed_precision: str = "no"
-    half: bool = True  # store the final weights in float16 (the shipped model is small)
-    # recommended CFG written to the model's sdlab.json: best FID at accuracy >= 0.99 in the guidance sweep
-    guidance_scale: float = 1.5
+    classifier_epochs: int = option(6, "epochs of the captioner (stage 1)")
+    vae_steps: int = option(2000, "VAE training steps (stage 2)")
+    vae_lr: float = option(2e-3, "VAE learning rate (cosine schedule)")
+    kl_weight: float = option(1e-6, "KL weight of the VAE loss (as SD's: latents kept near N(0, s^2))")
+    text_pretrain_steps: int = option(
+        0, "CLIP-style contrastive steps of the text encoder, 0 for none (stage 4)"
+    )
+    text_pretrain_lr: float = option(2e-3, "contrastive stage's peak learning rate (one-cycle schedule)")
+    unet_steps: int = option(6000, "UNet + text encoder training steps (stage 5)", "--max-train-steps")
+    batch_size: int = option(64, "global batch size of the VAE and UNet stages (the contrastive stage takes twice it)",
+                             "--train-batch-size")  # fmt: skip
+    unet_lr: float = option(1e-3, "UNet + text encoder learning rate", "--learning-rate")
+    warmup_steps: int = option(
+        200, "learning-rate warm-up steps of the VAE and UNet stages", "--lr-warmup-steps"
+    )
+    lr_scheduler: str = option(
+        "cosine", "UNet stage's schedule: any diffusers name, e.g. constant_with_warmup"
+    )
+    optimizer: str = option("adamw", "adamw, adafactor or prodigy (see sdlab lora --help)",
+                            choices=list(OPTIMIZERS))  # fmt: skip
+    gradient_accumulation_steps: int = option(
+        1, "micro-batches per process and step: less memory, the same step"
+    )
+    max_grad_norm: float = option(1.0, "clip the UNet stage's gradient norm to this (0: no clipping)")
+    caption_dropout: float = option(0.1, "share of empty captions (teaches CFG's unconditional branch)")
+    attribute_keep: float = option(0.7, "share of the captions of a digit with a style that name the style")
+    snr_gamma: float = option(5.0, "min-SNR loss weighting gamma (Hang et al. 2023); 0 for plain MSE")
+    ema_decay: float = option(0.999, "EMA decay of the saved UNet and text encoder")
+    validate_every: int = option(1000, "UNet steps between validation grids")
+    checkpoint_every: int = option(
+        500, "steps between resumable checkpoints, in every stage", "--checkpointing-steps"
+    )
+    keep_checkpoints: int = option(2, "complete checkpoints to keep per stage", "--checkpoints-total-limit")
+    mixed_precision: str = option("no", "no, fp16 or bf16 (accelerate's mixed precision)")
+    half: bool = option(True, "store the final weights in float16 (the shipped model is small)")
+    guidance_scale: float = option(
+        1.5, "recommended CFG written to the model's sdlab.json (best FID at accuracy >= 0.99 in the sweep)"
+    )
+    resume: bool = option(False, "continue the interrupted stage from its latest complete checkpoint")
 
 
 PRESETS: dict[str, dict] = {
@@ -99,14 +128,16 @@ PRESETS: dict[str, dict] = {
 }  # fmt: skip
 
 
-def train_base(cfg: BaseTrainConfig, *, resume: bool = False, limit_train: int | None = None) -> Path:
-    """Run every stage not yet done in `cfg.run_dir`; returns the final model folder."""
+def train_base(cfg: BaseTrainConfig, *, resume: bool | None = None, limit_train: int | None = None) -> Path:
+    """Run every stage not yet done in `cfg.run_dir`; returns the final model folder.
+
+    `resume` (default: `cfg.resume`) continues an interrupted stage; without it a stage that has
+    checkpoints but no artifact is refused with a sentence. Raises `InputError` for options that differ
+    from the checkpoints', `TrainingError` when a loss becomes NaN/inf.
+    """
     run = Path(cfg.run_dir)
-    accelerator = make_accelerator(cfg.mixed_precision)
-    if resume:  # other options than the checkpoint's are refused before any stage runs
-        checkpoints = CheckpointManager(run / "checkpoints", accelerator, options=run_options(cfg))
-        if (latest := checkpoints.latest()) is not None:
-            checkpoints.check_options(latest)
+    resume = cfg.resume if resume is None else resume
+    _check_stages(cfg, run, resume)  # before any stage runs
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list) + "\n")
     if cfg.data:
@@ -125,7 +156,9 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool = False, limit_train: int |
         if not captioner_file.exists():
             clf = train_classifier(train.images, train.labels, seed=cfg.seed, epochs=cfg.classifier_epochs)
             clf.save(captioner_file)
-            accelerator.print(f"captioner: held-out accuracy {accuracy(clf, test.images, test.labels):.4f}")
+            PartialState().print(
+                f"captioner: held-out accuracy {accuracy(clf, test.images, test.labels):.4f}"
+            )
         facts = DigitsCaptioner.load(captioner_file).facts(train.images)
         pixels = to_pixels(train.images)
         captions = [functools.partial(f.caption, keep=cfg.attribute_keep) for f in facts]
@@ -134,8 +167,7 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool = False, limit_train: int |
     # 2. VAE
     vae_dir = run / "vae"
     if not (vae_dir / "config.json").exists():
-        # its own Accelerator: checkpoints of the UNet stage must not depend on whether this stage ran
-        train_vae(cfg, pixels, vae_dir, make_accelerator(cfg.mixed_precision))
+        train_vae(cfg, pixels, vae_dir, resume=resume)
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
 
     # 3. Latents: posterior mean and std of every training image, and the scaling factor
@@ -147,59 +179,103 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool = False, limit_train: int |
     # 4. The text encoder's head start: CLIP's contrastive objective against the captioner's image features
     text_dir = run / "text_encoder"
     if cfg.text_pretrain_steps and captioner_file is None:
-        accelerator.print("--data: no captioner features to pretrain the text encoder against; stage skipped")
+        PartialState().print(
+            "--data: no captioner features to pretrain the text encoder against; stage skipped"
+        )
     elif cfg.text_pretrain_steps and not (text_dir / "config.json").exists():
         features = _digit_features(captioner_file, train.images)
-        _pretrain_text_encoder(cfg, captions, features, text_dir, accelerator)
+        pretrain_text_encoder(cfg, captions, features, text_dir, resume=resume)
     text_encoder = CLIPTextModel.from_pretrained(text_dir) if (text_dir / "config.json").exists() else None
 
     # 5. UNet + text encoder
     pipe = train_unet(
-        cfg,
-        vae,
-        mean,
-        std,
-        captions,
-        validation_prompts,
-        run,
-        accelerator,
-        resume=resume,
-        text_encoder=text_encoder,
+        cfg, vae, mean, std, captions, validation_prompts, run, resume=resume, text_encoder=text_encoder
     )
 
     # 6. The model folder
     output = Path(cfg.output or run / "model")
     pipe.sampling_defaults = {"guidance_scale": cfg.guidance_scale}
-    if accelerator.is_main_process:
+    if _is_main():
         save_folder(pipe, output, weights_dtype=torch.float16 if cfg.half else None)
         if captioner_file is not None:
             (output / "captioner.safetensors").write_bytes(captioner_file.read_bytes())
     return output
 
 
-def train_vae(cfg: BaseTrainConfig, pixels: torch.Tensor, out: Path, accelerator: Accelerator) -> None:
+def stage_config(cfg: BaseTrainConfig, name: str, *, resume: bool, **changes) -> TrainConfig:
+    """The training loop's options for stage `name` (one of `STAGES`), in RUN_DIR/stages/NAME/."""
+    out = Path(cfg.run_dir) / "stages" / name
+    has_checkpoint = CheckpointManager(out / "checkpoints", None).latest() is not None
+    common = dict(
+        output=str(out), batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+        optimizer=cfg.optimizer, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints, validate_every=0,
+        mixed_precision=cfg.mixed_precision, resume="latest" if resume and has_checkpoint else None,
+    )  # fmt: skip
+    return TrainConfig(**{**common, **changes})
+
+
+def _check_stages(cfg: BaseTrainConfig, run: Path, resume: bool) -> None:
+    """Refuse, before anything runs, to resume with other options, or to start over an unfinished stage."""
+    options = run_options(cfg)
+    for name in STAGES:
+        checkpoints = CheckpointManager(run / "stages" / name / "checkpoints", None, options=options)
+        latest = checkpoints.latest()
+        if latest is None:
+            continue
+        if not resume:
+            raise InputError(
+                f"{run} has checkpoints of the {name} stage; pass --resume to continue, or choose another --run-dir"
+            )
+        checkpoints.check_options(latest)
+
+
+def _is_main() -> bool:
+    return PartialState().is_main_process
+
+
+class VAETraining(torch.nn.Module):
+    """The VAE's training forward: reconstruction and KL of a batch, given the posterior's noise."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * eps  # = posterior.sample(), with the noise drawn up front
+        return self.vae.decode(z).sample, posterior.kl()
+
+
+def train_vae(cfg: BaseTrainConfig, pixels: torch.Tensor, out: Path, *, resume: bool = False) -> None:
+    """Stage 2: AutoencoderKL on `pixels` (N, 3, H, W in [-1, 1]), MSE + `kl_weight` x KL; saved to `out`."""
+    stage = stage_config(
+        cfg, "vae", resume=resume, steps=cfg.vae_steps, learning_rate=cfg.vae_lr, lr_scheduler="cosine",
+        max_grad_norm=0.0,
+    )  # fmt: skip
+    loop = TrainLoop(stage, options=run_options(cfg))
     torch.manual_seed(cfg.seed)
     vae = cfg.architecture.vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.vae_steps)
-    vae, opt, sched = accelerator.prepare(vae, opt, sched)
-    gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
-    bar = tqdm(range(cfg.vae_steps), desc="vae", disable=not accelerator.is_local_main_process)
-    for step in bar:
-        x = pixels[torch.randint(len(pixels), (cfg.batch_size,), generator=gen)].to(accelerator.device)
-        posterior = accelerator.unwrap_model(vae).encode(x).latent_dist
-        recon = accelerator.unwrap_model(vae).decode(posterior.sample()).sample
-        loss = torch.nn.functional.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
-        accelerator.backward(loss)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if accelerator.is_main_process:
-            append_csv(out.parent / "vae_loss.csv", {"step": step + 1, "loss": loss.item()})
-    if accelerator.is_main_process:
+    (model,) = loop.prepare(VAETraining(vae), params=list(vae.parameters()), weight_decay=0.0)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    side = cfg.architecture.image_size // factor
+
+    def draw(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pixels[torch.randint(len(pixels), (cfg.batch_size,), generator=loop.rng.torch)]
+        # the posterior's noise from torch's global stream (accelerate checkpoints it), as the shipped model drew it
+        eps = torch.randn(cfg.batch_size, vae.config.latent_channels, side, side)
+        return x, eps
+
+    def loss(batch: tuple[torch.Tensor, torch.Tensor], rows: slice) -> torch.Tensor:
+        x, eps = (v[rows].to(loop.accelerator.device) for v in batch)
+        recon, kl = model(x, eps)
+        return torch.nn.functional.mse_loss(recon, x) + cfg.kl_weight * kl.mean()
+
+    loop.run(draw, loss, desc="vae")
+    if loop.accelerator.is_main_process:
         with atomic_path(out) as tmp:
-            accelerator.unwrap_model(vae).save_pretrained(tmp)
+            vae.save_pretrained(tmp)
+    loop.accelerator.wait_for_everyone()
 
 
 def _digit_features(captioner_file: Path, images: np.ndarray) -> torch.Tensor:
@@ -210,24 +286,23 @@ def _digit_features(captioner_file: Path, images: np.ndarray) -> torch.Tensor:
     return torch.cat([DigitClassifier.load(captioner_file).features_of(gray), measured], dim=1)
 
 
-def _pretrain_text_encoder(
-    cfg: BaseTrainConfig, captions: list, image_features: torch.Tensor, out: Path, accelerator: Accelerator
+def pretrain_text_encoder(
+    cfg: BaseTrainConfig, captions: list, image_features: torch.Tensor, out: Path, *, resume: bool = False
 ) -> None:
-    torch.manual_seed(cfg.seed)
-    text_encoder = cfg.architecture.text_encoder()
-
-    def log(step: int, loss: float, accuracy: float) -> None:
-        append_csv(out.parent / "text_loss.csv", {"step": step, "loss": loss, "batch_accuracy": accuracy})
-
-    contrastive_pretrain(
-        text_encoder, clip_tokenizer(), captions, image_features, steps=cfg.text_pretrain_steps,
-        batch_size=2 * cfg.batch_size, lr=cfg.text_pretrain_lr, seed=cfg.seed,
-        log=log if accelerator.is_main_process else None,
+    """Stage 4: CLIP's contrastive objective (training/contrastive.py) at twice the batch, one-cycle LR."""
+    stage = stage_config(
+        cfg, "text", resume=resume, steps=cfg.text_pretrain_steps, batch_size=2 * cfg.batch_size,
+        learning_rate=cfg.text_pretrain_lr, max_grad_norm=0.0,
     )  # fmt: skip
-    if accelerator.is_main_process:
+    loop = TrainLoop(stage, options=run_options(cfg))
+    torch.manual_seed(cfg.seed)
+    text_encoder = contrastive_pretrain(
+        loop, cfg.architecture.text_encoder(), clip_tokenizer(), captions, image_features
+    )
+    if loop.accelerator.is_main_process:
         with atomic_path(out) as tmp:
             text_encoder.save_pretrained(tmp)
-    accelerator.wait_for_everyone()
+    loop.accelerator.wait_for_everyone()
 
 
 @torch.no_grad()
@@ -250,95 +325,68 @@ def train_unet(
     captions: list[Callable[[random.Random], str]],
     validation_prompts: list[str],
     run: Path,
-    accelerator: Accelerator,
     *,
-    resume: bool,
+    resume: bool = False,
     text_encoder: CLIPTextModel | None = None,
 ) -> Pipeline:
+    """Stage 5: UNet and text encoder on the noise-prediction loss, EMA of both; returns the EMA pipeline."""
+    stage = stage_config(
+        cfg, "unet", resume=resume, steps=cfg.unet_steps, learning_rate=cfg.unet_lr, lr_scheduler=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm, validate_every=cfg.validate_every,
+    )  # fmt: skip
+    loop = TrainLoop(stage, options=run_options(cfg))
     torch.manual_seed(cfg.seed)
     unet = cfg.architecture.unet()
     text_encoder = text_encoder if text_encoder is not None else cfg.architecture.text_encoder()
     tokenizer = clip_tokenizer()
     noise_scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    sched = get_scheduler(
-        cfg.lr_scheduler, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.unet_steps
-    )
     ema_unet = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
     ema_text = EMAModel(text_encoder.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
-    unet, text_encoder, opt, sched = accelerator.prepare(unet, text_encoder, opt, sched)
-    rng = RandomState(cfg.seed + accelerator.process_index)
-    for obj in (ema_unet, ema_text, rng):
-        accelerator.register_for_checkpointing(obj)
-    checkpoints = CheckpointManager(
-        run / "checkpoints", accelerator, keep=cfg.keep_checkpoints, options=run_options(cfg)
-    )
-    step = checkpoints.resume() if resume else 0
-    if not resume and checkpoints.latest() is not None:
-        raise InputError(
-            f"{run} already has checkpoints; pass --resume to continue, or choose another --run-dir"
-        )
-    scale = vae.config.scaling_factor
-    log = run / "unet_loss.csv"
-
-    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", disable=not accelerator.is_local_main_process)
     unet.train()
     text_encoder.train()
-    while step < cfg.unet_steps:
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    unet_p, text_p = loop.prepare(unet, text_encoder, params=params, weight_decay=1e-2)
+    loop.register(ema_unet, ema_text)
+    scale = vae.config.scaling_factor
+    rng = loop.rng
+
+    def draw(step: int) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(mean), (cfg.batch_size,), generator=rng.torch)
         latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=rng.torch)) * scale
         texts = ["" if rng.py.random() < cfg.caption_dropout else captions[i](rng.py) for i in idx.tolist()]
-        ids = tokenizer(
-            texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-        ).input_ids
         noise = torch.randn(latents.shape, generator=rng.torch)
         t = torch.randint(
             0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=rng.torch
         )
-        latents, noise, t, ids = (v.to(accelerator.device) for v in (latents, noise, t, ids))
-        noisy = noise_scheduler.add_noise(latents, noise, t)
-        with accelerator.autocast():
-            pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-        if cfg.snr_gamma:
-            snr = compute_snr(noise_scheduler, t)
-            loss = loss * torch.clamp(snr, max=cfg.snr_gamma) / snr
-        loss = loss.mean()
-        if not math.isfinite(loss.item()):
-            raise TrainingError(
-                f"the loss became {loss.item()} at step {step}; the last complete checkpoint is kept"
-            )
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        ema_unet.step(accelerator.unwrap_model(unet).parameters())
-        ema_text.step(accelerator.unwrap_model(text_encoder).parameters())
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if accelerator.is_main_process:
-            append_csv(
-                log, {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "time": time.time()}
-            )
-        if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
-            checkpoints.save(step)
-        if step % cfg.validate_every == 0 or step == cfg.unet_steps:
-            pipe = _ema_pipeline(accelerator, unet, text_encoder, ema_unet, ema_text, vae, tokenizer)
-            if accelerator.is_main_process:
-                _validate(pipe, run, step, accelerator, validation_prompts)
-    bar.close()
-    return _ema_pipeline(accelerator, unet, text_encoder, ema_unet, ema_text, vae, tokenizer)
+        return latents, texts, noise, t
+
+    def loss(batch, rows: slice) -> torch.Tensor:
+        latents, texts, noise, t = batch
+        embeds = encode_text(tokenizer, text_p, texts[rows])
+        return diffusion_loss(
+            unet_p, noise_scheduler, latents[rows], embeds, noise[rows], t[rows], cfg.snr_gamma
+        ).mean()
+
+    def after_step() -> None:
+        ema_unet.step(unet.parameters())
+        ema_text.step(text_encoder.parameters())
+
+    def validate(step: int) -> None:
+        _validate(
+            _ema_pipeline(unet, text_encoder, ema_unet, ema_text, vae, tokenizer),
+            run,
+            step,
+            validation_prompts,
+        )
+
+    loop.run(draw, loss, after_step=after_step, validate=validate, desc="unet")
+    return _ema_pipeline(unet, text_encoder, ema_unet, ema_text, vae, tokenizer)
 
 
-def _ema_pipeline(accelerator, unet, text_encoder, ema_unet, ema_text, vae, tokenizer) -> Pipeline:
+def _ema_pipeline(unet, text_encoder, ema_unet, ema_text, vae, tokenizer) -> Pipeline:
     """A standalone Pipeline holding copies of the EMA weights (training weights untouched)."""
-    import copy
-
-    u = copy.deepcopy(accelerator.unwrap_model(unet)).eval()
-    te = copy.deepcopy(accelerator.unwrap_model(text_encoder)).eval()
+    u = copy.deepcopy(unet).eval()
+    te = copy.deepcopy(text_encoder).eval()
     ema_unet.copy_to(u.parameters())
     ema_text.copy_to(te.parameters())
     return Pipeline(
@@ -351,7 +399,7 @@ def _ema_pipeline(accelerator, unet, text_encoder, ema_unet, ema_text, vae, toke
     )
 
 
-def _validate(pipe: Pipeline, run: Path, step: int, accelerator: Accelerator, prompts: list[str]) -> None:
+def _validate(pipe: Pipeline, run: Path, step: int, prompts: list[str]) -> None:
     """A grid of the validation prompts; for the digits, how many the captioner reads as the prompted digit."""
     result = pipe.generate(
         prompts, num_inference_steps=20, guidance_scale=4.0, seed=0, num_images_per_prompt=2
@@ -363,7 +411,7 @@ def _validate(pipe: Pipeline, run: Path, step: int, accelerator: Accelerator, pr
     clf = DigitClassifier.load(captioner)
     wanted = torch.arange(10).repeat_interleave(2)
     hits = (clf.predict(to_gray(result.pixels)) == wanted).float().mean()
-    accelerator.print(f"\nstep {step}: validation prompt accuracy {hits:.2f}")
+    print(f"\nstep {step}: validation prompt accuracy {hits:.2f}")
     append_csv(run / "validation.csv", {"step": step, "prompt_accuracy": float(hits)})
 
 

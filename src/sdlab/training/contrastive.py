@@ -20,57 +20,89 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
+from sdlab.training.loop import TrainLoop
 
-def contrastive_pretrain(
+
+class ContrastiveHead(nn.Module):
+    """CLIP's two projections into one space and its learned temperature; `forward` gives the symmetric
+    InfoNCE loss of a batch of (text hidden states, image features) pairs and the share matched right."""
+
+    def __init__(self, feature_dim: int, width: int) -> None:
+        super().__init__()
+        self.image_proj = nn.Linear(feature_dim, width)
+        self.text_proj = nn.Linear(width, width)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+
+    def forward(self, hidden: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (B, 77, width), features (B, feature_dim) -> (loss, accuracy), both scalars."""
+        text = nn.functional.normalize(self.text_proj(hidden.mean(dim=1)), dim=-1)
+        image = nn.functional.normalize(self.image_proj(features), dim=-1)
+        logits = self.logit_scale.clamp(max=math.log(100)).exp() * text @ image.T
+        target = torch.arange(len(features), device=features.device)
+        loss = (
+            nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)
+        ) / 2
+        return loss, (logits.argmax(1) == target).float().mean()
+
+
+def contrastive_objective(
+    loop: TrainLoop,
     text_encoder: CLIPTextModel,
+    head: ContrastiveHead,
     tokenizer: PreTrainedTokenizerBase,
     captions: list[Callable[[random.Random], str]],
     image_features: torch.Tensor,
-    *,
-    steps: int,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    seed: int = 0,
-    log: Callable[[int, float, float], None] | None = None,
-) -> CLIPTextModel:
-    """Train `text_encoder` in place so that caption i picks image i out of a batch; returns it.
+) -> tuple[Callable, Callable, Callable[[], dict[str, float]]]:
+    """`TrainLoop.run`'s (draw, loss, metrics) for matching caption i to image i among a batch.
 
-    `captions[i](rng)` draws a phrasing of image i's caption; `image_features` is (N, D), frozen.
-    `log(step, loss, batch accuracy)` is called after every step."""
-    generator = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    width = text_encoder.config.hidden_size
+    `captions[i](rng)` draws a phrasing of image i's caption; `image_features` is (N, D), frozen and
+    standardised here. The loss compares the rows with each other: run it with `split=False`."""
     features = (image_features - image_features.mean(0)) / image_features.std(0).clamp_min(1e-6)
-    image_proj = nn.Linear(features.shape[1], width)
-    text_proj = nn.Linear(width, width)
-    logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
-    params = [*text_encoder.parameters(), *image_proj.parameters(), *text_proj.parameters(), logit_scale]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    text_encoder.train()
-    for step in tqdm(range(steps), desc="text encoder (contrastive)"):
-        idx = torch.randperm(len(features), generator=generator)[:batch_size]
+    last = {"batch_accuracy": float("nan")}
+
+    def draw(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randperm(len(features), generator=loop.rng.torch)[: loop.cfg.batch_size]
         ids = tokenizer(
-            [captions[i](rng) for i in idx.tolist()],
+            [captions[i](loop.rng.py) for i in idx.tolist()],
             padding="max_length",
             max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         ).input_ids
-        text = nn.functional.normalize(text_proj(text_encoder(ids)[0].mean(dim=1)), dim=-1)
-        image = nn.functional.normalize(image_proj(features[idx]), dim=-1)
-        logits = logit_scale.clamp(max=math.log(100)).exp() * text @ image.T
-        target = torch.arange(len(idx))
-        loss = (
-            nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)
-        ) / 2
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        if log is not None:
-            log(step + 1, loss.item(), (logits.argmax(1) == target).float().mean().item())
+        return ids, features[idx]
+
+    def loss(batch: tuple[torch.Tensor, torch.Tensor], rows: slice) -> torch.Tensor:
+        ids, feats = (v.to(loop.accelerator.device) for v in batch)
+        value, accuracy = head(text_encoder(ids)[0], feats)
+        last["batch_accuracy"] = accuracy.item()
+        return value
+
+    return draw, loss, lambda: dict(last)
+
+
+def contrastive_pretrain(
+    loop: TrainLoop,
+    text_encoder: CLIPTextModel,
+    tokenizer: PreTrainedTokenizerBase,
+    captions: list[Callable[[random.Random], str]],
+    image_features: torch.Tensor,
+) -> CLIPTextModel:
+    """Train `text_encoder` in place on `loop` (its steps, batch size and peak learning rate) so that caption
+    i picks image i out of a batch, with a one-cycle schedule (10% warm-up, then cosine down; Smith &
+    Topin 2019); returns it in eval mode. The projections are made here, from torch's global stream."""
+    cfg = loop.cfg
+    head = ContrastiveHead(image_features.shape[1], text_encoder.config.hidden_size)
+    params = [*text_encoder.parameters(), *head.parameters()]
+
+    def one_cycle(opt: torch.optim.Optimizer):
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.learning_rate, total_steps=cfg.steps, pct_start=0.1
+        )
+
+    text_encoder.train()
+    prepared = loop.prepare(text_encoder, head, params=params, lr_schedule=one_cycle, weight_decay=1e-2)
+    draw, loss, metrics = contrastive_objective(loop, *prepared, tokenizer, captions, image_features)
+    loop.run(draw, loss, split=False, metrics=metrics, desc="text encoder (contrastive)")
     return text_encoder.eval()

@@ -97,9 +97,6 @@ def diffusion_loss(
     loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if snr_gamma:
         snr = compute_snr(noise_scheduler, timesteps)
-        weight = torch.clamp(snr, max=snr_gamma)
-        weight = (
-            weight / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else weight / snr
-        )
-        loss = loss * weight
+        clamped = torch.clamp(snr, max=snr_gamma)
+        loss = loss * clamped / (snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr)
     return loss

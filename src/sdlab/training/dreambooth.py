@@ -24,10 +24,18 @@ from sdlab.images import save_png
 from sdlab.loading.folder import save_folder
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
-from sdlab.training.data import LatentData, diffusion_loss, encode_text, noise_and_timesteps
+from sdlab.training.data import LatentData
 from sdlab.training.loop import TrainLoop
 from sdlab.training.lora import add_lora_adapters, trainable_parameters
-from sdlab.training.recipe import RecipeConfig, load_base, save_validation, training_noise_scheduler
+from sdlab.training.recipe import (
+    CaptionBatch,
+    RecipeConfig,
+    draw_captioned,
+    load_base,
+    rows_loss,
+    save_validation,
+    training_noise_scheduler,
+)
 
 
 @dataclass
@@ -78,7 +86,7 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
         )
 
     if cfg.lora:
-        modules = add_lora_adapters(pipe, cfg.rank, cfg.train_text_encoder)
+        modules = add_lora_adapters(pipe, cfg.rank, cfg.train_text_encoder, cfg.seed)
         params = trainable_parameters(modules)
     else:
         modules = [pipe.unet] + ([pipe.text_encoder] if cfg.train_text_encoder else [])
@@ -91,23 +99,19 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
     noise_scheduler = training_noise_scheduler(pipe)
     timesteps = noise_scheduler.config.num_train_timesteps
 
-    def compute_loss(step: int) -> torch.Tensor:
-        share = loop.share()
-        latents, captions = instance.sample(loop.rng, cfg.batch_size)
-        noise, t = noise_and_timesteps(loop.rng, latents, timesteps)
-        embeds = encode_text(pipe.tokenizer, text_encoder, captions[share])
-        loss = diffusion_loss(
-            unet, noise_scheduler, latents[share], embeds, noise[share], t[share], cfg.snr_gamma
-        ).mean()
-        if prior is not None:
-            latents, captions = prior.sample(loop.rng, cfg.batch_size)
-            noise, t = noise_and_timesteps(loop.rng, latents, timesteps)
-            embeds = encode_text(pipe.tokenizer, text_encoder, captions[share])
-            prior_loss = diffusion_loss(
-                unet, noise_scheduler, latents[share], embeds, noise[share], t[share], cfg.snr_gamma
+    def draw(step: int) -> tuple[CaptionBatch, CaptionBatch | None]:
+        batch = draw_captioned(loop, instance, timesteps)
+        return batch, (draw_captioned(loop, prior, timesteps) if prior is not None else None)
+
+    def loss(batches: tuple[CaptionBatch, CaptionBatch | None], rows: slice) -> torch.Tensor:
+        batch, prior_batch = batches
+        value = rows_loss(batch, rows, unet, noise_scheduler, pipe.tokenizer, text_encoder, cfg.snr_gamma)
+        if prior_batch is not None:  # prior preservation (Ruiz et al. 2023, eq. 2)
+            prior_loss = rows_loss(
+                prior_batch, rows, unet, noise_scheduler, pipe.tokenizer, text_encoder, cfg.snr_gamma
             )
-            loss = loss + cfg.prior_loss_weight * prior_loss.mean()
-        return loss
+            value = value + cfg.prior_loss_weight * prior_loss
+        return value
 
     def validate(step: int) -> None:
         prompts = cfg.validation_prompts or [cfg.instance_prompt] + (
@@ -115,7 +119,7 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
         )
         save_validation(pipe, prompts, loop.out, step, cfg.validation_steps)
 
-    loop.run(compute_loss, validate=validate, desc="dreambooth")
+    loop.run(draw, loss, validate=validate, desc="dreambooth")
     if cfg.lora:
         out = loop.out / "pytorch_lora_weights.safetensors"
         if loop.accelerator.is_main_process:

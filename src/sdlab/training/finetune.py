@@ -17,7 +17,7 @@ from sdlab.loading.folder import save_folder
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
 from sdlab.training.loop import TrainLoop
-from sdlab.training.recipe import RecipeConfig, caption_loss, folder_data, load_base, save_validation
+from sdlab.training.recipe import RecipeConfig, caption_objective, folder_data, load_base, save_validation
 
 
 @dataclass
@@ -45,7 +45,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     unet = prepared[0]
     text_encoder = prepared[1] if cfg.train_text_encoder else pipe.text_encoder
     loop.register(*emas)
-    compute_loss = caption_loss(loop, cfg, data, pipe, unet, text_encoder)
+    draw, loss = caption_objective(loop, cfg, data, pipe, unet, text_encoder)
 
     def after_step() -> None:
         for ema, module in zip(emas, modules, strict=False):  # no EMA: nothing to do
@@ -56,7 +56,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
             averaged(pipe, modules, emas), cfg.validation_prompts, loop.out, step, cfg.validation_steps
         )
 
-    loop.run(compute_loss, after_step=after_step, validate=validate, desc="finetune")
+    loop.run(draw, loss, after_step=after_step, validate=validate, desc="finetune")
     output = loop.out / "model"
     if loop.accelerator.is_main_process:
         save_folder(averaged(pipe, modules, emas), output, weights_dtype=torch.float16 if cfg.half else None)

@@ -1,18 +1,23 @@
-"""The one small accelerate training loop that fine-tuning, textual inversion, DreamBooth and LoRA share.
+"""The one accelerate training loop every stage and recipe runs on: the digits model's VAE, text encoder
+and UNet stages, fine-tuning, textual inversion, DreamBooth and LoRA.
 
-A recipe prepares its modules and optimizer through `TrainLoop.prepare` and hands `run` a function
-that returns this process's loss for a step. Everything else lives here: resuming (weights,
-optimizer, LR schedule, random streams, step), atomic checkpoints, a loss log, a progress bar with
-loss and ETA, validation every N steps, and stopping on a non-finite loss with the last complete
-checkpoint kept.
+A recipe prepares its modules through `TrainLoop.prepare` and hands `run` two functions: `draw(step)`,
+which draws the step's *global* batch from the loop's seeded stream (`loop.rng`), and `loss(batch, rows)`,
+the mean loss of some rows of it. Everything else lives here: the optimizer (`--optimizer`), the learning
+rate schedule, gradient accumulation and clipping, resuming (weights, optimizer, schedule, random streams,
+step), atomic checkpoints, a loss log, a progress bar with loss and ETA, validation every N steps, and
+stopping every process on a non-finite loss with the last complete checkpoint kept.
 
 Several processes (`accelerate launch --num_processes N`) split one global batch: every process draws
 the same global batch from the same seeded stream and computes the loss of its share, and accelerate
-averages the gradients, so N processes take the same steps as one process on the whole batch.
+averages the gradients, so N processes take the same steps as one process on the whole batch. Gradient
+accumulation splits each process's share again into micro-batches, one backward pass each: less memory,
+the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
@@ -30,6 +35,15 @@ from sdlab.errors import InputError, TrainingError
 from sdlab.options import option
 from sdlab.training.checkpoints import CheckpointManager, RandomState, run_options
 
+# name -> the package that provides it. AdamW is the default. 8-bit Adam is left out: bitsandbytes runs on
+# the CPU, but once installed diffusers and peft import it at start-up (+0.7 s to every sdlab command, and
+# a warning), and on a CPU the optimizer's memory is rarely the limit; Adafactor saves that memory instead.
+OPTIMIZERS = {
+    "adamw": "torch",  # AdamW (Loshchilov & Hutter 2019)
+    "adafactor": "torch",  # Adafactor (Shazeer & Stern 2018): factored second moments, little optimizer memory
+    "prodigy": "prodigyopt",  # Prodigy (Mishchenko & Defazio 2024): estimates its own step size; use --lr 1
+}
+
 
 @dataclass
 class TrainConfig:
@@ -41,10 +55,22 @@ class TrainConfig:
         metavar="DIR", required=True,
     )  # fmt: skip
     steps: int = option(500, "optimizer steps", "--max-train-steps")
-    batch_size: int = option(8, "global batch size (split across processes)", "--train-batch-size")
-    learning_rate: float = option(1e-4, "AdamW learning rate", "--lr")
+    batch_size: int = option(
+        8, "global batch size per optimizer step (split across processes)", "--train-batch-size"
+    )
+    learning_rate: float = option(1e-4, "the optimizer's learning rate", "--lr")
     lr_scheduler: str = option("constant", "constant, cosine, linear, constant_with_warmup, ... (diffusers')")
     warmup_steps: int = option(0, "learning-rate warm-up steps", "--lr-warmup-steps")
+    optimizer: str = option(
+        "adamw", "adamw, adafactor (torch's, little optimizer memory) or prodigy (prodigyopt, sdlab[optimizers]; "
+        "learns its step size: use --lr 1)",
+        choices=list(OPTIMIZERS),
+    )  # fmt: skip
+    gradient_accumulation_steps: int = option(
+        1, "split each process's share of the batch into N micro-batches, one backward pass each: less "
+        "memory, the same optimizer step",
+    )  # fmt: skip
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
     seed: int = option(0, "seed of the batch order, noise and timesteps")
     checkpoint_every: int = option(100, "save a resumable checkpoint every N steps", "--checkpointing-steps")
     keep_checkpoints: int = option(2, "complete checkpoints to keep", "--checkpoints-total-limit")
@@ -53,7 +79,6 @@ class TrainConfig:
         MISSING, 'validation prompts: several values, or one with "|" between prompts', "--validation-prompt",
         default_factory=list,
     )  # fmt: skip
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
     mixed_precision: str = option("no", "no, fp16 or bf16 (accelerate's mixed precision)")
     resume: str | None = option(
         None,
@@ -63,48 +88,92 @@ class TrainConfig:
     )
 
     def check(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every"):
+        for name in ("steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise InputError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
+            raise InputError(f"--max-grad-norm must be 0 (no clipping) or positive, got {self.max_grad_norm}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+
+
+def make_optimizer(
+    name: str, params: list[torch.nn.Parameter], lr: float, **kwargs: Any
+) -> torch.optim.Optimizer:
+    """The optimizer called `name` (see `OPTIMIZERS`) over `params`; `kwargs` such as weight_decay pass on.
+
+    Raises `InputError` naming the package to install when the optimizer's library is missing."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, **kwargs)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, lr=lr, weight_decay=kwargs.get("weight_decay", 0.0))
+    try:
+        import prodigyopt
+    except ImportError:
+        raise InputError(
+            f"--optimizer {name} needs the {OPTIMIZERS[name]} package: pip install 'sdlab[optimizers]'"
+        ) from None
+    return prodigyopt.Prodigy(params, lr=lr, **kwargs)
 
 
 class TrainLoop:
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None) -> None:
+    """One training run in `cfg.output`. `options` is what a resume must repeat (default: `run_options(cfg)`;
+    a multi-stage recipe passes its own, whole config)."""
+
+    def __init__(
+        self, cfg: TrainConfig, accelerator: Accelerator | None = None, options: dict[str, Any] | None = None
+    ) -> None:
         cfg.check()
         self.cfg = cfg
         self.out = Path(cfg.output)
         self.accelerator = accelerator or make_accelerator(cfg.mixed_precision)
         world = self.accelerator.num_processes
-        if cfg.batch_size % world:
-            raise InputError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+        if cfg.batch_size % (world * cfg.gradient_accumulation_steps):
+            raise InputError(
+                f"--batch-size {cfg.batch_size} must be divisible by the {world} processes times "
+                f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps}"
+            )
         self.rng = RandomState(cfg.seed)  # the same stream on every process: one global batch
         self.checkpoints = CheckpointManager(
-            self.out / "checkpoints", self.accelerator, cfg.keep_checkpoints, run_options(cfg)
+            self.out / "checkpoints", self.accelerator, cfg.keep_checkpoints, options or run_options(cfg)
         )
         self.step = 0
         self._params: list[torch.nn.Parameter] = []
+        self._modules: list[torch.nn.Module] = []
         self._resume_target = self._check_resume(cfg.resume)
 
     # -- setup -------------------------------------------------------------------------------------
 
-    def prepare(self, *modules: torch.nn.Module, params: list[torch.nn.Parameter], **optimizer_kwargs: Any):
-        """Wrap `modules` for the accelerator and build AdamW over `params` with the configured LR schedule.
+    def prepare(
+        self,
+        *modules: torch.nn.Module,
+        params: list[torch.nn.Parameter],
+        lr_schedule: Callable[[torch.optim.Optimizer], Any] | None = None,
+        **optimizer_kwargs: Any,
+    ) -> list[torch.nn.Module]:
+        """Wrap `modules` for the accelerator and build the configured optimizer over `params` (extra
+        keywords such as weight_decay go to it) with the configured learning-rate schedule, or
+        `lr_schedule(optimizer)` when a stage brings its own.
 
         Returns the prepared modules as a list, in order. Call `register` for extra state (EMA) before `run`.
         """
         self._params = params
-        opt = torch.optim.AdamW(params, lr=self.cfg.learning_rate, **optimizer_kwargs)
-        sched = get_scheduler(
-            self.cfg.lr_scheduler,
-            opt,
-            num_warmup_steps=self.cfg.warmup_steps,
-            num_training_steps=self.cfg.steps,
-        )
+        opt = make_optimizer(self.cfg.optimizer, params, self.cfg.learning_rate, **optimizer_kwargs)
+        if lr_schedule is not None:
+            sched = lr_schedule(opt)
+        else:
+            sched = get_scheduler(
+                self.cfg.lr_scheduler,
+                opt,
+                num_warmup_steps=self.cfg.warmup_steps,
+                num_training_steps=self.cfg.steps,
+            )
         prepared = self.accelerator.prepare(*modules, opt, sched)
         *wrapped, self.optimizer, self.lr_schedule = prepared
+        self._modules = wrapped
         self.accelerator.register_for_checkpointing(self.rng)
         return wrapped
 
@@ -118,17 +187,32 @@ class TrainLoop:
         n = (global_batch or self.cfg.batch_size) // self.accelerator.num_processes
         return slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
 
+    def micro_batches(self) -> list[slice]:
+        """This process's rows, in `gradient_accumulation_steps` equal micro-batches."""
+        share, parts = self.share(), self.cfg.gradient_accumulation_steps
+        n = (share.stop - share.start) // parts
+        return [slice(share.start + k * n, share.start + (k + 1) * n) for k in range(parts)]
+
     # -- the loop ----------------------------------------------------------------------------------
 
     def run(
         self,
-        compute_loss: Callable[[int], torch.Tensor],
+        draw: Callable[[int], Any],
+        loss: Callable[[Any, slice], torch.Tensor],
         *,
+        split: bool = True,
         after_step: Callable[[], None] | None = None,
         validate: Callable[[int], None] | None = None,
+        metrics: Callable[[], dict[str, float]] | None = None,
         desc: str = "train",
     ) -> None:
-        """Train until `cfg.steps`: `compute_loss(step)` returns this process's loss for one step."""
+        """Train until `cfg.steps`.
+
+        Each step: `batch = draw(step)` (the global batch, from `self.rng`), then `loss(batch, rows)` for
+        each of this process's micro-batches (the mean loss of those rows, a scalar tensor). With
+        `split=False` every process takes the whole batch in one pass (a loss that compares the rows
+        with each other, such as the contrastive one). `metrics()` adds columns to loss.csv.
+        """
         cfg, acc = self.cfg, self.accelerator
         if self._resume_target is not None:
             self.step = self.checkpoints.resume(self._resume_target)
@@ -138,10 +222,20 @@ class TrainLoop:
             raise InputError(
                 f"{self.out} already has checkpoints; pass --resume latest to continue, or choose another --output"
             )
+        elif acc.is_main_process:
+            truncate_csv(self.out / "loss.csv", 0)  # rows of an attempt killed before its first checkpoint
+        parts = self.micro_batches() if split else [slice(None)]
         bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, disable=not acc.is_local_main_process)
         while self.step < cfg.steps:
-            loss = compute_loss(self.step)
-            mean_loss = acc.reduce(loss.detach().float(), reduction="mean").item()
+            batch = draw(self.step)
+            losses = []
+            for k, rows in enumerate(parts):
+                with self._no_sync(last=k == len(parts) - 1):
+                    value = loss(batch, rows)
+                    acc.backward(value / len(parts) if len(parts) > 1 else value)
+                losses.append(value.detach().float())
+            # every process takes the mean over all of them, so a NaN anywhere stops every process at once
+            mean_loss = acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
             if not math.isfinite(mean_loss):
                 last = self.checkpoints.latest()
                 kept = (
@@ -150,7 +244,6 @@ class TrainLoop:
                     else "no checkpoint was written yet"
                 )
                 raise TrainingError(f"the loss became {mean_loss} at step {self.step + 1}; {kept}")
-            acc.backward(loss)
             if cfg.max_grad_norm:
                 acc.clip_grad_norm_(self._params, cfg.max_grad_norm)
             self.optimizer.step()
@@ -163,7 +256,9 @@ class TrainLoop:
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             if acc.is_main_process:
                 row = {"step": self.step, "loss": mean_loss, "lr": self.lr_schedule.get_last_lr()[0]}
-                append_csv(self.out / "loss.csv", {**row, "time": time.time()})
+                append_csv(
+                    self.out / "loss.csv", {**row, **(metrics() if metrics else {}), "time": time.time()}
+                )
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.checkpoints.save(self.step)
             at_validation = cfg.validate_every and self.step % cfg.validate_every == 0
@@ -171,6 +266,14 @@ class TrainLoop:
                 validate(self.step)
         bar.close()
         acc.wait_for_everyone()
+
+    def _no_sync(self, last: bool):
+        """No gradient all-reduce before a process's last micro-batch: accumulate locally, sync once."""
+        stack = contextlib.ExitStack()
+        if not last and self.accelerator.num_processes > 1:
+            for module in self._modules:
+                stack.enter_context(self.accelerator.no_sync(module))
+        return stack
 
     def _check_resume(self, resume: str | None) -> str | None:
         if resume is None:
@@ -198,7 +301,11 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     """
     has_device = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     has_device = has_device or torch.backends.mps.is_available()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not has_device)
+    # The global batch is split across processes, so one optimizer step is one schedule step (accelerate's
+    # default steps the schedule once per process, for loaders whose batch grows with the process count).
+    return Accelerator(
+        mixed_precision=mixed_precision, cpu=not has_device, step_scheduler_with_optimizer=False
+    )
 
 
 def append_csv(path: Path, row: dict) -> None:

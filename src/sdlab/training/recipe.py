@@ -79,21 +79,56 @@ def save_validation(
     return save_png(make_grid(images, cols=len(prompts)), folder / "validation" / f"step-{step:06d}.png")
 
 
-def caption_loss(
+@dataclass
+class CaptionBatch:
+    """A global batch of captioned latents with the noise and timesteps that train on them."""
+
+    latents: torch.Tensor  # (B, C, h, w), scaled
+    captions: list[str]
+    noise: torch.Tensor  # like latents
+    timesteps: torch.Tensor  # (B,) int64
+
+
+def draw_captioned(loop: TrainLoop, data: LatentData, num_train_timesteps: int, dropout: float = 0.0,
+                   template: Callable[[str], str] | None = None) -> CaptionBatch:  # fmt: skip
+    """The step's global batch from `loop.rng`: latents, captions (`template` applied, then `dropout`
+    share emptied), noise and timesteps."""
+    latents, captions = data.sample(loop.rng, loop.cfg.batch_size)
+    if template is not None:
+        captions = [template(c) for c in captions]
+    captions = ["" if dropout and loop.rng.py.random() < dropout else c for c in captions]
+    noise, t = noise_and_timesteps(loop.rng, latents, num_train_timesteps)
+    return CaptionBatch(latents, captions, noise, t)
+
+
+def rows_loss(
+    batch: CaptionBatch, rows: slice, unet, noise_scheduler: DDPMScheduler, tokenizer, text_encoder,
+    snr_gamma: float | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The mean diffusion loss of `rows` of `batch` (a scalar)."""
+    embeds = encode_text(tokenizer, text_encoder, batch.captions[rows])
+    return diffusion_loss(
+        unet,
+        noise_scheduler,
+        batch.latents[rows],
+        embeds,
+        batch.noise[rows],
+        batch.timesteps[rows],
+        snr_gamma,
+    ).mean()
+
+
+def caption_objective(
     loop: TrainLoop, cfg: RecipeConfig, data: LatentData, pipe: Pipeline, unet, text_encoder
-) -> Callable[[int], torch.Tensor]:
-    """The step loss of training on captioned images: draw the global batch, compute this process's share."""
+) -> tuple[Callable[[int], CaptionBatch], Callable[[CaptionBatch, slice], torch.Tensor]]:
+    """`TrainLoop.run`'s (draw, loss) for training on captioned images."""
     noise_scheduler = training_noise_scheduler(pipe)
+    timesteps = noise_scheduler.config.num_train_timesteps
 
-    def compute_loss(step: int) -> torch.Tensor:
-        latents, captions = data.sample(loop.rng, cfg.batch_size)
-        captions = ["" if loop.rng.py.random() < cfg.caption_dropout else c for c in captions]
-        noise, t = noise_and_timesteps(loop.rng, latents, noise_scheduler.config.num_train_timesteps)
-        share = loop.share()
-        embeds = encode_text(pipe.tokenizer, text_encoder, captions[share])
-        loss = diffusion_loss(
-            unet, noise_scheduler, latents[share], embeds, noise[share], t[share], cfg.snr_gamma
-        )
-        return loss.mean()
+    def draw(step: int) -> CaptionBatch:
+        return draw_captioned(loop, data, timesteps, cfg.caption_dropout)
 
-    return compute_loss
+    def loss(batch: CaptionBatch, rows: slice) -> torch.Tensor:
+        return rows_loss(batch, rows, unet, noise_scheduler, pipe.tokenizer, text_encoder, cfg.snr_gamma)
+
+    return draw, loss

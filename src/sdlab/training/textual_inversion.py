@@ -20,9 +20,17 @@ from sdlab.datasets import load_pixels, read_folder
 from sdlab.embeddings import add_tokens, save_embedding, token_names
 from sdlab.errors import InputError
 from sdlab.options import option
-from sdlab.training.data import LatentData, diffusion_loss, encode_text, noise_and_timesteps
+from sdlab.training.data import LatentData
 from sdlab.training.loop import TrainLoop
-from sdlab.training.recipe import RecipeConfig, load_base, save_validation, training_noise_scheduler
+from sdlab.training.recipe import (
+    CaptionBatch,
+    RecipeConfig,
+    draw_captioned,
+    load_base,
+    rows_loss,
+    save_validation,
+    training_noise_scheduler,
+)
 
 # diffusers' examples/textual_inversion/textual_inversion.py (from the paper's code)
 OBJECT_TEMPLATES = [
@@ -100,16 +108,16 @@ def textual_inversion(cfg: TextualInversionConfig) -> Path:
     (text_encoder,) = loop.prepare(pipe.text_encoder, params=[embeddings.weight], weight_decay=0.0)
     noise_scheduler = training_noise_scheduler(pipe)
 
-    def compute_loss(step: int) -> torch.Tensor:
-        latents, texts = data.sample(loop.rng, cfg.batch_size)
-        if templates is not None:
-            texts = [loop.rng.py.choice(templates).format(t) for t in texts]
-        noise, t = noise_and_timesteps(loop.rng, latents, noise_scheduler.config.num_train_timesteps)
-        share = loop.share()
-        embeds = encode_text(pipe.tokenizer, text_encoder, texts[share])
-        return diffusion_loss(
-            pipe.unet, noise_scheduler, latents[share], embeds, noise[share], t[share], cfg.snr_gamma
-        ).mean()
+    timesteps = noise_scheduler.config.num_train_timesteps
+
+    def template(words: str) -> str:
+        return loop.rng.py.choice(templates).format(words)
+
+    def draw(step: int) -> CaptionBatch:
+        return draw_captioned(loop, data, timesteps, template=template if templates is not None else None)
+
+    def loss(batch: CaptionBatch, rows: slice) -> torch.Tensor:
+        return rows_loss(batch, rows, pipe.unet, noise_scheduler, pipe.tokenizer, text_encoder, cfg.snr_gamma)
 
     @torch.no_grad()
     def restore_other_rows() -> None:
@@ -118,7 +126,7 @@ def textual_inversion(cfg: TextualInversionConfig) -> Path:
     def validate(step: int) -> None:
         save_validation(pipe, cfg.validation_prompts, loop.out, step, cfg.validation_steps)
 
-    loop.run(compute_loss, after_step=restore_other_rows, validate=validate, desc="textual inversion")
+    loop.run(draw, loss, after_step=restore_other_rows, validate=validate, desc="textual inversion")
     learned = embeddings.weight[ids].detach()
     out = loop.out / "learned_embeds.safetensors"
     if loop.accelerator.is_main_process:
