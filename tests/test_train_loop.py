@@ -119,8 +119,9 @@ def test_train_base_resumes_bit_for_bit_within_and_across_stages(tmp_path, monke
 
     straight = train_base(config("straight"), limit_train=64)
     # killed: in the VAE stage after step 3; between stages (the VAE done, the text stage not yet checkpointed);
-    # and in the UNet stage after step 3. Each time `--resume` continues where the last checkpoint left off.
-    for stage, step in (("vae", 4), ("text", 2), ("unet", 4)):
+    # in the text stage after step 3 (its one-cycle schedule and projection head resumed); in the UNet stage
+    # after step 3. Each time `--resume` continues where the last checkpoint left off.
+    for stage, step in (("vae", 4), ("text", 2), ("text", 4), ("unet", 4)):
         kill_at(monkeypatch, step, f"stages/{stage}")
         with pytest.raises(KeyboardInterrupt):
             train_base(config("resumed"), resume=True, limit_train=64)
@@ -249,3 +250,69 @@ def test_a_nan_on_one_process_stops_every_process_with_one_sentence(tiny_dir, sq
     assert "step-000002, is kept" in done.stderr
     # the only traceback is accelerate's launcher reporting its children's exit status, none from sdlab
     assert "TrainingError" not in done.stderr and "sdlab/training" not in done.stderr
+
+
+def test_train_base_checks_every_option_first_and_a_finished_stage_does_not_block_a_rerun(tmp_path):
+    from sdlab.training.base import PRESETS, BaseTrainConfig, train_base
+
+    run = tmp_path / "run"
+    tiny = {**PRESETS["tiny"], "run_dir": str(run), "vae_steps": 2, "text_pretrain_steps": 0, "unet_steps": 2}
+    for bad, message in (
+        ({"lr_scheduler": "cosinee"}, "--lr-scheduler must be one of linear, cosine"),
+        ({"mixed_precision": "fp8"}, "--mixed-precision must be no, fp16 or bf16"),
+        ({"unet_lr": -1.0}, "--unet-lr must be a positive number"),
+        ({"keep_checkpoints": 0}, "--keep-checkpoints must be a positive integer"),
+    ):
+        with pytest.raises(InputError, match=message):
+            train_base(BaseTrainConfig(**{**tiny, **bad}), limit_train=256)
+        assert not run.exists()  # refused before anything ran
+    train_base(BaseTrainConfig(**tiny), limit_train=256)
+    # the VAE stage is done: a rerun with another UNet learning rate is not refused by the VAE's checkpoints
+    (run / "model").rename(tmp_path / "model-1")
+    with pytest.raises(InputError, match="checkpoints of the unfinished unet stage; pass --resume"):
+        train_base(BaseTrainConfig(**{**tiny, "unet_lr": 5e-4}), limit_train=256)
+    with pytest.raises(
+        InputError, match="^--unet-lr is 0.0005, but the checkpoint .* was trained with --unet-lr 0.001"
+    ):
+        train_base(BaseTrainConfig(**{**tiny, "unet_lr": 5e-4}), resume=True, limit_train=256)
+    wider = {**tiny, "architecture": PRESETS["quick"]["architecture"]}
+    with pytest.raises(InputError, match="the architecture differs .* resume with the same --preset"):
+        train_base(BaseTrainConfig(**wider), resume=True, limit_train=256)
+
+
+def test_a_resume_from_an_older_checkpoint_drops_the_newer_ones_and_another_process_count_is_refused(
+    tiny_dir, squares_dir, tmp_path
+):
+    from sdlab.training.finetune import FinetuneConfig, finetune
+
+    cfg = common(
+        tiny_dir, squares_dir, tmp_path, steps=6, checkpoint_every=2, ema_decay=0, keep_checkpoints=3
+    )
+    finetune(FinetuneConfig(**cfg))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    finetune(FinetuneConfig(**{**cfg, "steps": 4}, resume=str(checkpoints / "step-000002")))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000002", "step-000004"]
+    assert [r["step"] for r in rows(tmp_path / "run")] == ["1", "2", "3", "4"]
+    record = json.loads((checkpoints / "step-000004" / "step.json").read_text())
+    (checkpoints / "step-000004" / "step.json").write_text(json.dumps({**record, "processes": 2}))
+    with pytest.raises(
+        InputError,
+        match="saved by 2 process.* this run has 1; resume with accelerate launch --num_processes 2",
+    ):
+        finetune(FinetuneConfig(**cfg, resume="latest"))
+
+
+def test_the_contrastive_stage_runs_with_adafactor_which_has_no_momentum_to_cycle(tmp_path):
+    from conftest import tiny_text_encoder
+
+    from sdlab.loading.tokenizer import clip_tokenizer
+    from sdlab.training.contrastive import contrastive_pretrain
+    from sdlab.training.loop import TrainConfig, TrainLoop
+
+    captions = [lambda rng, d=d: f"a handwritten digit {d}" for d in range(8)] * 4
+    features = torch.nn.functional.one_hot(torch.arange(32) % 8, 8).float()
+    loop = TrainLoop(
+        TrainConfig(output=str(tmp_path), steps=3, batch_size=8, optimizer="adafactor", learning_rate=1e-2)
+    )
+    contrastive_pretrain(loop, tiny_text_encoder(), clip_tokenizer(), captions, features)
+    assert [r["step"] for r in rows(tmp_path)] == ["1", "2", "3"]

@@ -32,6 +32,20 @@ class RandomState:
         self.py.setstate((version, tuple(internal), gauss))
 
 
+class Stream:
+    """One torch random stream that continues from `state` (e.g. `torch.get_rng_state()`), checkpointed."""
+
+    def __init__(self, state: torch.Tensor) -> None:
+        self.generator = torch.Generator()
+        self.generator.set_state(state)
+
+    def state_dict(self) -> dict:
+        return {"torch": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["torch"])
+
+
 # What a resumed run may change: how long it trains, how often it saves and validates, and where.
 # Every other option shapes the weights or the data stream, and must equal the checkpoint's.
 FREE_ON_RESUME = frozenset(
@@ -76,14 +90,20 @@ class CheckpointManager:
         return found[-1] if found else None
 
     def save(self, step: int) -> Path:
+        from sdlab.training.loop import on_main
+
         target = self.root / f"step-{step:06d}"
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
+        record = {"step": step, "processes": self.accelerator.num_processes, "options": self.options}
+
+        def write() -> None:
             with atomic_path(target) as tmp:
                 self.accelerator.save_state(str(tmp), safe_serialization=True)
-                (tmp / "step.json").write_text(json.dumps({"step": step, "options": self.options}) + "\n")
+                (tmp / "step.json").write_text(json.dumps(record) + "\n")
             for old in self.all()[: -self.keep]:
                 shutil.rmtree(old)
+
+        on_main(self.accelerator, write, "checkpoint save")
         self.accelerator.wait_for_everyone()
         return target
 
@@ -94,12 +114,24 @@ class CheckpointManager:
             raise InputError(f"no complete checkpoint to resume from in {path or self.root}")
         step = self.check_options(ckpt)
         self.accelerator.load_state(str(ckpt))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:  # a resume from an older checkpoint: the newer ones are void
+            for newer in self.all():
+                if newer.name > ckpt.name:
+                    shutil.rmtree(newer)
         return step
 
     def check_options(self, ckpt: Path) -> int:
         """The step of checkpoint `ckpt`, after checking this run's options equal those it was trained
         with; raises `InputError` naming the first option that differs."""
         record = json.loads((ckpt / "step.json").read_text())
+        processes = record.get("processes")
+        world = self.accelerator.num_processes if self.accelerator is not None else None
+        if processes is not None and world is not None and processes != world:
+            raise InputError(
+                f"the checkpoint {ckpt} was saved by {processes} process(es) and this run has {world}; "
+                f"resume with accelerate launch --num_processes {processes}"
+            )
         saved = record.get("options")
         if saved is None:  # written before checkpoints recorded their options
             return record["step"]
@@ -107,6 +139,11 @@ class CheckpointManager:
         if not changed:
             return record["step"]
         first = changed[0]
+        if first == "architecture":  # not a flag: train-base's --preset chooses it
+            raise InputError(
+                f"the architecture differs from the one the checkpoint {ckpt} was trained with; "
+                "resume with the same --preset"
+            )
         flag = "--" + first.replace("_", "-")
         more = (
             f" (also changed: {', '.join('--' + k.replace('_', '-') for k in changed[1:])})"

@@ -97,8 +97,9 @@ def contrastive_pretrain(
     params = [*text_encoder.parameters(), *head.parameters()]
 
     def one_cycle(opt: torch.optim.Optimizer):
+        momentum = "betas" in opt.defaults or "momentum" in opt.defaults  # Adafactor has neither
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.learning_rate, total_steps=cfg.steps, pct_start=0.1
+            opt, max_lr=cfg.learning_rate, total_steps=cfg.steps, pct_start=0.1, cycle_momentum=momentum
         )
 
     text_encoder.train()

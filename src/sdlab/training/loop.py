@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib
 import math
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from tqdm.auto import tqdm
 
 from sdlab.errors import InputError, TrainingError
@@ -88,7 +89,14 @@ class TrainConfig:
     )
 
     def check(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "gradient_accumulation_steps"):
+        """Raise `InputError` naming the first option out of range, before anything is loaded."""
+        for name in (
+            "steps",
+            "batch_size",
+            "checkpoint_every",
+            "gradient_accumulation_steps",
+            "keep_checkpoints",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -98,6 +106,14 @@ class TrainConfig:
             raise InputError(f"--max-grad-norm must be 0 (no clipping) or positive, got {self.max_grad_norm}")
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        check_optimizer_installed(self.optimizer)
+        schedules = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in schedules:
+            raise InputError(
+                f"--lr-scheduler must be one of {', '.join(schedules)}, got {self.lr_scheduler!r}"
+            )
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise InputError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
 def make_optimizer(
@@ -110,13 +126,23 @@ def make_optimizer(
         return torch.optim.AdamW(params, lr=lr, **kwargs)
     if name == "adafactor":
         return torch.optim.Adafactor(params, lr=lr, weight_decay=kwargs.get("weight_decay", 0.0))
+    check_optimizer_installed(name)
+    import prodigyopt
+
+    return prodigyopt.Prodigy(params, lr=lr, **kwargs)
+
+
+def check_optimizer_installed(name: str) -> None:
+    """Raise `InputError` naming the package to install when optimizer `name`'s library is missing."""
+    package = OPTIMIZERS[name]
+    if package == "torch":
+        return
     try:
-        import prodigyopt
+        importlib.import_module(package)
     except ImportError:
         raise InputError(
-            f"--optimizer {name} needs the {OPTIMIZERS[name]} package: pip install 'sdlab[optimizers]'"
+            f"--optimizer {name} needs the {package} package: pip install 'sdlab[optimizers]'"
         ) from None
-    return prodigyopt.Prodigy(params, lr=lr, **kwargs)
 
 
 class TrainLoop:
@@ -181,6 +207,7 @@ class TrainLoop:
         """Extra state saved in every checkpoint (objects with state_dict/load_state_dict, e.g. EMAModel)."""
         for obj in objects:
             self.accelerator.register_for_checkpointing(obj)
+            self._on_device(obj)
 
     def share(self, global_batch: int | None = None) -> slice:
         """This process's rows of the global batch."""
@@ -216,6 +243,8 @@ class TrainLoop:
         cfg, acc = self.cfg, self.accelerator
         if self._resume_target is not None:
             self.step = self.checkpoints.resume(self._resume_target)
+            for obj in self.accelerator._custom_objects:  # loaded on the CPU (EMA copies)
+                self._on_device(obj)
             if acc.is_main_process:
                 truncate_csv(self.out / "loss.csv", self.step)  # rows after the checkpoint are redone
         elif self.checkpoints.latest() is not None:
@@ -247,7 +276,8 @@ class TrainLoop:
             if cfg.max_grad_norm:
                 acc.clip_grad_norm_(self._params, cfg.max_grad_norm)
             self.optimizer.step()
-            self.lr_schedule.step()
+            if not self.optimizer.step_was_skipped:  # fp16: the scaler skips steps with inf gradients
+                self.lr_schedule.step()
             self.optimizer.zero_grad(set_to_none=True)
             if after_step is not None:
                 after_step()
@@ -262,10 +292,14 @@ class TrainLoop:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.checkpoints.save(self.step)
             at_validation = cfg.validate_every and self.step % cfg.validate_every == 0
-            if validate is not None and acc.is_main_process and (at_validation or self.step == cfg.steps):
-                validate(self.step)
+            if validate is not None and (at_validation or self.step == cfg.steps):
+                on_main(acc, lambda: validate(self.step), "validation")
         bar.close()
         acc.wait_for_everyone()
+
+    def _on_device(self, obj: Any) -> None:
+        if hasattr(obj, "to") and not isinstance(obj, torch.nn.Module):
+            obj.to(self.accelerator.device)
 
     def _no_sync(self, last: bool):
         """No gradient all-reduce before a process's last micro-batch: accumulate locally, sync once."""
@@ -290,6 +324,23 @@ class TrainLoop:
         # before any model is built: a resume with other options must fail at once, in one sentence
         self.checkpoints.check_options(target)
         return str(target)
+
+
+def on_main(accelerator: Accelerator, work: Callable[[], Any], what: str) -> None:
+    """Run `work` on the main process only; if it raises, every process stops (the others raise
+    `TrainingError`) instead of waiting for the main one forever."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            work()
+        except Exception as err:  # shared below, then raised as it was
+            error = err
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), "sum")
+        if error is None and failed.item() > 0:
+            raise TrainingError(f"the {what} failed on the main process; see its message")
+    if error is not None:
+        raise error
 
 
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
