@@ -59,6 +59,8 @@ def infotext(r: dict) -> str:
         settings["Denoising strength"] = r["strength"]
     if r.get("guidance_rescale"):
         settings["CFG Rescale phi"] = r["guidance_rescale"]
+    if (text := interval_text(r.get("guidance_interval"))) is not None:
+        settings["Guidance interval"] = text  # sigma range, as extensions add their settings
     settings["Version"] = f"sdlab {r['sdlab_version']}"
     return format_parameters(r["prompt"], r["negative_prompt"], settings)
 
@@ -124,4 +126,20 @@ def read_recipe(path: str | Path) -> dict:
         r["strength"] = float(s["Denoising strength"])
     if "CFG Rescale phi" in s:
         r["guidance_rescale"] = float(s["CFG Rescale phi"])
+    # an image made without one was guided at every step, whatever the model now recommends
+    r["guidance_interval"] = [0.0, None]
+    if "Guidance interval" in s:
+        lo, _, hi = s["Guidance interval"].partition("-")
+        try:
+            r["guidance_interval"] = [float(lo), None if hi == "inf" else float(hi)]
+        except ValueError as err:
+            raise InputError(f"{path}: unreadable 'Guidance interval' {s['Guidance interval']!r}") from err
     return r
+
+
+def interval_text(interval: list | None) -> str | None:
+    """[lo, hi] -> "lo-hi" for the infotext ("0.3-5", "1-inf"); None when guidance ran at every step."""
+    if not interval or (interval[0] == 0 and interval[1] is None):
+        return None
+    lo, hi = interval
+    return f"{lo:g}-{'inf' if hi is None else format(hi, 'g')}"

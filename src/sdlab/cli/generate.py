@@ -15,11 +15,12 @@ from sdlab.lora import parse_lora_spec
 from sdlab.outputs import check_output, read_recipe, write_pngs
 from sdlab.pipeline import Pipeline
 from sdlab.service import GenerationRequest, LoraRef, ModelRegistry, RequestResult, run_request
+from sdlab.service.request import parse_guidance_interval
 
 # fields a GenerateOptions shares with a GenerationRequest, by the same name
 REQUEST_FIELDS = (
     "prompt", "negative_prompt", "model", "scheduler", "num_inference_steps", "guidance_scale",
-    "guidance_rescale", "seed", "height", "width", "num_images_per_prompt", "init_image", "strength",
+    "guidance_rescale", "guidance_interval", "seed", "height", "width", "num_images_per_prompt", "init_image", "strength",
     "mask_image", "mask_blur", "invert_mask", "eta", "guide_digit", "guide_scale",
 )  # fmt: skip
 
@@ -46,8 +47,10 @@ def cli_registry(opts: NetworkOptions) -> ModelRegistry:
 def run_generate(opts: GenerateOptions) -> list[Path]:
     output = Path(opts.output) if opts.output else _next_output()
     check_output(output)
+    fields = {k: getattr(opts, k) for k in REQUEST_FIELDS}
+    fields["guidance_interval"] = parse_guidance_interval(opts.guidance_interval)
     request = GenerationRequest(
-        **{k: getattr(opts, k) for k in REQUEST_FIELDS},
+        **fields,
         loras=parse_loras(opts.lora),
         embeddings=_split(opts.embedding),
     )

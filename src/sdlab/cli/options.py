@@ -57,6 +57,12 @@ class GenerateOptions(NetworkOptions):
         "--cfg",
     )
     guidance_rescale: float = option(0.0, "rescale guided noise towards the conditional one's std (0-1)")
+    guidance_interval: str | None = option(
+        None,
+        "LO,HI: guide only at noise levels sigma in (LO, HI], one UNet pass at the other steps "
+        "(Kynkaanniemi et al. 2024); 'all': every step (default: the model's, else all)",
+        metavar="LO,HI",
+    )
     seed: int | None = option(None, "seed of the first image; image i uses seed + i (default: random)")
     height: int | None = option(None, "image height in pixels (default: the model's, or the init image's)")
     width: int | None = option(None, "image width in pixels (default: the model's, or the init image's)")

@@ -17,7 +17,9 @@ from sdlab.pipeline import Pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
 SDLAB_FILE = "sdlab.json"  # optional: {"sampling": {"guidance_scale": 3.0, "num_inference_steps": 30}}
-SAMPLING_DEFAULTS = {"guidance_scale": (int, float), "num_inference_steps": (int,)}
+SAMPLING_DEFAULTS = {
+    "guidance_scale": (int, float), "num_inference_steps": (int,), "scheduler": (str,), "guidance_interval": (list,),
+}  # fmt: skip
 PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "pytorch_model.bin")
 
 

@@ -115,6 +115,7 @@ def generate(
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
     guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float | None] | None = None,
     scheduler: str | None = None,
     height: int | None = None,
     width: int | None = None,
@@ -134,16 +135,25 @@ def generate(
     - image-to-image: `init_image` (an image, a path, or the `latents` of an earlier result) and
       `strength` in (0, 1]: the share of the schedule that is re-run (default 0.8);
     - inpainting: `init_image` + `mask_image` (white = repaint), default strength 1.0;
-    - gradient guidance: `guide` moves each step's predicted clean image along a score's gradient.
+    - gradient guidance: `guide` moves each step's predicted clean image along a score's gradient;
+    - `guidance_interval=(lo, hi)`: classifier-free guidance only at steps whose noise level
+      sigma = sqrt((1 - alpha_bar_t) / alpha_bar_t) lies in (lo, hi] (hi None: unbounded); the other
+      steps run one conditional UNet pass instead of two (Kynkaenniemi et al., NeurIPS 2024).
     `callback(step, total, timestep, latents)` runs after every step; raising `StopSampling` from it
     ends the loop there and decodes the latents so far. `observe(StepInfo)` sees each step's
-    predictions (both guidance branches, the predicted clean latent) for inspection. Steps and guidance scale default to the model's recommendation (`pipe.sampling_defaults`), else 30 and 7.5.
+    predictions (both guidance branches, the predicted clean latent) for inspection.
+    Steps, guidance scale, guidance interval and scheduler default to the model's recommendation
+    (`pipe.sampling_defaults`), else 30 steps, 7.5, every step and the model's scheduler config.
     """
     # 1. Check inputs and resolve defaults
     if num_inference_steps is None:
         num_inference_steps = pipe.sampling_defaults.get("num_inference_steps", 30)
     if guidance_scale is None:
         guidance_scale = pipe.sampling_defaults.get("guidance_scale", 7.5)
+    if guidance_interval is None:
+        guidance_interval = pipe.sampling_defaults.get("guidance_interval", (0.0, None))
+    interval = check_guidance_interval(guidance_interval)
+    scheduler = scheduler or pipe.sampling_defaults.get("scheduler")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = _negative_prompts(negative_prompt, len(prompts))
     check_numbers(num_inference_steps, guidance_scale, guidance_rescale, num_images_per_prompt, eta)
@@ -229,19 +239,24 @@ def generate(
     stopped_at = None
     step_kwargs = _step_kwargs(sched, generators, eta)
     prediction_type = sched.config.get("prediction_type", "epsilon")
+    unet_passes = 0  # UNet evaluations per image: 2 per guided step, 1 per other step
     for i, t in enumerate(timesteps):
-        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        guided = do_cfg and in_interval(interval, alpha_bar_at(sched.alphas_cumprod, t))
+        model_input = torch.cat([latents] * 2) if guided else latents
         model_input = sched.scale_model_input(model_input, t)
         if masked_latents is not None:
             extra = [mask, masked_latents]
             model_input = torch.cat(
-                [model_input] + [torch.cat([x] * 2) if do_cfg else x for x in extra], dim=1
+                [model_input] + [torch.cat([x] * 2) if guided else x for x in extra], dim=1
             )
+        # outside the interval: the conditional half of the embeddings, one pass
+        step_embeds = embeds if guided or not do_cfg else embeds[batch_size:]
         noise_pred = pipe.unet(
-            model_input, t, encoder_hidden_states=embeds, timestep_cond=timestep_cond, return_dict=False
+            model_input, t, encoder_hidden_states=step_embeds, timestep_cond=timestep_cond, return_dict=False
         )[0]
+        unet_passes += 2 if guided else 1
         noise_uncond, noise_cond = None, noise_pred
-        if do_cfg:
+        if guided:
             noise_uncond, noise_cond = noise_pred.chunk(2)
             noise_pred = guided_noise(noise_uncond, noise_cond, guidance_scale)
             if guidance_rescale > 0:
@@ -275,12 +290,14 @@ def generate(
         "num_inference_steps": num_inference_steps,
         "guidance_scale": guidance_scale,
         "guidance_rescale": guidance_rescale,
+        "guidance_interval": [interval[0], None if math.isinf(interval[1]) else interval[1]],
         "scheduler": scheduler_name,
         "height": height,
         "width": width,
         "strength": strength if init_image is not None else None,
         "eta": eta,
         "stopped_at_step": stopped_at,
+        "unet_evaluations": unet_passes,
         **(guide.recipe if guide is not None else {}),
     }
     return GenerationResult(
@@ -318,6 +335,43 @@ def check_numbers(steps: int, guidance: float, rescale: float, per_prompt: int, 
         raise InputError(f"num_images_per_prompt (--num-images) must be an integer >= 1, got {per_prompt!r}")
     if not isinstance(eta, int | float) or not (0 <= eta <= 1):
         raise InputError(f"eta must be in [0, 1], got {eta}")
+
+
+def check_guidance_interval(interval: Any) -> tuple[float, float]:
+    """(lo, hi) as floats, hi None -> inf; raises `InputError` unless 0 <= lo < hi."""
+    try:
+        lo, hi = interval
+        lo, hi = float(lo), math.inf if hi is None else float(hi)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"guidance_interval (--guidance-interval) must be two noise levels LO,HI, got {interval!r}"
+        ) from None
+    if math.isnan(lo) or math.isnan(hi) or not 0 <= lo < hi:
+        raise InputError(f"guidance_interval needs 0 <= LO < HI (noise levels sigma), got {lo}, {hi}")
+    return lo, hi
+
+
+def in_interval(interval: tuple[float, float], alpha_bar: float) -> bool:
+    """Whether noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) lies in (lo, hi]."""
+    lo, hi = interval
+    sigma = math.sqrt((1 - alpha_bar) / alpha_bar)
+    return lo < sigma <= hi
+
+
+def planned_unet_evaluations(
+    pipe: Pipeline, scheduler: str, steps: int, guidance_scale: float, interval: Any = (0.0, None)
+) -> int:
+    """UNet evaluations per image of a text-to-image run, counted as `generate` will spend them: two
+    per guided step, one per other step (PNDM's first step counts twice: it runs steps + 1)."""
+    lo_hi = check_guidance_interval(interval)
+    sched = make_scheduler(scheduler, pipe.scheduler_config)
+    sched.set_timesteps(steps)
+    distilled = pipe.unet.config.time_cond_proj_dim is not None
+    do_cfg = guidance_scale > 1 and not distilled
+    return sum(
+        2 if do_cfg and in_interval(lo_hi, alpha_bar_at(sched.alphas_cumprod, t)) else 1
+        for t in sched.timesteps
+    )
 
 
 def check_unet_conditioning(unet: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdlab.errors import InputError
+from sdlab.outputs import interval_text
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler
 from sdlab.service import GenerationRequest, RequestResult
 from sdlab.version import __version__
@@ -89,6 +90,9 @@ class Txt2ImgRequest(BaseModel):
     width: int | None = Field(None, description="pixels; default: the model's size (or the init image's)")
     height: int | None = Field(None, description="pixels; default: the model's size (or the init image's)")
     eta: float | None = Field(None, description="DDIM's eta")
+    guidance_interval: list[float | None] | None = Field(
+        None, description="sdlab: [sigma_lo, sigma_hi] (null: unbounded) where CFG runs; default: the model's"
+    )
     override_settings: dict[str, Any] | None = Field(
         None, description="options for this request only, e.g. {'sd_model_checkpoint': 'digits'}"
     )
@@ -137,6 +141,7 @@ def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[Generati
         scheduler=scheduler,
         num_inference_steps=body.steps,
         guidance_scale=body.cfg_scale,
+        guidance_interval=body.guidance_interval,
         seed=None if body.seed == -1 else body.seed,
         height=body.height,
         width=body.width,
@@ -210,7 +215,9 @@ def info(result: RequestResult, request: GenerationRequest, ignored: dict[str, A
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": first.get("strength"),
-        "extra_generation_params": {},
+        "extra_generation_params": {
+            k: v for k, v in {"Guidance interval": interval_text(first.get("guidance_interval"))}.items() if v
+        },
         "index_of_first_image": 0,
         "infotexts": [g.infotext for g in result.images],
         "styles": [],

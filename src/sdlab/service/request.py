@@ -18,7 +18,7 @@ import PIL.Image
 import torch
 
 from sdlab.errors import InputError
-from sdlab.sampling.loop import MAX_SEED, check_numbers
+from sdlab.sampling.loop import MAX_SEED, check_guidance_interval, check_numbers
 from sdlab.sampling.schedulers import SCHEDULERS
 
 # A1111's extra-network syntax: <lora:NAME>, <lora:NAME:WEIGHT>; extra fields after a second ':'
@@ -50,6 +50,8 @@ class GenerationRequest:
       Embeddings in the registry's folders are also applied when their name appears in a prompt.
     - `batch_count` batches of `num_images_per_prompt` images run one after another (A1111's
       `n_iter` x `batch_size`); image i of the whole request has seed `seed + i`.
+    - `guidance_interval`: (lo, hi) noise levels sigma between which classifier-free guidance runs
+      (hi None: unbounded); None is the model's recommendation (see `parse_guidance_interval`).
     - `mask_blur`: Gaussian blur radius in pixels applied to the mask before use (A1111's
       `mask_blur`); `invert_mask` repaints the black part instead (A1111's `inpainting_mask_invert`).
     Images (`init_image`, `mask_image`) may be paths, PIL images, or the bytes of an encoded file.
@@ -62,6 +64,7 @@ class GenerationRequest:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     guidance_rescale: float = 0.0
+    guidance_interval: tuple[float, float | None] | None = None
     seed: int | None = None
     height: int | None = None
     width: int | None = None
@@ -90,6 +93,8 @@ class GenerationRequest:
             self.num_images_per_prompt,
             self.eta,
         )  # the loop's own checks, so both say the same sentence
+        if self.guidance_interval is not None:
+            check_guidance_interval(self.guidance_interval)
         _check_int("num_inference_steps", self.num_inference_steps, 1, 10_000, optional=True)
         _check_int("num_images_per_prompt", self.num_images_per_prompt, 1, MAX_BATCH)
         _check_int("batch_count", self.batch_count, 1, MAX_BATCH_COUNT)
@@ -125,6 +130,27 @@ class GenerationRequest:
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
+
+
+def parse_guidance_interval(text: str | None) -> tuple[float, float | None] | None:
+    """ "LO,HI" (noise levels sigma; HI may be "inf") -> (lo, hi); "all" -> every step; None -> None.
+
+    Raises `InputError` with one sentence for anything else."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("all", "always"):
+        return (0.0, None)
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise InputError(
+            f"--guidance-interval must be LO,HI (noise levels sigma, e.g. 0.3,5 or 1,inf) or 'all', got {text!r}"
+        ) from None
+    check_guidance_interval((lo, hi))
+    return (lo, None if math.isinf(hi) else hi)
 
 
 def prompt_loras(prompt: str) -> list[LoraRef]:

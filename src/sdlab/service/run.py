@@ -116,6 +116,7 @@ def run_request(
                 num_inference_steps=request.num_inference_steps,
                 guidance_scale=request.guidance_scale,
                 guidance_rescale=request.guidance_rescale,
+                guidance_interval=request.guidance_interval,
                 scheduler=request.scheduler,
                 height=request.height,
                 width=request.width,
