@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -47,17 +48,65 @@ def cli_registry(opts: NetworkOptions) -> ModelRegistry:
 def run_generate(opts: GenerateOptions) -> list[Path]:
     output = Path(opts.output) if opts.output else _next_output()
     check_output(output)
+    if opts.prompt is None and not opts.from_file:
+        raise InputError('give a prompt ("" for none), or --from-file FILE with one prompt per line')
     fields = {k: getattr(opts, k) for k in REQUEST_FIELDS}
+    fields["prompt"] = opts.prompt or ""
     fields["guidance_interval"] = parse_guidance_interval(opts.guidance_interval)
     request = GenerationRequest(
         **fields,
         loras=parse_loras(opts.lora),
         embeddings=_split(opts.embedding),
     )
+    if opts.from_file:
+        return run_prompts_file(opts, request, output)
     result = run_with_progress(cli_registry(opts), request)
     written = write_pngs([g.image for g in result.images], [g.recipe for g in result.images], output)
     for path in written:
         print(path)
+    return written
+
+
+def run_prompts_file(opts: GenerateOptions, request: GenerationRequest, output: Path) -> list[Path]:
+    """Every line of `--from-file`, image K of the file written to OUTPUT-K.png.
+
+    Under `accelerate launch --num_processes N` each process takes a contiguous share of the lines
+    (accelerate's `split_between_processes`); seeds and file names depend on the file alone, so the
+    union of the processes' outputs equals a one-process run, pixel for pixel."""
+    import random
+
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    from sdlab.loading import resolve_device
+    from sdlab.sampling.loop import MAX_SEED
+    from sdlab.service.prompts_file import read_prompts_file
+
+    state = PartialState(cpu=resolve_device("auto").type == "cpu")  # several CPU processes: gloo
+    # the base seed and the output name are chosen once, on the main process, and shared
+    shared = [
+        request.seed if request.seed is not None else random.SystemRandom().randrange(MAX_SEED // 2),
+        output,
+    ]
+    if state.num_processes > 1:
+        broadcast_object_list(shared)
+    base_seed, output = shared
+    jobs = read_prompts_file(opts.from_file, request, base_seed)
+    if state.num_processes > 1 and opts.device == "auto":
+        opts = dataclasses.replace(
+            opts, device=str(state.device)
+        )  # one GPU per process, where there are GPUs
+    registry = cli_registry(opts)
+    written = []
+    with state.split_between_processes(jobs) as mine:
+        for job in mine:
+            result = run_with_progress(registry, job.request)
+            for k, image in enumerate(result.images):
+                target = output.with_name(f"{output.stem}-{job.first + k}.png")
+                written += write_pngs([image.image], [image.recipe], target)
+    for path in written:
+        print(path)
+    state.wait_for_everyone()
     return written
 
 

@@ -41,7 +41,10 @@ class NetworkOptions(ModelOptions):
 
 @dataclass
 class GenerateOptions(NetworkOptions):
-    prompt: str = option("", "what to draw; (word:1.3) emphasis, [word] de-emphasis, BREAK", positional=True)
+    prompt: str | None = option(
+        None, "what to draw; (word:1.3) emphasis, [word] de-emphasis, BREAK (\"\" for none)", positional=True,
+        nargs="?",
+    )  # fmt: skip
     negative_prompt: str | None = option(
         None, "what to steer away from: replaces the empty prompt in guidance"
     )
@@ -79,6 +82,12 @@ class GenerateOptions(NetworkOptions):
     )
     invert_mask: bool = option(False, "repaint the black part of the mask instead of the white")
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
+    from_file: str | None = option(
+        None,
+        "a prompt per line, or A1111 prompts-from-file options (--prompt ... --steps 8 --seed 3); writes "
+        "OUT-K.png for image K of the file; under accelerate launch the lines are split across processes",
+        metavar="FILE",
+    )
     guide_digit: int | None = option(
         None, "steer towards this digit with the digit classifier's gradient (works with an empty prompt)"
     )
