@@ -59,6 +59,8 @@ def infotext(r: dict) -> str:
         settings["Denoising strength"] = r["strength"]
     if r.get("guidance_rescale"):
         settings["CFG Rescale phi"] = r["guidance_rescale"]
+    if r.get("vae_decoder"):
+        settings["VAE Decoder"] = Path(r["vae_decoder"]).name  # a tiny decoder (TAESD) drew the image
     if (text := interval_text(r.get("guidance_interval"))) is not None:
         settings["Guidance interval"] = text  # sigma range, as extensions add their settings
     settings["Version"] = f"sdlab {r['sdlab_version']}"

@@ -82,6 +82,11 @@ class GenerateOptions(NetworkOptions):
     )
     invert_mask: bool = option(False, "repaint the black part of the mask instead of the white")
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
+    vae_decoder: str | None = option(
+        None,
+        "decode the final latents with this tiny decoder (a diffusers AutoencoderTiny/TAESD folder)",
+        metavar="DIR",
+    )
     from_file: str | None = option(
         None,
         "a prompt per line, or A1111 prompts-from-file options (--prompt ... --steps 8 --seed 3); writes "
@@ -168,6 +173,9 @@ class ServeOptions:
     checkpoints_limit: int = option(1, "models kept in memory at once (A1111's sd_checkpoints_limit)")
     queue_size: int = option(16, "requests that may wait behind the running one; more get HTTP 503")
     max_body_mb: float = option(32.0, "largest request body, MiB (base64 images included)")
+    vae_decoder: str | None = option(
+        None, "a tiny decoder (TAESD, diffusers AutoencoderTiny folder) for the live previews", metavar="DIR"
+    )
     allowed_hosts: str | None = option(
         None, "more host names the Host header may carry (e.g. a reverse proxy's), comma-separated"
     )

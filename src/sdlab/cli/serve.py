@@ -56,13 +56,18 @@ def run_serve(opts: ServeOptions) -> None:
             folders[key] = [*found, *folders[key]]
     registry = ModelRegistry(folders["ckpt"], folders["lora"], folders["embeddings"], **common)
 
+    if opts.vae_decoder:  # a bad folder stops here, in one sentence, not at the first preview
+        from sdlab.loading.decoder import load_vae_decoder
+
+        load_vae_decoder(opts.vae_decoder)
+
     # 3. The worker (it loads the default model at once), the app, uvicorn
     import uvicorn
 
     from sdlab.server.app import create_app
     from sdlab.service.worker import Worker
 
-    worker = Worker(registry, max_queue=opts.queue_size)
+    worker = Worker(registry, max_queue=opts.queue_size, preview_decoder=opts.vae_decoder)
     worker.submit(lambda w: w.registry.pipeline(w.registry.find_model()))
     app = create_app(
         registry,

@@ -126,6 +126,7 @@ def generate(
     mask_image: str | Path | PIL.Image.Image | None = None,
     eta: float = 0.0,
     guide: GradientGuide | None = None,
+    vae_decoder: Any = None,
     callback: StepCallback | None = None,
     observe: Callable[[StepInfo], None] | None = None,
 ) -> GenerationResult:
@@ -136,6 +137,8 @@ def generate(
       `strength` in (0, 1]: the share of the schedule that is re-run (default 0.8);
     - inpainting: `init_image` + `mask_image` (white = repaint), default strength 1.0;
     - gradient guidance: `guide` moves each step's predicted clean image along a score's gradient;
+    - `vae_decoder`: a tiny decoder (`AutoencoderTiny`, TAESD) that decodes the final latents instead of
+      the model's VAE (see `sdlab.loading.decoder`);
     - `guidance_interval=(lo, hi)`: classifier-free guidance only at steps whose noise level
       sigma = sqrt((1 - alpha_bar_t) / alpha_bar_t) lies in (lo, hi] (hi None: unbounded); the other
       steps run one conditional UNet pass instead of two (Kynkaenniemi et al., NeurIPS 2024).
@@ -285,7 +288,8 @@ def generate(
                 break
 
     # 7. Decode
-    pixels = image_processor.postprocess(decode_latents(pipe.vae, latents), output_type="pt")
+    decoder = pipe.vae if vae_decoder is None else vae_decoder
+    pixels = image_processor.postprocess(decode_latents(decoder, latents.to(decoder.dtype)), output_type="pt")
     settings = {
         "num_inference_steps": num_inference_steps,
         "guidance_scale": guidance_scale,

@@ -1,4 +1,5 @@
-"""Cheap previews of latents during sampling: a linear latent -> RGB map fitted to the model's own VAE.
+"""Cheap previews of latents during sampling: a linear latent -> RGB map fitted to the model's own VAE,
+or, where the server was given one, a tiny decoder (TAESD).
 
 A1111 previews SD 1.x latents with a fixed 4x3 matrix ("Approx cheap") measured for SD's VAE. sdlab
 fits that matrix for whatever VAE the model has, once, by least squares between random latents and
@@ -9,12 +10,27 @@ and then a matrix product per preview, a thousand times cheaper than decoding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import PIL.Image
 import torch
 
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.latents import decode_latents
+
+
+@dataclass(frozen=True)
+class DecoderPreview:
+    """Previews decoded by a tiny decoder (TAESD, `sdlab.loading.decoder`): the image itself, at a small cost."""
+
+    decoder: Any  # an AutoencoderTiny on the model's device
+
+    @torch.no_grad()
+    def image(self, latents: torch.Tensor) -> PIL.Image.Image:
+        """The decoded RGB image of `latents` (C, h, w)."""
+        x = decode_latents(self.decoder, latents[None].to(self.decoder.device, self.decoder.dtype))[0]
+        array = ((x.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return PIL.Image.fromarray(array, "RGB")
 
 
 @dataclass(frozen=True)

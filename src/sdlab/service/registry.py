@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sdlab.errors import InputError
 from sdlab.loading import DEFAULT_MODEL, load_pipeline
@@ -77,6 +78,7 @@ class ModelRegistry:
         self.allow_pickle = allow_pickle
         self.current = DIGITS
         self._cache: OrderedDict[str, Pipeline] = OrderedDict()
+        self._decoders: dict[tuple[str, str, str], Any] = {}
         self._load_lock = threading.Lock()
         self.refresh()
 
@@ -133,6 +135,22 @@ class ModelRegistry:
         if self.allow_paths:
             return ModelEntry(str(Path(ref).expanduser().resolve()), Path(ref).expanduser())
         raise InputError(f"unknown model {ref!r}; known models: {', '.join(self._models)}")
+
+    def vae_decoder(self, ref: str, pipe: Pipeline) -> Any:
+        """The tiny decoder `ref` (a path, where paths are allowed) on `pipe`'s device, loaded once;
+        `InputError` if it cannot decode `pipe`'s latents."""
+        from sdlab.loading.decoder import check_decoder_fits, load_vae_decoder
+
+        if not self.allow_paths:
+            raise InputError(
+                "vae_decoder takes a folder path, which this server does not accept from requests"
+            )
+        key = (str(Path(ref).expanduser().resolve()), str(pipe.device), str(pipe.dtype))
+        if key not in self._decoders:
+            self._decoders = {key: load_vae_decoder(ref, pipe.device, pipe.dtype)}  # the last one only
+        decoder = self._decoders[key]
+        check_decoder_fits(decoder, pipe.vae.config.latent_channels, pipe.vae_scale_factor, ref)
+        return decoder
 
     def find_lora(self, ref: str) -> Path:
         return self._find(ref, self._loras, "LoRA", "--lora-dir")

@@ -52,6 +52,8 @@ class GenerationRequest:
       `n_iter` x `batch_size`); image i of the whole request has seed `seed + i`.
     - `guidance_interval`: (lo, hi) noise levels sigma between which classifier-free guidance runs
       (hi None: unbounded); None is the model's recommendation (see `parse_guidance_interval`).
+    - `vae_decoder`: a tiny decoder (TAESD) for the final images, by name or, where the registry allows
+      paths (the CLI), a diffusers folder.
     - `mask_blur`: Gaussian blur radius in pixels applied to the mask before use (A1111's
       `mask_blur`); `invert_mask` repaints the black part instead (A1111's `inpainting_mask_invert`).
     Images (`init_image`, `mask_image`) may be paths, PIL images, or the bytes of an encoded file.
@@ -78,6 +80,7 @@ class GenerationRequest:
     eta: float = 0.0
     guide_digit: int | None = None
     guide_scale: float = 8.0
+    vae_decoder: str | None = None
     loras: tuple[LoraRef, ...] = ()
     embeddings: tuple[str, ...] = ()
 

@@ -93,6 +93,7 @@ def run_request(
     # 2. Images: read once (paths, uploads), the mask blurred and inverted as asked
     init_image, mask_image = _prepare_images(request)
     pipe = registry.pipeline(entry)
+    decoder = registry.vae_decoder(request.vae_decoder, pipe) if request.vae_decoder else None
 
     # 3. Batches, with this request's extra networks on the model
     per_batch = request.num_images_per_prompt
@@ -127,6 +128,7 @@ def run_request(
                 mask_image=mask_image,
                 eta=request.eta,
                 guide=guide,
+                vae_decoder=decoder,
                 callback=step_hook,
                 observe=observe,
             )
@@ -181,6 +183,8 @@ def _sources(
         value = getattr(request, key)
         if isinstance(value, str | Path):
             sources[key] = str(Path(value).resolve())
+    if request.vae_decoder:
+        sources["vae_decoder"] = str(Path(request.vae_decoder).expanduser().resolve())
     if request.mask_image is not None:
         sources["mask_blur"] = request.mask_blur or None
         sources["invert_mask"] = request.invert_mask or None

@@ -25,7 +25,7 @@ import torch
 from sdlab.errors import InputError
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.loop import StopSampling
-from sdlab.service.preview import LatentPreview
+from sdlab.service.preview import DecoderPreview, LatentPreview
 from sdlab.service.registry import ModelRegistry
 from sdlab.service.request import GenerationRequest
 from sdlab.service.run import RequestResult, run_request
@@ -87,13 +87,18 @@ class _Job:
 class Worker:
     """Runs requests on `registry`'s models in one thread; at most `max_queue` wait behind the running one."""
 
-    def __init__(self, registry: ModelRegistry, *, max_queue: int = 16) -> None:
+    def __init__(
+        self, registry: ModelRegistry, *, max_queue: int = 16, preview_decoder: str | None = None
+    ) -> None:
+        """`preview_decoder`: a TAESD folder that decodes the live previews of the models whose latents it
+        reads (others keep the fitted linear preview)."""
         self.registry = registry
         self.max_queue = max_queue
+        self.preview_decoder = preview_decoder
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
         self._progress = Progress()
-        self._previews: dict[str, LatentPreview] = {}
+        self._previews: dict[str, LatentPreview | DecoderPreview] = {}
         self._thread = threading.Thread(target=self._loop, name="sdlab-worker", daemon=True)
         self._thread.start()
 
@@ -191,11 +196,25 @@ class Worker:
                 }
         return result
 
-    def _preview(self, name: str, pipe: Pipeline) -> LatentPreview:
-        if name not in self._previews:  # fitted once per model; maps of evicted models are dropped
+    def _preview(self, name: str, pipe: Pipeline) -> LatentPreview | DecoderPreview:
+        if name not in self._previews:  # made once per model; those of evicted models are dropped
             self._previews = {k: v for k, v in self._previews.items() if k in self.registry.loaded()}
-            self._previews[name] = LatentPreview.fit(pipe)
+            self._previews[name] = self._decoder_preview(pipe) or LatentPreview.fit(pipe)
         return self._previews[name]
+
+    def _decoder_preview(self, pipe: Pipeline) -> DecoderPreview | None:
+        if self.preview_decoder is None:
+            return None
+        from sdlab.loading.decoder import check_decoder_fits, load_vae_decoder
+
+        decoder = load_vae_decoder(self.preview_decoder, pipe.device, pipe.dtype)
+        try:
+            check_decoder_fits(
+                decoder, pipe.vae.config.latent_channels, pipe.vae_scale_factor, self.preview_decoder
+            )
+        except InputError:
+            return None  # made for another latent space: this model keeps the linear preview
+        return DecoderPreview(decoder)
 
     def _on_step(self, batch: int, step: int, total: int, latents: torch.Tensor) -> None:
         latest = latents[0].detach().to("cpu", copy=True)  # waits for the device: outside the lock
