@@ -148,3 +148,39 @@ def test_the_model_recommends_an_interval_the_png_records_it_and_replay_repeats_
     )
     err = capsys.readouterr().err
     assert "guidance_interval needs 0 <= LO < HI" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "unipc", "lms", "dpmpp_2m"])
+def test_planned_evaluations_are_what_generate_spends(tiny, scheduler):
+    from sdlab.sampling.loop import planned_unet_evaluations
+
+    for scale, interval in ((7.0, (0.0, None)), (7.0, (0.0, 1.5)), (7.0, (1.0, None)), (1.0, (0.0, None))):
+        result = generate(
+            tiny, PROMPT, num_inference_steps=4, guidance_scale=scale, guidance_interval=interval, height=32,
+            width=32, scheduler=scheduler, seed=0,
+        )  # fmt: skip
+        assert (
+            planned_unet_evaluations(tiny, scheduler, 4, scale, interval)
+            == result.settings["unet_evaluations"]
+        )
+
+
+def test_the_fast_default_is_the_cheapest_setting_meeting_every_target_else_the_best_fid_meeting_the_rest():
+    from sdlab.evaluation.sweeps import Sweep, choose_fast_default
+
+    def row(stage, evals, fid_ratio, accuracy=0.995, thick=-0.2):
+        meets = accuracy >= 0.99 and fid_ratio <= 1.2 and thick <= -0.15
+        return {"stage": stage, "unet_evaluations": evals, "fid_ratio": fid_ratio, "prompt_accuracy": accuracy,
+                "thick_change": thick, "meets": meets}  # fmt: skip
+
+    rows = [row(1, 6, 1.0), row(2, 10, 1.1), row(2, 8, 1.19), row(2, 8, 1.15), row(2, 7, 2.0)]
+    assert choose_fast_default(Sweep("fast", "t", rows, "x", ("y",))) == (rows[3], [])
+    rows = [
+        row(1, 6, 1.0),
+        row(2, 7, 1.9),
+        row(2, 9, 1.8),
+        row(2, 5, 1.1, accuracy=0.97),
+        row(2, 6, 1.5, thick=-0.1),
+    ]
+    assert choose_fast_default(Sweep("fast", "t", rows, "x", ("y",))) == (rows[2], ["fid_ratio"])
+    assert choose_fast_default(Sweep("fast", "t", rows[3:], "x", ("y",))) == (None, [])

@@ -82,7 +82,13 @@ def test_watch_keeps_a_frame_per_step_and_the_guidance_split(registry):
         attention=True,
     )
     assert [f.step for f in seen.frames] == [1, 2, 3, 4, 5, 6]
-    assert seen.frames[0].x0.size == (32, 32) and seen.split.step == 3
+    # the model guides only at sigma <= 1.5 (its default interval): the split shows the nearest guided step
+    guided = [f.step for f in seen.frames if f.guided]
+    assert guided and 1 not in guided and seen.split.step == min(guided, key=lambda s: abs(s - 3))
+    assert seen.frames[0].x0.size == (32, 32)
+    everywhere = watch(registry, GenerationRequest("a handwritten digit 3", num_inference_steps=6, guidance_scale=4.0,
+                                                   seed=2, guidance_interval=(0.0, None)), split_step=3)  # fmt: skip
+    assert all(f.guided for f in everywhere.frames) and everywhere.split.step == 3
     assert seen.digit_probability is None
     assert [w.word for w in seen.attention] == ["a", "handwritten", "digit", "3"]
     last = np.asarray(seen.frames[-1].latents, dtype=float)

@@ -9,11 +9,15 @@ from sdlab.atomic import atomic_path
 from sdlab.cli.generate import load_model
 from sdlab.cli.options import EvalOptions
 from sdlab.errors import InputError
+from sdlab.outputs import interval_text
 
 
 def run_eval(opts: EvalOptions) -> dict:
     from sdlab.evaluation.digits import Judge, evaluate, negative_prompt_effect, strength_effect
     from sdlab.evaluation.sweeps import SWEEPS, write_sweep
+    from sdlab.sampling.loop import planned_unet_evaluations
+    from sdlab.sampling.schedulers import scheduler_name_from_config
+    from sdlab.service.request import parse_guidance_interval
 
     sweeps = _sweep_names(opts.sweep, SWEEPS)
     for name, value in (("--per-digit", opts.per_digit), ("--sweep-per-digit", opts.sweep_per_digit)):
@@ -22,16 +26,26 @@ def run_eval(opts: EvalOptions) -> dict:
     pipe = load_model(opts)
     judge = Judge.load()
     defaults = pipe.sampling_defaults
+    interval = parse_guidance_interval(opts.guidance_interval) or defaults.get(
+        "guidance_interval", (0.0, None)
+    )
     sampling = dict(
         num_inference_steps=opts.num_inference_steps or defaults.get("num_inference_steps", 30),
         guidance_scale=opts.guidance_scale
         if opts.guidance_scale is not None
         else defaults.get("guidance_scale", 7.5),
-        scheduler=opts.scheduler,
+        scheduler=opts.scheduler
+        or defaults.get("scheduler")
+        or scheduler_name_from_config(pipe.scheduler_config),
+        guidance_interval=list(interval),
+    )
+    evaluations = planned_unet_evaluations(
+        pipe, sampling["scheduler"], sampling["num_inference_steps"], sampling["guidance_scale"], interval
     )
     report = {
         "model": pipe.source,
         "sampling": sampling,
+        "unet_evaluations": evaluations,
         "headline": evaluate(pipe, judge, opts.per_digit, **sampling),
         # negative prompts act through guidance: measured at the chosen scale and at SD's usual 7.5
         "negative_prompt": [
@@ -51,6 +65,11 @@ def run_eval(opts: EvalOptions) -> dict:
     print(markdown(report))
     for name in sweeps:
         caption = f"{sweep_settings(name, sampling)} {opts.sweep_per_digit * 10} images per point."
+        if name == "fast":
+            caption = (
+                f"Stage 1: {opts.sweep_per_digit * 10} images and 50 sevens per setting; stage 2: the best "
+                "that met the accuracy and negative-prompt targets, at 1,000 images and 100 sevens."
+            )
         for path in write_sweep(SWEEPS[name](pipe, judge, opts.sweep_per_digit, **sampling), out, caption):
             print(path)
     return report
@@ -79,7 +98,13 @@ def sweep_settings(name: str, s: dict) -> str:
 
 
 def describe(s: dict) -> str:
-    return f"{s['scheduler'] or 'default scheduler'}, {s['num_inference_steps']} steps, CFG {s['guidance_scale']}."
+    interval = s.get("guidance_interval") or [0.0, None]
+    where = (
+        ""
+        if interval_text(interval) is None
+        else f" at sigma in ({interval_text(interval).replace('-', ', ')}]"
+    )
+    return f"{s['scheduler'] or 'default scheduler'}, {s['num_inference_steps']} steps, CFG {s['guidance_scale']}{where}."
 
 
 def markdown(r: dict) -> str:
@@ -89,6 +114,7 @@ def markdown(r: dict) -> str:
         "",
         "| metric | value |",
         "| --- | --- |",
+        f"| UNet evaluations per image | {r.get('unet_evaluations', '')} |",
         f"| prompt accuracy ({h['samples']} images) | {h['prompt_accuracy']:.3f} |",
         f"| classifier-FID vs held-out digits | {h['fid']:.2f} |",
         f"| real-vs-real floor (same count) | {h['fid_floor_real_vs_real']:.2f} |",

@@ -135,8 +135,13 @@ class EvalOptions(ModelOptions):
     guidance_scale: float | None = option(
         None, "classifier-free guidance scale (default: the model's, else 7.5)", "--cfg"
     )
+    guidance_interval: str | None = option(
+        None,
+        "LO,HI: guide only at noise levels sigma in (LO, HI]; 'all': every step (default: the model's)",
+        metavar="LO,HI",
+    )
     sweep: str | None = option(
-        None, "also run sweeps, comma-separated: guidance, strength, schedulers, guide, or all"
+        None, "also run sweeps, comma-separated: guidance, strength, schedulers, guide, fast, or all"
     )
     sweep_per_digit: int = option(20, "images per digit at each point of a sweep")
     output: str = option("eval", "folder for eval.json, eval.md and the sweeps' .json/.md/.png", "-o")

@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from sdlab.atomic import atomic_path
-from sdlab.evaluation.digits import Judge, gradient_guidance_effect, sample_digits, strength_effect
+from sdlab.evaluation.digits import (
+    Judge,
+    gradient_guidance_effect,
+    negative_prompt_effect,
+    sample_digits,
+    strength_effect,
+)
 from sdlab.evaluation.metrics import diversity, prompt_accuracy
 from sdlab.pipeline import Pipeline
 
@@ -89,11 +95,114 @@ def guide_sweep(pipe: Pipeline, judge: Judge, per_digit: int, **sampling) -> Swe
                  "guide_scale", ("accuracy", "accuracy_second_classifier", "fid"), floor="fid_floor")  # fmt: skip
 
 
+# The fast sweep: the cheapest settings that keep the model's quality (issue 13's targets)
+FAST_SCHEDULERS = ("unipc", "dpmpp_2m", "pndm", "lms")  # at the FID floor by 5 steps (schedulers sweep)
+FAST_STEPS = (4, 5, 6, 8)
+FAST_SCALES = (2.0, 3.0, 4.0, 6.0)
+# sigma intervals: every step; low noise only (a throwaway run here kept accuracy there and lost the least
+# FID); a middle band; high noise only, where the paper found guidance harms diversity most
+FAST_INTERVALS = ((0.0, None), (0.0, 1.0), (0.0, 1.5), (0.0, 2.5), (0.3, 2.5), (1.0, None))
+BUDGET = 10  # UNet evaluations per image
+TARGETS = {"prompt_accuracy": 0.99, "fid_ratio": 1.2, "thick_change": -0.15}
+FINAL_PER_DIGIT = 100  # 1,000 images for the finalists: a stable FID
+
+
+def fast_sweep(pipe: Pipeline, judge: Judge, per_digit: int, finalists: int = 6, **sampling) -> Sweep:
+    """Scheduler x steps x CFG x guidance interval within `BUDGET` UNet evaluations per image.
+
+    Stage 1 screens every setting within budget on `per_digit` x 10 images (and the negative prompt
+    "thick" on 50 sevens); stage 2 measures the `finalists` best that met the accuracy and negative-prompt
+    targets at stage 1 on 1,000 images (and 100 sevens). Rows carry `stage`; `meets` marks stage-2
+    rows meeting every target in `TARGETS`. The chosen default is the first such row (fewest
+    evaluations, then lowest FID ratio)."""
+    from sdlab.sampling.loop import planned_unet_evaluations
+
+    rows, seen = [], set()
+    for scheduler in FAST_SCHEDULERS:
+        for steps in FAST_STEPS:
+            for scale in FAST_SCALES:
+                for interval in FAST_INTERVALS:
+                    evals = planned_unet_evaluations(pipe, scheduler, steps, scale, interval)
+                    plan = (scheduler, steps, scale, _guided_steps(pipe, scheduler, steps, interval))
+                    if evals > BUDGET or plan in seen:
+                        continue
+                    seen.add(plan)
+                    settings = dict(scheduler=scheduler, num_inference_steps=steps, guidance_scale=scale,
+                                    guidance_interval=interval)  # fmt: skip
+                    rows.append(_fast_point(pipe, judge, per_digit, 50, settings, evals, stage=1))
+    passed = [r for r in rows if r["prompt_accuracy"] >= TARGETS["prompt_accuracy"]
+              and r["thick_change"] <= TARGETS["thick_change"]]  # fmt: skip
+    for r in sorted(passed, key=lambda r: r["fid_ratio"])[:finalists]:
+        settings = {k: r[k] for k in ("scheduler", "num_inference_steps", "guidance_scale")}
+        settings["guidance_interval"] = tuple(r["guidance_interval"])
+        final = _fast_point(pipe, judge, FINAL_PER_DIGIT, 100, settings, r["unet_evaluations"], stage=2)
+        final["meets"] = not _missed(final)
+        rows.append(final)
+    return Sweep("fast", f"Settings within {BUDGET} UNet evaluations per image (CFG in a sigma interval)",
+                 rows, "unet_evaluations", ("fid_ratio", "prompt_accuracy", "thick_change"),
+                 series="scheduler")  # fmt: skip
+
+
+def choose_fast_default(sweep: Sweep) -> tuple[dict | None, list[str]]:
+    """The default from a fast sweep, and the targets it misses.
+
+    Among stage-2 rows: those meeting every target, fewest UNet evaluations then lowest FID ratio;
+    failing that, those meeting the accuracy and negative-prompt targets, lowest FID ratio (the FID
+    target named as missed); else None."""
+    finals = [r for r in sweep.rows if r.get("stage") == 2]
+    meeting = [r for r in finals if r.get("meets")]
+    if meeting:
+        return min(meeting, key=lambda r: (r["unet_evaluations"], r["fid_ratio"])), []
+    usable = [r for r in finals if not _missed(r) - {"fid_ratio"}]
+    if not usable:
+        return None, []
+    best = min(usable, key=lambda r: (r["fid_ratio"], r["unet_evaluations"]))
+    return best, sorted(_missed(best))
+
+
+def _missed(row: dict) -> set[str]:
+    return {k for k, v in TARGETS.items() if not (row[k] >= v if k == "prompt_accuracy" else row[k] <= v)}
+
+
+def _guided_steps(pipe: Pipeline, scheduler: str, steps: int, interval) -> tuple[bool, ...]:
+    """Which steps of the schedule an interval guides (two intervals guiding the same steps are one setting)."""
+    from sdlab.sampling.gradient_guidance import alpha_bar_at
+    from sdlab.sampling.loop import check_guidance_interval, in_interval
+    from sdlab.sampling.schedulers import make_scheduler
+
+    sched = make_scheduler(scheduler, pipe.scheduler_config)
+    sched.set_timesteps(steps)
+    lo_hi = check_guidance_interval(interval)
+    return tuple(in_interval(lo_hi, alpha_bar_at(sched.alphas_cumprod, t)) for t in sched.timesteps)
+
+
+def _fast_point(pipe, judge, per_digit: int, sevens: int, settings: dict, evals: int, stage: int) -> dict:
+    gray, wanted = sample_digits(pipe, per_digit, **settings)
+    fid, floor = judge.fid(gray), judge.floor(len(gray))
+    thick = negative_prompt_effect(pipe, judge, n=sevens, **settings)
+    lo, hi = settings["guidance_interval"]
+    return {
+        "stage": stage,
+        "scheduler": settings["scheduler"],
+        "num_inference_steps": settings["num_inference_steps"],
+        "guidance_scale": settings["guidance_scale"],
+        "guidance_interval": [lo, hi],
+        "unet_evaluations": evals,
+        "images": len(gray),
+        "prompt_accuracy": prompt_accuracy(judge.predict(gray), wanted),
+        "fid": fid,
+        "fid_floor": floor,
+        "fid_ratio": fid / floor,
+        "thick_change": thick["thickness_change"],
+    }
+
+
 SWEEPS = {
     "guidance": guidance_sweep,
     "strength": strength_sweep,
     "schedulers": scheduler_sweep,
     "guide": guide_sweep,
+    "fast": fast_sweep,
 }
 
 
@@ -142,7 +251,9 @@ def plot(sweep: Sweep, path: Path, caption: str = "") -> None:
         for group in groups:
             rows = [r for r in sweep.rows if sweep.series is None or r[sweep.series] == group]
             if all(y in r for r in rows):
-                ax.plot([r[sweep.x] for r in rows], [r[y] for r in rows], marker="o", label=group)
+                xs = [r[sweep.x] for r in rows]
+                style = "none" if len(set(xs)) < len(xs) else "-"  # several points per x: a scatter
+                ax.plot(xs, [r[y] for r in rows], marker="o", linestyle=style, label=group)
         if sweep.floor and y.startswith("fid"):
             floor = np.mean([r[sweep.floor] for r in sweep.rows])
             ax.axhline(floor, color="gray", linestyle="--", label="real-vs-real floor")

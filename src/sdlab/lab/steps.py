@@ -32,6 +32,7 @@ class Frame:
     timestep: float
     latents: PIL.Image.Image  # x_t after this step, as an image
     x0: PIL.Image.Image  # the clean image predicted at this step
+    guided: bool = False  # classifier-free guidance ran at this step (inside the guidance interval)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class GuidanceSplit:
 class Watch:
     image: GeneratedImage
     frames: list[Frame]
-    split: GuidanceSplit | None  # None without classifier-free guidance
+    split: GuidanceSplit | None  # None when no step was guided
     digit_probability: list[float] | None  # with `--guide-digit`: p(digit | x̂₀) per step
     attention: list[WordMap] | None = None  # with attention=True: where each prompt word lands
 
@@ -63,7 +64,8 @@ def watch(
 ) -> Watch:
     """Generate image 0 of `request` and keep what each step computed.
 
-    `split_step` (from 1; default: the middle step) is the step whose guidance branches are shown;
+    `split_step` (from 1; default: the middle step) is the step whose guidance branches are shown (the
+    nearest guided step when a guidance interval leaves that one unguided);
     `attention` also maps each prompt word's cross-attention in the same run (`lab.attention`).
     Frames are the scheduler's model evaluations: second-order samplers (Heun) show about two per step.
     Raises `InputError` for a bad request, as `run_request` does.
@@ -71,15 +73,22 @@ def watch(
     request = request.replace(num_images_per_prompt=1, batch_count=1).validate()
     kept: dict[str, list[torch.Tensor]] = {"latents": [], "x0": [], "split": []}
     timesteps: list[float] = []
+    guided: list[bool] = []
     chosen: list[int] = []
 
     def observe(info: StepInfo) -> None:
         timesteps.append(info.timestep)
+        guided.append(info.noise_uncond is not None)
         kept["latents"].append(info.latents[:1].clone())
         kept["x0"].append(info.x0()[:1].clone())
+        if info.noise_uncond is None:
+            return
         wanted = min(split_step, info.total) if split_step is not None else (info.total + 1) // 2
-        if info.step + 1 == wanted and info.noise_uncond is not None:
-            chosen.append(wanted)
+        step = info.step + 1
+        if not chosen or abs(step - wanted) < abs(
+            chosen[0] - wanted
+        ):  # the guided step nearest the wanted one
+            chosen[:] = [step]
             kept["split"] = [info.x0(info.noise_uncond)[:1], info.x0(info.noise_cond)[:1], info.x0()[:1]]
 
     pipe = registry.pipeline(registry.find_model(request.model))
@@ -90,9 +99,9 @@ def watch(
     pixels = _pixels(pipe, torch.cat(kept["latents"] + kept["x0"] + kept["split"]))
     latents_pixels, x0_pixels, split_pixels = pixels[:steps], pixels[steps : 2 * steps], pixels[2 * steps :]
     frames = [
-        Frame(i + 1, t, image, x0)
-        for i, (t, image, x0) in enumerate(
-            zip(timesteps, _images(latents_pixels), _images(x0_pixels), strict=True)
+        Frame(i + 1, t, image, x0, g)
+        for i, (t, image, x0, g) in enumerate(
+            zip(timesteps, _images(latents_pixels), _images(x0_pixels), guided, strict=True)
         )
     ]
     split = None

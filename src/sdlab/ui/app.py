@@ -222,8 +222,8 @@ def build_ui(worker: Worker) -> gr.Blocks:
                 seen = worker.run(lambda w: watch(w.registry, request, split_step=int(step), attention=True))
             except (InputError, QueueFull) as err:
                 raise gr.Error(str(err)) from None
-            latents = [(f.latents, f"step {f.step}") for f in seen.frames]
-            x0 = [(f.x0, f"step {f.step}") for f in seen.frames]
+            latents = [(f.latents, f"step {f.step}{' (guided)' if f.guided else ''}") for f in seen.frames]
+            x0 = [(f.x0, f"step {f.step}{' (guided)' if f.guided else ''}") for f in seen.frames]
             split = []
             if seen.split is not None:
                 s = seen.split
