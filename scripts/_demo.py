@@ -15,6 +15,13 @@ from sdlab.cli.main import main as sdlab
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "demos"
 
 
+# The sampling settings the demos were measured with (the digits model's defaults before issue 13 chose
+# faster ones), pinned so that each demo reproduces its documented figures.
+DEMO_SAMPLING = dict(
+    num_inference_steps=20, scheduler="dpmpp_2m", guidance_scale=1.5, guidance_interval=(0.0, None)
+)
+
+
 def write_digits(folder: Path, images: np.ndarray, *, scale: float = 1.0) -> list[Path]:
     """(N, 28, 28) digits (uint8, or float in [0, 1]) as 32x32 RGB PNGs, padded like the digits model's data;
     `scale` shrinks them about the centre."""

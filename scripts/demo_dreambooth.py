@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _demo import publish, run, write_digits
+from _demo import DEMO_SAMPLING, publish, run, write_digits
 from PIL import Image
 
 from sdlab.digits.attributes import measure
@@ -59,7 +59,7 @@ def main() -> None:
     write_digits(out / "instances", instances)
     judge = Judge.load()
     gray = instances.astype(np.float32) / 255
-    sampling = dict(num_inference_steps=20)
+    sampling = dict(DEMO_SAMPLING)
     report = {"base": subject_report(load_pipeline(), judge, gray, SUBJECT, CLASS, 4, args.n, **sampling)}
     common = ["--instance-prompt", SUBJECT, "--steps", args.steps, "--batch-size", 8, "--lr", args.lr,
               "--checkpoint-every", 100, "--validation-prompt", f"{SUBJECT}|{CLASS}"]  # fmt: skip

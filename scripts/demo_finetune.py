@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _demo import publish, run, write_digits
+from _demo import DEMO_SAMPLING, publish, run, write_digits
 
 from sdlab.digits.data import train_test_split
 from sdlab.evaluation.digits import Judge
@@ -54,7 +54,7 @@ def main() -> None:
     caption_s = run("caption", data, "--captioner", "digits", "--overwrite")
 
     judge = Judge.load()
-    sampling = dict(num_inference_steps=20)
+    sampling = dict(DEMO_SAMPLING)
     report = {"domain": domain.name, "images": args.images, "caption_seconds": caption_s}
     report["base"] = domain_report(load_pipeline(), judge, domain, args.per_digit, **sampling)
     common = ["--batch-size", 32, "--caption-dropout", 0.1, "--checkpoint-every", 200, "--validation-prompt",
@@ -87,7 +87,7 @@ def main() -> None:
            for name, r, share, time in rows]
     ) + (
         f"\n\n{args.images} {domain.name} digits captioned by the digits captioner; plain prompts \"a handwritten digit D\", "
-        f"{args.per_digit * 10} images per row, 20 steps, the model's default CFG. Command: `python scripts/demo_finetune.py "
+        f"{args.per_digit * 10} images per row, 20 steps, DPM++ 2M at CFG 1.5. Command: `python scripts/demo_finetune.py "
         f"--domain {args.domain}`.\n")  # fmt: skip
     publish("finetune" if args.domain == "underline" else f"finetune-{args.domain}", report, table)
 

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _demo import publish, run, write_digits
+from _demo import DEMO_SAMPLING, publish, run, write_digits
 from PIL import Image
 
 from sdlab.digits.captioner import DigitsCaptioner
@@ -84,7 +84,7 @@ def main() -> None:
     )  # fmt: skip
     judge = Judge.load()
     pipe = load_pipeline()
-    sampling = dict(per_digit=args.per_digit, num_inference_steps=20)
+    sampling = dict(per_digit=args.per_digit, **DEMO_SAMPLING)
     rows = {
         "plain": shape_report(pipe, judge, "a handwritten digit {d}", **sampling),
         "control": shape_report(pipe, judge, concept["control"], **sampling),
@@ -108,7 +108,7 @@ def main() -> None:
         for k, r in rows.items()
     ) + (
         f"\n{args.images} training digits (width / height {report['training_images_mean_aspect']:.2f}); "
-        f"{args.per_digit * 10} images per row, 20 steps, the model's default CFG; {args.num_vectors} vector(s), "
+        f"{args.per_digit * 10} images per row, 20 steps, DPM++ 2M at CFG 1.5; {args.num_vectors} vector(s), "
         f"{args.steps} steps at lr {args.lr}, trained in {seconds / 60:.1f} min. "
         f"Command: `python scripts/demo_textual_inversion.py --concept {args.concept}`.\n"
     )  # fmt: skip
