@@ -240,9 +240,8 @@ def main() -> None:
         base = report["sd15"][0]["seconds_per_image"]
         print("\n| path | s / image | speed vs diffusers' default |\n| --- | --- | --- |")
         for r in report["sd15"]:
-            print(
-                f"| {r['path']} {r['note']} | {r['seconds_per_image']:.1f} s | {base / r['seconds_per_image']:.1f}x |"
-            )
+            ratio = "—" if "per CFG step" in r["path"] else f"{base / r['seconds_per_image']:.1f}x"
+            print(f"| {r['path']} {r['note']} | {r['seconds_per_image']:.1f} s | {ratio} |")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
