@@ -120,9 +120,12 @@ def test_the_model_recommends_an_interval_the_png_records_it_and_replay_repeats_
     with Image.open(tmp_path / "a.png") as image:
         _, _, settings = parse_parameters(image.text["parameters"])
         recipe = json.loads(image.text["sdlab"])
-    assert settings["Guidance interval"] == "0.5-inf" and settings["Sampler"] == "DDIM"
+    assert settings["Guidance interval"] == "0.5 to inf" and settings["Sampler"] == "DDIM"
     assert recipe["guidance_interval"] == [0.5, None] and recipe["unet_evaluations"] < 8
     assert read_recipe(tmp_path / "all.png")["guidance_interval"] == [0.0, None]
+    # the interval was chosen with the model's CFG: a CFG of one's own guides every step, as everywhere else
+    assert main(["generate", PROMPT, "--model", *common, "--cfg", "6", "-o", str(tmp_path / "cfg.png")]) == 0
+    assert read_recipe(tmp_path / "cfg.png")["guidance_interval"] == [0.0, None]
     assert main(["replay", str(tmp_path / "a.png"), "-o", str(tmp_path / "again.png")]) == 0
     with (
         Image.open(tmp_path / "a.png") as a,
@@ -184,3 +187,13 @@ def test_the_fast_default_is_the_cheapest_setting_meeting_every_target_else_the_
     ]
     assert choose_fast_default(Sweep("fast", "t", rows, "x", ("y",))) == (rows[2], ["fid_ratio"])
     assert choose_fast_default(Sweep("fast", "t", rows[3:], "x", ("y",))) == (None, [])
+
+
+def test_an_image_made_before_guidance_intervals_replays_guided_at_every_step(tiny, tmp_path):
+    from sdlab.images import save_png
+    from sdlab.outputs import read_recipe
+
+    result = generate(tiny, PROMPT, num_inference_steps=2, height=32, width=32, seed=0)
+    old = {k: v for k, v in result.settings.items() if k not in ("guidance_interval", "unet_evaluations")}
+    save_png(result.images[0], tmp_path / "old.png", parameters="x", extra={"sdlab": json.dumps(old)})
+    assert read_recipe(tmp_path / "old.png")["guidance_interval"] == [0.0, None]

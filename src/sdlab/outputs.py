@@ -103,9 +103,12 @@ def read_recipe(path: str | Path) -> dict:
     chunks = read_png_text(path)
     if "sdlab" in chunks:
         try:
-            return json.loads(chunks["sdlab"])
+            recipe = json.loads(chunks["sdlab"])
         except json.JSONDecodeError as err:
             raise InputError(f"{path} has a damaged sdlab recipe chunk: {err}") from err
+        # an image made before guidance intervals was guided at every step, whatever the model now recommends
+        recipe.setdefault("guidance_interval", [0.0, None])
+        return recipe
     if "parameters" not in chunks:
         raise InputError(f"{path} carries no generation parameters (no 'parameters' or 'sdlab' PNG chunk)")
     prompt, negative, s = parse_parameters(chunks["parameters"])
@@ -131,7 +134,7 @@ def read_recipe(path: str | Path) -> dict:
     # an image made without one was guided at every step, whatever the model now recommends
     r["guidance_interval"] = [0.0, None]
     if "Guidance interval" in s:
-        lo, _, hi = s["Guidance interval"].partition("-")
+        lo, _, hi = s["Guidance interval"].partition(" to ")
         try:
             r["guidance_interval"] = [float(lo), None if hi == "inf" else float(hi)]
         except ValueError as err:
@@ -140,8 +143,8 @@ def read_recipe(path: str | Path) -> dict:
 
 
 def interval_text(interval: list | None) -> str | None:
-    """[lo, hi] -> "lo-hi" for the infotext ("0.3-5", "1-inf"); None when guidance ran at every step."""
+    """[lo, hi] -> "lo to hi" for the infotext ("0.3 to 5.0", "1.0 to inf"); None when guided at every step."""
     if not interval or (interval[0] == 0 and interval[1] is None):
         return None
     lo, hi = interval
-    return f"{lo:g}-{'inf' if hi is None else format(hi, 'g')}"
+    return f"{float(lo)!r} to {'inf' if hi is None else repr(float(hi))}"

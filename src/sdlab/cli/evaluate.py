@@ -102,7 +102,7 @@ def describe(s: dict) -> str:
     where = (
         ""
         if interval_text(interval) is None
-        else f" at sigma in ({interval_text(interval).replace('-', ', ')}]"
+        else f" at sigma in ({interval_text(interval).replace(' to ', ', ')}]"
     )
     return f"{s['scheduler'] or 'default scheduler'}, {s['num_inference_steps']} steps, CFG {s['guidance_scale']}{where}."
 

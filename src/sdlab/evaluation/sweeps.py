@@ -57,7 +57,11 @@ def guidance_sweep(pipe: Pipeline, judge: Judge, per_digit: int, **sampling) -> 
 
 
 def strength_sweep(pipe: Pipeline, judge: Judge, per_digit: int, **sampling) -> Sweep:
-    """img2img of held-out real digits prompted to another digit; `per_digit` x 10 images per strength."""
+    """img2img of held-out real digits prompted to another digit; `per_digit` x 10 images per strength.
+
+    At least 10 steps, so that the smallest strength (0.1) still runs one denoising step."""
+    steps = sampling.get("num_inference_steps") or 10
+    sampling = {**sampling, "num_inference_steps": max(steps, round(1 / min(STRENGTHS)))}
     rows = strength_effect(pipe, judge, strengths=STRENGTHS, n=10 * per_digit, **sampling)
     return Sweep("strength", "img2img strength (held-out digits prompted to another digit)", rows,
                  "strength", ("keeps_source", "becomes_prompted"))  # fmt: skip

@@ -95,6 +95,18 @@ def _sampling_defaults(file: Path) -> dict:
         kinds = SAMPLING_DEFAULTS.get(key)
         if kinds is None or isinstance(value, bool) or not isinstance(value, kinds):
             raise InputError(f"{file}: unknown or ill-typed sampling default {key}={value!r}")
+    from sdlab.sampling.loop import check_guidance_interval
+    from sdlab.sampling.schedulers import SCHEDULERS
+
+    if defaults.get("scheduler", "ddim") not in SCHEDULERS:
+        raise InputError(
+            f"{file}: unknown scheduler {defaults['scheduler']!r}; choose one of {', '.join(SCHEDULERS)}"
+        )
+    if "guidance_interval" in defaults:
+        try:
+            check_guidance_interval(defaults["guidance_interval"])
+        except InputError as err:
+            raise InputError(f"{file}: {err}") from None
     return defaults
 
 

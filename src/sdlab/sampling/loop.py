@@ -52,8 +52,8 @@ class StepInfo:
     """What one denoising step computed, for `generate(..., observe=...)` (the lab's views).
 
     Latent tensors are (B, C, h, w) for the B images of the batch. `sample` is x_t as the UNet saw
-    it (variance-preserving); `noise_uncond`/`noise_cond` are the two guidance branches (None without
-    classifier-free guidance); `noise_pred` is what the scheduler got (guided, and moved by a gradient
+    it (variance-preserving); `noise_uncond`/`noise_cond` are the two guidance branches (`noise_uncond`
+    None where the step was not guided: no CFG, or outside the guidance interval); `noise_pred` is what the scheduler got (guided, and moved by a gradient
     guide if any); `latents` is the scheduler's result, x_{t-1}.
     """
 
@@ -146,15 +146,17 @@ def generate(
     ends the loop there and decodes the latents so far. `observe(StepInfo)` sees each step's
     predictions (both guidance branches, the predicted clean latent) for inspection.
     Steps, guidance scale, guidance interval and scheduler default to the model's recommendation
-    (`pipe.sampling_defaults`), else 30 steps, 7.5, every step and the model's scheduler config.
+    (`pipe.sampling_defaults`), else 30 steps, 7.5, every step and the model's scheduler config; the
+    model's interval applies only when the guidance scale is the model's too (they were chosen together).
     """
     # 1. Check inputs and resolve defaults
     if num_inference_steps is None:
         num_inference_steps = pipe.sampling_defaults.get("num_inference_steps", 30)
+    if guidance_interval is None:  # the model's interval was chosen with its CFG scale: it comes only with it
+        default = pipe.sampling_defaults.get("guidance_interval") if guidance_scale is None else None
+        guidance_interval = default or (0.0, None)
     if guidance_scale is None:
         guidance_scale = pipe.sampling_defaults.get("guidance_scale", 7.5)
-    if guidance_interval is None:
-        guidance_interval = pipe.sampling_defaults.get("guidance_interval", (0.0, None))
     interval = check_guidance_interval(guidance_interval)
     scheduler = scheduler or pipe.sampling_defaults.get("scheduler")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -358,7 +360,7 @@ def check_guidance_interval(interval: Any) -> tuple[float, float]:
 def in_interval(interval: tuple[float, float], alpha_bar: float) -> bool:
     """Whether noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) lies in (lo, hi]."""
     lo, hi = interval
-    sigma = math.sqrt((1 - alpha_bar) / alpha_bar)
+    sigma = math.inf if alpha_bar <= 0 else math.sqrt((1 - alpha_bar) / alpha_bar)  # zero terminal SNR: inf
     return lo < sigma <= hi
 
 

@@ -243,6 +243,7 @@ def echo(body: BaseModel, result: RequestResult) -> dict[str, Any]:
         "width": first.get("width"),
         "height": first.get("height"),
         "sampler_name": SCHEDULERS[first["scheduler"]].a1111 if "scheduler" in first else None,
+        "guidance_interval": first.get("guidance_interval"),
     }
     for key, value in resolved.items():
         if parameters.get(key) is None:

@@ -121,9 +121,13 @@ def parse_line(line: str, where: str) -> dict[str, Any]:
         field, parse = KEYS[key]
         try:
             parsed = parse(value)
+        except InputError as err:
+            raise InputError(f"{where}: {word}: {err}") from None
         except ValueError:
             kind = {int: "an integer", float: "a number"}.get(parse, "a value")
             raise InputError(f"{where}: {word} takes {kind}, got {value!r}") from None
+        if field == "seed" and parsed == -1:
+            continue  # A1111's "random": the file's own seed for this line (the base seed + K)
         if field == "sampler_name":
             sampler = parsed
         elif field == "schedule_type":

@@ -53,7 +53,10 @@ class Progress:
     interrupt_step: int | None = None  # steps done in the batch when the interrupt arrived
     queued: int = 0  # jobs waiting behind this one
     latents: torch.Tensor | None = field(default=None, repr=False)  # image 0's latents after the last step
-    preview: LatentPreview | None = field(default=None, repr=False)
+    preview: LatentPreview | DecoderPreview | None = field(default=None, repr=False)
+    decoded: PIL.Image.Image | None = field(
+        default=None, repr=False
+    )  # a DecoderPreview's image, by the worker
 
     @property
     def fraction(self) -> float:
@@ -72,8 +75,10 @@ class Progress:
         return elapsed / done - elapsed
 
     def preview_image(self) -> PIL.Image.Image | None:
-        if self.latents is None or self.preview is None:
-            return None
+        """The current preview: a tiny decoder's image (decoded on the worker thread, which owns the models),
+        or the linear map's, computed here on the CPU."""
+        if self.decoded is not None or self.latents is None or self.preview is None:
+            return self.decoded
         return self.preview.image(self.latents)
 
 
@@ -207,21 +212,25 @@ class Worker:
             return None
         from sdlab.loading.decoder import check_decoder_fits, load_vae_decoder
 
-        decoder = load_vae_decoder(self.preview_decoder, pipe.device, pipe.dtype)
         try:
+            decoder = load_vae_decoder(self.preview_decoder, pipe.device, pipe.dtype)
             check_decoder_fits(
                 decoder, pipe.vae.config.latent_channels, pipe.vae_scale_factor, self.preview_decoder
             )
         except InputError:
-            return None  # made for another latent space: this model keeps the linear preview
+            return None  # unreadable, or made for another latent space: this model keeps the linear preview
         return DecoderPreview(decoder)
 
     def _on_step(self, batch: int, step: int, total: int, latents: torch.Tensor) -> None:
         latest = latents[0].detach().to("cpu", copy=True)  # waits for the device: outside the lock
+        preview = self._progress.preview
+        decoded = (
+            preview.image(latents[0]) if isinstance(preview, DecoderPreview) else None
+        )  # this thread only
         with self._lock:
             p = self._progress
             p.job_no, p.sampling_step, p.sampling_steps = batch, step + 1, total
-            p.latents = latest
+            p.latents, p.decoded = latest, decoded
             if p.interrupted:
                 raise StopSampling
             if p.skipped:
