@@ -93,6 +93,15 @@ def test_info_describes_the_model(capsys, tiny_dir):
     assert code == 0
     assert info["resolution"] == 32 and info["vae_scale_factor"] == 2 and info["scheduler"] == "pndm"
     assert info["unet"]["block_out_channels"] == [32, 64] and info["text_encoder"]["vocab_size"] == 49408
+    # the shipped model by its name, or by default, with the sampling sdlab uses for it
+    for argv in (("info", "digits", "--json"), ("info", "--json")):
+        code, stdout, _ = run(capsys, *argv)
+        digits = json.loads(stdout)
+        assert (
+            code == 0
+            and digits["recommended_sampling"]["scheduler"] == "unipc"
+            and digits["resolution"] == 32
+        )
 
 
 @pytest.mark.parametrize(

@@ -124,8 +124,11 @@ def test_the_model_recommends_an_interval_the_png_records_it_and_replay_repeats_
     assert recipe["guidance_interval"] == [0.5, None] and recipe["unet_evaluations"] < 8
     assert read_recipe(tmp_path / "all.png")["guidance_interval"] == [0.0, None]
     # the interval was chosen with the model's CFG: a CFG of one's own guides every step, as everywhere else
-    assert main(["generate", PROMPT, "--model", *common, "--cfg", "6", "-o", str(tmp_path / "cfg.png")]) == 0
+    assert main(["generate", PROMPT, "--model", *common, "--cfg", "7", "-o", str(tmp_path / "cfg.png")]) == 0
     assert read_recipe(tmp_path / "cfg.png")["guidance_interval"] == [0.0, None]
+    assert main(["generate", PROMPT, "--model", *common, "--cfg", "6", "-o", str(tmp_path / "same.png")]) == 0
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "same.png") as b:
+        assert a.tobytes() == b.tobytes()  # the model's own CFG, given: the same image as leaving it out
     assert main(["replay", str(tmp_path / "a.png"), "-o", str(tmp_path / "again.png")]) == 0
     with (
         Image.open(tmp_path / "a.png") as a,

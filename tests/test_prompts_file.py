@@ -108,3 +108,14 @@ def test_two_processes_write_the_images_one_process_writes(tiny_dir, tmp_path):
                 "-o", str(alone)], 1)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert np.array_equal(pixels(tmp_path / "1" / "digit-2.png"), pixels(tmp_path / "alone-1.png"))
+
+
+def test_a_prompt_and_a_prompts_file_together_are_refused(tmp_path, capsys):
+    from sdlab.cli.main import main
+
+    (tmp_path / "p.txt").write_text("a cat\n")
+    assert (
+        main(["generate", "a dog", "--from-file", str(tmp_path / "p.txt"), "-o", str(tmp_path / "x.png")])
+        == 2
+    )
+    assert "give a prompt or --from-file FILE, not both" in capsys.readouterr().err

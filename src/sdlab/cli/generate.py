@@ -50,6 +50,8 @@ def run_generate(opts: GenerateOptions) -> list[Path]:
     check_output(output)
     if opts.prompt is None and not opts.from_file:
         raise InputError('give a prompt ("" for none), or --from-file FILE with one prompt per line')
+    if opts.prompt is not None and opts.from_file:
+        raise InputError("give a prompt or --from-file FILE, not both (the file's lines are the prompts)")
     fields = {k: getattr(opts, k) for k in REQUEST_FIELDS}
     fields["prompt"] = opts.prompt or ""
     fields["guidance_interval"] = parse_guidance_interval(opts.guidance_interval)
@@ -116,7 +118,9 @@ def run_replay(opts: ReplayOptions) -> Path:
     recipe = read_recipe(opts.image)
     model = opts.model or recipe.get("model")
     if not model:
-        raise InputError(f"{opts.image} does not say which model made it; pass --model PATH")
+        raise InputError(
+            f"{opts.image} does not say which model made it; pass --model PATH (--model digits: the shipped one)"
+        )
     for key in ("init_image", "mask_image"):
         if key in recipe and not Path(recipe[key]).exists():
             raise InputError(

@@ -28,6 +28,9 @@ def describe(pipe: Pipeline) -> dict:
         "inpainting_unet": pipe.is_inpainting_unet,
         "prediction_type": pipe.scheduler_config.get("prediction_type", "epsilon"),
         "scheduler": scheduler_name_from_config(pipe.scheduler_config),
+        "recommended_sampling": dict(
+            pipe.sampling_defaults
+        ),  # sdlab.json: what sdlab uses when a call gives none
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "unet": {
             "parameters": params(pipe.unet),
@@ -60,6 +63,9 @@ def run_info(opts: InfoOptions) -> dict:
         f"resolution      {info['resolution']}x{info['resolution']} px, latents {'x'.join(map(str, info['latent_shape']))}"
     )
     print(f"scheduler       {info['scheduler']}, {info['prediction_type']} prediction")
+    if info["recommended_sampling"]:
+        recommended = ", ".join(f"{k} {v}" for k, v in info["recommended_sampling"].items())
+        print(f"recommended     {recommended} (sdlab.json; sdlab's defaults for this model)")
     print(f"dtype           {info['dtype']}")
     for name in ("unet", "vae", "text_encoder"):
         part = info[name]

@@ -195,6 +195,7 @@ class ServeOptions:
 @dataclass
 class InfoOptions(ModelOptions):
     model: str | None = option(
-        None, "diffusers folder or single-file .safetensors checkpoint", positional=True
-    )
+        None, "diffusers folder or single-file .safetensors checkpoint (default: digits, the shipped model)",
+        positional=True, nargs="?",
+    )  # fmt: skip
     json: bool = option(False, "print machine-readable JSON")

@@ -57,7 +57,7 @@ def load_pipeline(
 ) -> Pipeline:
     """Load a model from a diffusers folder or a single-file SD 1.x/2.x checkpoint, with no network.
 
-    `path` None loads the digits model that ships inside sdlab.
+    `path` None (or "digits") loads the digits model that ships inside sdlab.
 
     `config` (single files only) is a diffusers-format folder describing the checkpoint's architecture,
     for models that are not a standard SD 1.x/2.x; by default sdlab picks its shipped config by the
@@ -67,7 +67,9 @@ def load_pipeline(
     from sdlab.loading.checkpoint import is_single_file
     from sdlab.loading.folder import is_diffusers_folder, load_folder
 
-    path = DEFAULT_MODEL if path is None else Path(path).expanduser()
+    if path is None or (str(path) == "digits" and not Path("digits").exists()):
+        path = DEFAULT_MODEL  # "digits" is the shipped model's name everywhere (the CLI, the server)
+    path = Path(path).expanduser()
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if not path.exists():

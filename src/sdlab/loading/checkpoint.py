@@ -36,7 +36,7 @@ def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict[str
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.exists():
-        raise InputError(f"Checkpoint {path} does not exist.")
+        raise InputError(f"{path} does not exist")
     if path.is_dir():
         raise InputError(f"Checkpoint {path} is a folder, not a checkpoint file.")
     if suffix not in CHECKPOINT_SUFFIXES:

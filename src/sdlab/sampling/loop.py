@@ -147,13 +147,16 @@ def generate(
     predictions (both guidance branches, the predicted clean latent) for inspection.
     Steps, guidance scale, guidance interval and scheduler default to the model's recommendation
     (`pipe.sampling_defaults`), else 30 steps, 7.5, every step and the model's scheduler config; the
-    model's interval applies only when the guidance scale is the model's too (they were chosen together).
+    model's interval applies only with the model's guidance scale (left out, or equal to it: they were
+    chosen together).
     """
     # 1. Check inputs and resolve defaults
     if num_inference_steps is None:
         num_inference_steps = pipe.sampling_defaults.get("num_inference_steps", 30)
     if guidance_interval is None:  # the model's interval was chosen with its CFG scale: it comes only with it
-        default = pipe.sampling_defaults.get("guidance_interval") if guidance_scale is None else None
+        model_scale = pipe.sampling_defaults.get("guidance_scale")
+        with_model_scale = guidance_scale is None or guidance_scale == model_scale
+        default = pipe.sampling_defaults.get("guidance_interval") if with_model_scale else None
         guidance_interval = default or (0.0, None)
     if guidance_scale is None:
         guidance_scale = pipe.sampling_defaults.get("guidance_scale", 7.5)

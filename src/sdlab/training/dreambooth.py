@@ -54,7 +54,7 @@ class DreamBoothConfig(RecipeConfig):
     lora: bool = option(False, "train LoRA adapters instead of the full UNet")
     rank: int = option(4, "LoRA rank (with --lora)")
     learning_rate: float = option(
-        5e-5, "AdamW learning rate (a few images: a small step keeps the model)", "--lr"
+        5e-5, "learning rate (a few images: a small step keeps the model)", "--lr"
     )
 
 

@@ -25,7 +25,7 @@ class LoraTrainConfig(RecipeConfig):
     rank: int = option(4, "LoRA rank")
     train_text_encoder: bool = option(False, "also put adapters on the text encoder")
     learning_rate: float = option(
-        1e-3, "AdamW learning rate (LoRA layers start at zero: higher than full fine-tuning's)", "--lr"
+        1e-3, "learning rate (LoRA layers start at zero: higher than full fine-tuning's)", "--lr"
     )
 
 

@@ -66,7 +66,7 @@ class TextualInversionConfig(RecipeConfig):
     )
     a1111: bool = option(False, "also write the embedding in A1111's format (TOKEN.safetensors)")
     learning_rate: float = option(
-        5e-3, "AdamW learning rate (one embedding row: far higher than a UNet's)", "--lr"
+        5e-3, "learning rate (one embedding row: far higher than a UNet's)", "--lr"
     )
 
 
