@@ -53,9 +53,7 @@ class DreamBoothConfig(RecipeConfig):
     train_text_encoder: bool = option(False, "train the text encoder too")
     lora: bool = option(False, "train LoRA adapters instead of the full UNet")
     rank: int = option(4, "LoRA rank (with --lora)")
-    learning_rate: float = option(
-        5e-5, "learning rate (a few images: a small step keeps the model)", "--lr"
-    )
+    learning_rate: float = option(5e-5, "learning rate (a few images: a small step keeps the model)", "--lr")
 
 
 def dreambooth(cfg: DreamBoothConfig) -> Path:

@@ -65,9 +65,7 @@ class TextualInversionConfig(RecipeConfig):
         choices=list(PROMPT_SOURCES),
     )
     a1111: bool = option(False, "also write the embedding in A1111's format (TOKEN.safetensors)")
-    learning_rate: float = option(
-        5e-3, "learning rate (one embedding row: far higher than a UNet's)", "--lr"
-    )
+    learning_rate: float = option(5e-3, "learning rate (one embedding row: far higher than a UNet's)", "--lr")
 
 
 def caption_with_token(caption: str, token: str, words: str) -> str:
