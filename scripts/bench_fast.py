@@ -13,6 +13,7 @@ Each row reports seconds per image (wall time of the whole batch / images; batch
 evaluations per image, prompt accuracy and classifier-FID / floor from the evaluation classifier (the
 same numbers `sdlab eval` gives), and its speed relative to diffusers' default.
 
+`--bf16` adds sdlab's digits row with bfloat16 weights (fast on CPUs with AVX512-BF16 or AMX).
 `--sd15` adds an SD 1.5-architecture model with random weights (sdlab's SD 1.5 configs), saved as a
 single file with sdlab's exporter and loaded back by the single-file loader: seconds per 512x512 image
 for diffusers' default (PNDM, 50 steps, CFG 7.5), sdlab at 20 DPM++ 2M steps with CFG, and sdlab's
@@ -73,11 +74,11 @@ def diffusers_rows(folder: Path, per_digit: int, settings: dict, judge) -> list[
     return rows
 
 
-def sdlab_row(per_digit: int, judge) -> tuple[dict, dict]:
+def sdlab_row(per_digit: int, judge, dtype: str = "float32") -> tuple[dict, dict]:
     import sdlab
     from sdlab.digits.data import to_gray
 
-    pipe = sdlab.load_pipeline()
+    pipe = sdlab.load_pipeline(dtype=dtype)
     settings = dict(pipe.sampling_defaults)
     evaluations = []
 
@@ -87,7 +88,8 @@ def sdlab_row(per_digit: int, judge) -> tuple[dict, dict]:
         settings.setdefault("scheduler", result.settings["scheduler"])
         return to_gray(result.pixels).numpy()
 
-    row = measure("sdlab at the model's defaults", run, per_digit, judge, None)
+    label = "sdlab at the model's defaults" + ("" if dtype == "float32" else f", {dtype}")
+    row = measure(label, run, per_digit, judge, None)
     row["unet_evaluations"] = evaluations[0]
     return row, {**settings, "scheduler": settings.get("scheduler")}
 
@@ -215,6 +217,7 @@ def main() -> None:
         "--sd15", action="store_true", help="also time an SD 1.5-architecture model at 512x512"
     )
     parser.add_argument("--work", default="runs/bench", help="where --sd15 writes its random single file")
+    parser.add_argument("--bf16", action="store_true", help="also run sdlab's digits row in bfloat16")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     from sdlab.evaluation.digits import Judge
@@ -223,6 +226,8 @@ def main() -> None:
     judge = Judge.load()
     ours, settings = sdlab_row(args.per_digit, judge)
     rows = [*diffusers_rows(DEFAULT_MODEL, args.per_digit, settings, judge), ours]
+    if args.bf16:  # bfloat16 weights: fast where the CPU has native bf16 (AVX512-BF16, AMX)
+        rows.append(sdlab_row(args.per_digit, judge, "bfloat16")[0])
     base = rows[0]["seconds_per_image"]
     print(f"digits model, {torch.get_num_threads()} threads, sdlab's defaults: {json.dumps(settings)}\n")
     print(
