@@ -316,3 +316,46 @@ def test_the_contrastive_stage_runs_with_adafactor_which_has_no_momentum_to_cycl
     )
     contrastive_pretrain(loop, tiny_text_encoder(), clip_tokenizer(), captions, features)
     assert [r["step"] for r in rows(tmp_path)] == ["1", "2", "3"]
+
+
+CLASS_DRIVER = """
+import sys
+from sdlab.loading import load_pipeline
+from sdlab.training.dreambooth import class_images
+
+pipe = load_pipeline(sys.argv[1], device="cpu")
+items = class_images(pipe, "a square", __import__("pathlib").Path(sys.argv[2]), 5, seed=3, batch=2)
+print(len(items))
+"""
+
+
+def test_dreambooth_class_images_split_across_processes_equal_one_process(tiny_dir, tmp_path):
+    """Issue 13 item 5: class images through the same split path as --from-file (batches across processes)."""
+    import numpy as np
+    from PIL import Image
+
+    driver = tmp_path / "class_driver.py"
+    driver.write_text(CLASS_DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for processes in (1, 2):
+        command = [sys.executable, str(driver), str(tiny_dir), str(tmp_path / str(processes))]
+        if processes == 2:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "--main_process_port", str(port), *command[1:]]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one, two = tmp_path / "1", tmp_path / "2"
+    names = sorted(p.name for p in one.glob("class-*.png"))
+    assert (
+        names
+        == [f"class-{s:06d}.png" for s in range(3, 8)]
+        == sorted(p.name for p in two.glob("class-*.png"))
+    )
+    for name in names:
+        with Image.open(one / name) as a, Image.open(two / name) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b)), name
+    assert (one / "metadata.jsonl").read_text() == (two / "metadata.jsonl").read_text()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from sdlab.datasets import METADATA, load_pixels, read_folder, write_metadata
 from sdlab.errors import InputError
@@ -74,8 +75,7 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
     prior = None
     if cfg.prior_preservation:
         class_dir = Path(cfg.class_dir or loop.out / "class_images")
-        with loop.accelerator.main_process_first():
-            class_items = class_images(pipe, cfg.class_prompt, class_dir, cfg.num_class_images, cfg.seed)
+        class_items = class_images(pipe, cfg.class_prompt, class_dir, cfg.num_class_images, cfg.seed)
         prior = LatentData(
             load_pixels(class_items, cfg.resolution or pipe.default_size),
             [cfg.class_prompt] * len(class_items),
@@ -134,7 +134,13 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
 
 
 def class_images(pipe: Pipeline, prompt: str, folder: Path, n: int, seed: int = 0, batch: int = 50) -> list:
-    """`n` images of `prompt` by the base model in `folder`: those already there (same prompt) are reused."""
+    """`n` images of `prompt` by the base model in `folder`: those already there (same prompt) are reused.
+
+    The missing ones are made in batches of `batch` seeds; under `accelerate launch` the batches are split
+    across processes (accelerate's `split_between_processes`, as `sdlab generate --from-file` splits its
+    lines), so each image is the one a single process would make."""
+    state = PartialState()
+    state.wait_for_everyone()  # every process sees the folder as it was before any of them writes
     folder.mkdir(parents=True, exist_ok=True)
     have = []
     if (folder / METADATA).exists():
@@ -142,16 +148,22 @@ def class_images(pipe: Pipeline, prompt: str, folder: Path, n: int, seed: int = 
     missing = n - len(have)
     if missing > 0:
         start = len(list(folder.glob("class-*.png")))
-        for first in range(0, missing, batch):
-            count = min(batch, missing - first)
-            seeds = [seed + start + first + i for i in range(count)]
-            result = pipe.generate([prompt] * count, seed=seeds)
-            for s, image in zip(seeds, result.images, strict=True):
-                save_png(image, folder / f"class-{s:06d}.png")
-        captions = {
-            item.path: item.caption for item in read_folder(folder, require_captions=False) if item.caption
-        }
-        captions.update({p: prompt for p in folder.glob("class-*.png") if p not in captions})
-        write_metadata(folder, captions)
+        seeds = [seed + start + i for i in range(missing)]
+        batches = [seeds[i : i + batch] for i in range(0, missing, batch)]
+        with state.split_between_processes(batches) as mine:
+            for chunk in mine:
+                result = pipe.generate([prompt] * len(chunk), seed=chunk)
+                for s, image in zip(chunk, result.images, strict=True):
+                    save_png(image, folder / f"class-{s:06d}.png")
+        state.wait_for_everyone()
+        if state.is_main_process:
+            captions = {
+                item.path: item.caption
+                for item in read_folder(folder, require_captions=False)
+                if item.caption
+            }
+            captions.update({p: prompt for p in folder.glob("class-*.png") if p not in captions})
+            write_metadata(folder, captions)
+        state.wait_for_everyone()
         have = [item for item in read_folder(folder) if item.caption == prompt]
     return have[:n]
