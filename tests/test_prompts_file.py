@@ -119,3 +119,17 @@ def test_a_prompt_and_a_prompts_file_together_are_refused(tmp_path, capsys):
         == 2
     )
     assert "give a prompt or --from-file FILE, not both" in capsys.readouterr().err
+
+
+def test_eval_splits_its_images_across_processes_and_reports_what_one_process_reports(tmp_path):
+    """Issue 13 item 5: `sdlab eval` generates through the same split (batches across processes)."""
+    import json
+
+    reports = {}
+    for processes in (1, 2):
+        out = tmp_path / str(processes)
+        done = run(["eval", "--per-digit", "20", "-o", str(out)], processes)  # 2 batches of 100
+        assert done.returncode == 0, done.stderr[-2000:]
+        reports[processes] = json.loads((out / "eval.json").read_text())
+    assert reports[1]["headline"]["samples"] == 200
+    assert reports[1] == reports[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from sdlab.outputs import interval_text
 
 
 def run_eval(opts: EvalOptions) -> dict:
+    from accelerate import PartialState
+
     from sdlab.evaluation.digits import Judge, evaluate, negative_prompt_effect, strength_effect
     from sdlab.evaluation.sweeps import SWEEPS, write_sweep
+    from sdlab.loading import resolve_device
     from sdlab.sampling.loop import planned_unet_evaluations
     from sdlab.sampling.schedulers import scheduler_name_from_config
     from sdlab.service.request import parse_guidance_interval
@@ -23,6 +27,11 @@ def run_eval(opts: EvalOptions) -> dict:
     for name, value in (("--per-digit", opts.per_digit), ("--sweep-per-digit", opts.sweep_per_digit)):
         if value < 2:
             raise InputError(f"{name} must be at least 2 (FID needs a covariance), got {value}")
+    state = PartialState(cpu=resolve_device(opts.device).type == "cpu")  # several CPU processes: gloo
+    if state.num_processes > 1 and opts.device == "auto":
+        opts = dataclasses.replace(
+            opts, device=str(state.device)
+        )  # one GPU per process, where there are GPUs
     pipe = load_model(opts)
     judge = Judge.load()
     defaults = pipe.sampling_defaults
@@ -58,11 +67,13 @@ def run_eval(opts: EvalOptions) -> dict:
         "strength": strength_effect(pipe, judge, **sampling),
     }
     out = Path(opts.output)
-    with atomic_path(out / "eval.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_path(out / "eval.md") as tmp:
-        tmp.write_text(markdown(report))
-    print(markdown(report))
+    main = state.is_main_process  # every process generates its share; the main one writes
+    if main:
+        with atomic_path(out / "eval.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        with atomic_path(out / "eval.md") as tmp:
+            tmp.write_text(markdown(report))
+        print(markdown(report))
     for name in sweeps:
         caption = f"{sweep_settings(name, sampling)} {opts.sweep_per_digit * 10} images per point."
         if name == "fast":
@@ -70,8 +81,10 @@ def run_eval(opts: EvalOptions) -> dict:
                 f"Stage 1: {opts.sweep_per_digit * 10} images and 50 sevens per setting; stage 2: the best "
                 "that met the accuracy and negative-prompt targets, at 1,000 images and 100 sevens."
             )
-        for path in write_sweep(SWEEPS[name](pipe, judge, opts.sweep_per_digit, **sampling), out, caption):
-            print(path)
+        sweep = SWEEPS[name](pipe, judge, opts.sweep_per_digit, **sampling)
+        if main:
+            for path in write_sweep(sweep, out, caption):
+                print(path)
     return report
 
 

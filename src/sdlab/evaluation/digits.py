@@ -70,17 +70,29 @@ def sample_digits(
     batch: int = 100,
     **kwargs,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Generate `per_digit` images of each digit; returns (gray (N, 28, 28) in [0, 1], wanted digits)."""
+    """Generate `per_digit` images of each digit; returns (gray (N, 28, 28) in [0, 1], wanted digits).
+
+    Image i has seed `seed + i`, made in batches of `batch`; under `accelerate launch` the batches are
+    split across processes (as `sdlab generate --from-file` splits its lines) and gathered on every
+    process, so the result equals a one-process run."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
     prompts = [template.format(d=d) for d in range(10) for _ in range(per_digit)]
     wanted = np.repeat(np.arange(10), per_digit)
-    grays = []
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start : start + batch]
-        seeds = list(range(seed + start, seed + start + len(chunk)))
-        negatives = None if negative_prompt is None else [negative_prompt] * len(chunk)
-        result = pipe.generate(chunk, negatives, seed=seeds, **kwargs)
-        grays.append(to_gray(result.pixels).numpy())
-    return np.concatenate(grays), wanted
+    starts = list(range(0, len(prompts), batch))
+    done: list[tuple[int, np.ndarray]] = []
+    state = PartialState()
+    with state.split_between_processes(starts) as mine:
+        for start in mine:
+            chunk = prompts[start : start + batch]
+            seeds = list(range(seed + start, seed + start + len(chunk)))
+            negatives = None if negative_prompt is None else [negative_prompt] * len(chunk)
+            result = pipe.generate(chunk, negatives, seed=seeds, **kwargs)
+            done.append((start, to_gray(result.pixels).numpy()))
+    if state.num_processes > 1:
+        done = gather_object(done)
+    return np.concatenate([gray for _, gray in sorted(done, key=lambda item: item[0])]), wanted
 
 
 def evaluate(pipe: Pipeline, judge: Judge, per_digit: int = 50, **kwargs) -> dict:
