@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 from sdlab.atomic import atomic_path
-from sdlab.cli.generate import load_model
+from sdlab.cli.generate import load_model, process_state
 from sdlab.cli.options import EvalOptions
 from sdlab.errors import InputError
 from sdlab.outputs import interval_text
 
 
 def run_eval(opts: EvalOptions) -> dict:
-    from accelerate import PartialState
-
     from sdlab.evaluation.digits import Judge, evaluate, negative_prompt_effect, strength_effect
     from sdlab.evaluation.sweeps import SWEEPS, write_sweep
-    from sdlab.loading import resolve_device
     from sdlab.sampling.loop import planned_unet_evaluations
     from sdlab.sampling.schedulers import scheduler_name_from_config
     from sdlab.service.request import parse_guidance_interval
@@ -27,11 +23,7 @@ def run_eval(opts: EvalOptions) -> dict:
     for name, value in (("--per-digit", opts.per_digit), ("--sweep-per-digit", opts.sweep_per_digit)):
         if value < 2:
             raise InputError(f"{name} must be at least 2 (FID needs a covariance), got {value}")
-    state = PartialState(cpu=resolve_device(opts.device).type == "cpu")  # several CPU processes: gloo
-    if state.num_processes > 1 and opts.device == "auto":
-        opts = dataclasses.replace(
-            opts, device=str(state.device)
-        )  # one GPU per process, where there are GPUs
+    state, opts = process_state(opts)
     pipe = load_model(opts)
     judge = Judge.load()
     defaults = pipe.sampling_defaults

@@ -69,6 +69,19 @@ def run_generate(opts: GenerateOptions) -> list[Path]:
     return written
 
 
+def process_state(opts):
+    """accelerate's state for a command split across processes (`accelerate launch`), and the options with
+    one device per process where there are GPUs and the device is `auto` (gloo between CPU processes)."""
+    from accelerate import PartialState
+
+    from sdlab.loading import resolve_device
+
+    state = PartialState(cpu=resolve_device(opts.device).type == "cpu")
+    if state.num_processes > 1 and opts.device == "auto":
+        opts = dataclasses.replace(opts, device=str(state.device))
+    return state, opts
+
+
 def run_prompts_file(opts: GenerateOptions, request: GenerationRequest, output: Path) -> list[Path]:
     """Every line of `--from-file`, image K of the file written to OUTPUT-K.png.
 
@@ -77,14 +90,12 @@ def run_prompts_file(opts: GenerateOptions, request: GenerationRequest, output: 
     union of the processes' outputs equals a one-process run, pixel for pixel."""
     import random
 
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    from sdlab.loading import resolve_device
     from sdlab.sampling.loop import MAX_SEED
     from sdlab.service.prompts_file import read_prompts_file
 
-    state = PartialState(cpu=resolve_device("auto").type == "cpu")  # several CPU processes: gloo
+    state, opts = process_state(opts)
     # the base seed and the output name are chosen once, on the main process, and shared
     shared = [
         request.seed if request.seed is not None else random.SystemRandom().randrange(MAX_SEED // 2),
@@ -94,10 +105,6 @@ def run_prompts_file(opts: GenerateOptions, request: GenerationRequest, output: 
         broadcast_object_list(shared)
     base_seed, output = shared
     jobs = read_prompts_file(opts.from_file, request, base_seed)
-    if state.num_processes > 1 and opts.device == "auto":
-        opts = dataclasses.replace(
-            opts, device=str(state.device)
-        )  # one GPU per process, where there are GPUs
     registry = cli_registry(opts)
     written = []
     with state.split_between_processes(jobs) as mine:

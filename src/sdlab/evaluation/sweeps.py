@@ -170,14 +170,12 @@ def _missed(row: dict) -> set[str]:
 
 def _guided_steps(pipe: Pipeline, scheduler: str, steps: int, interval) -> tuple[bool, ...]:
     """Which steps of the schedule an interval guides (two intervals guiding the same steps are one setting)."""
-    from sdlab.sampling.gradient_guidance import alpha_bar_at
-    from sdlab.sampling.loop import check_guidance_interval, in_interval
+    from sdlab.sampling.loop import guided_steps
     from sdlab.sampling.schedulers import make_scheduler
 
     sched = make_scheduler(scheduler, pipe.scheduler_config)
     sched.set_timesteps(steps)
-    lo_hi = check_guidance_interval(interval)
-    return tuple(in_interval(lo_hi, alpha_bar_at(sched.alphas_cumprod, t)) for t in sched.timesteps)
+    return tuple(guided_steps(sched.alphas_cumprod, sched.timesteps, interval))
 
 
 def _fast_point(pipe, judge, per_digit: int, sevens: int, settings: dict, evals: int, stage: int) -> dict:

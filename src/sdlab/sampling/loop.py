@@ -247,9 +247,12 @@ def generate(
     stopped_at = None
     step_kwargs = _step_kwargs(sched, generators, eta)
     prediction_type = sched.config.get("prediction_type", "epsilon")
+    guided_at = (
+        guided_steps(sched.alphas_cumprod, timesteps, interval) if do_cfg else [False] * len(timesteps)
+    )
     unet_passes = 0  # UNet evaluations per image: 2 per guided step, 1 per other step
     for i, t in enumerate(timesteps):
-        guided = do_cfg and in_interval(interval, alpha_bar_at(sched.alphas_cumprod, t))
+        guided = guided_at[i]
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = sched.scale_model_input(model_input, t)
         if masked_latents is not None:
@@ -360,11 +363,18 @@ def check_guidance_interval(interval: Any) -> tuple[float, float]:
     return lo, hi
 
 
-def in_interval(interval: tuple[float, float], alpha_bar: float) -> bool:
-    """Whether noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) lies in (lo, hi]."""
-    lo, hi = interval
-    sigma = math.inf if alpha_bar <= 0 else math.sqrt((1 - alpha_bar) / alpha_bar)  # zero terminal SNR: inf
-    return lo < sigma <= hi
+def guided_steps(alphas_cumprod: torch.Tensor, timesteps: Any, interval: Any) -> list[bool]:
+    """For each timestep, whether its noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) lies in the
+    interval (lo, hi] and so gets classifier-free guidance (`InputError` for a bad interval)."""
+    lo, hi = check_guidance_interval(interval)
+    guided = []
+    for t in timesteps:
+        alpha_bar = alpha_bar_at(alphas_cumprod, t)
+        sigma = (
+            math.inf if alpha_bar <= 0 else math.sqrt((1 - alpha_bar) / alpha_bar)
+        )  # zero terminal SNR: inf
+        guided.append(lo < sigma <= hi)
+    return guided
 
 
 def planned_unet_evaluations(
@@ -372,15 +382,11 @@ def planned_unet_evaluations(
 ) -> int:
     """UNet evaluations per image of a text-to-image run, counted as `generate` will spend them: two
     per guided step, one per other step (PNDM's first step counts twice: it runs steps + 1)."""
-    lo_hi = check_guidance_interval(interval)
     sched = make_scheduler(scheduler, pipe.scheduler_config)
     sched.set_timesteps(steps)
-    distilled = pipe.unet.config.time_cond_proj_dim is not None
-    do_cfg = guidance_scale > 1 and not distilled
-    return sum(
-        2 if do_cfg and in_interval(lo_hi, alpha_bar_at(sched.alphas_cumprod, t)) else 1
-        for t in sched.timesteps
-    )
+    do_cfg = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+    guided = guided_steps(sched.alphas_cumprod, sched.timesteps, interval)
+    return sum(2 if do_cfg and g else 1 for g in guided)
 
 
 def check_unet_conditioning(unet: Any) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,24 @@ import torch
 from accelerate import Accelerator
 
 from sdlab.atomic import atomic_path
-from sdlab.errors import InputError
+from sdlab.errors import InputError, TrainingError
+
+
+def on_main(accelerator: Accelerator, work: Callable[[], Any], what: str) -> None:
+    """Run `work` on the main process only; if it raises, every process stops (the others raise
+    `TrainingError`) instead of waiting for the main one forever."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            work()
+        except Exception as err:  # shared below, then raised as it was
+            error = err
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), "sum")
+        if error is None and failed.item() > 0:
+            raise TrainingError(f"the {what} failed on the main process; see its message")
+    if error is not None:
+        raise error
 
 
 class RandomState:
@@ -90,8 +108,6 @@ class CheckpointManager:
         return found[-1] if found else None
 
     def save(self, step: int) -> Path:
-        from sdlab.training.loop import on_main
-
         target = self.root / f"step-{step:06d}"
         self.accelerator.wait_for_everyone()
         record = {"step": step, "processes": self.accelerator.num_processes, "options": self.options}

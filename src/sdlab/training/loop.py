@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from sdlab.errors import InputError, TrainingError
 from sdlab.options import option
-from sdlab.training.checkpoints import CheckpointManager, RandomState, run_options
+from sdlab.training.checkpoints import CheckpointManager, RandomState, on_main, run_options
 
 # name -> the package that provides it. AdamW is the default. 8-bit Adam is left out: bitsandbytes runs on
 # the CPU, but once installed diffusers and peft import it at start-up (+0.7 s to every sdlab command, and
@@ -324,23 +324,6 @@ class TrainLoop:
         # before any model is built: a resume with other options must fail at once, in one sentence
         self.checkpoints.check_options(target)
         return str(target)
-
-
-def on_main(accelerator: Accelerator, work: Callable[[], Any], what: str) -> None:
-    """Run `work` on the main process only; if it raises, every process stops (the others raise
-    `TrainingError`) instead of waiting for the main one forever."""
-    error = None
-    if accelerator.is_main_process:
-        try:
-            work()
-        except Exception as err:  # shared below, then raised as it was
-            error = err
-    if accelerator.num_processes > 1:
-        failed = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), "sum")
-        if error is None and failed.item() > 0:
-            raise TrainingError(f"the {what} failed on the main process; see its message")
-    if error is not None:
-        raise error
 
 
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
