@@ -74,6 +74,8 @@ RECIPES = {
             "lora": True,
         },
     ),  # fmt: skip
+    "tiny_decoder": ("DecoderDistillConfig", {"width": 8}, "distill_decoder"),
+    "lcm": ("LCMDistillConfig", {"time_cond_proj_dim": 32, "validation_prompts": ["a square"]}, "distill"),
 }
 
 
@@ -82,7 +84,7 @@ def test_every_recipe_resumes_bit_for_bit(tiny_dir, squares_dir, tmp_path, monke
     recipe = name.split("-")[0]
     module = importlib.import_module(f"sdlab.training.{recipe}")
     config_cls, extra = getattr(module, RECIPES[name][0]), RECIPES[name][1]
-    train = getattr(module, recipe)
+    train = getattr(module, RECIPES[name][2] if len(RECIPES[name]) > 2 else recipe)
 
     def config(folder: str, **more):
         return config_cls(

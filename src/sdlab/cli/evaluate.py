@@ -40,6 +40,15 @@ def run_eval(opts: EvalOptions) -> dict:
         or scheduler_name_from_config(pipe.scheduler_config),
         guidance_interval=list(interval),
     )
+    decoder = {}
+    if opts.vae_decoder:  # the tiny decoder's cost in quality: every image below decoded with it
+        from sdlab.loading.decoder import check_decoder_fits, load_vae_decoder, vae_decoder_folder
+
+        folder = vae_decoder_folder(opts.vae_decoder, pipe.source)
+        decoder = {"vae_decoder": load_vae_decoder(folder, pipe.device, pipe.dtype)}
+        check_decoder_fits(
+            decoder["vae_decoder"], pipe.vae.config.latent_channels, pipe.vae_scale_factor, opts.vae_decoder
+        )
     evaluations = planned_unet_evaluations(
         pipe, sampling["scheduler"], sampling["num_inference_steps"], sampling["guidance_scale"], interval
     )
@@ -47,16 +56,17 @@ def run_eval(opts: EvalOptions) -> dict:
         "model": pipe.source,
         "sampling": sampling,
         "unet_evaluations": evaluations,
-        "headline": evaluate(pipe, judge, opts.per_digit, **sampling),
+        "vae_decoder": opts.vae_decoder,
+        "headline": evaluate(pipe, judge, opts.per_digit, **sampling, **decoder),
         # negative prompts act through guidance: measured at the chosen scale and at SD's usual 7.5
         "negative_prompt": [
             {
                 "guidance_scale": scale,
-                **negative_prompt_effect(pipe, judge, **{**sampling, "guidance_scale": scale}),
+                **negative_prompt_effect(pipe, judge, **{**sampling, "guidance_scale": scale}, **decoder),
             }
             for scale in dict.fromkeys([sampling["guidance_scale"], 7.5])
         ],
-        "strength": strength_effect(pipe, judge, **sampling),
+        "strength": strength_effect(pipe, judge, **sampling, **decoder),
     }
     out = Path(opts.output)
     main = state.is_main_process  # every process generates its share; the main one writes
@@ -115,7 +125,8 @@ def describe(s: dict) -> str:
 def markdown(r: dict) -> str:
     h = r["headline"]
     lines = [
-        f"Model `{r['model']}`, {describe(r['sampling'])}",
+        f"Model `{r['model']}`, {describe(r['sampling'])}"
+        + (f" Decoded with the tiny decoder `{r['vae_decoder']}`." if r.get("vae_decoder") else ""),
         "",
         "| metric | value |",
         "| --- | --- |",

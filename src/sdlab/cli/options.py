@@ -84,8 +84,9 @@ class GenerateOptions(NetworkOptions):
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
     vae_decoder: str | None = option(
         None,
-        "decode the final latents with this tiny decoder (a diffusers AutoencoderTiny/TAESD folder)",
-        metavar="DIR",
+        "decode the final latents with a tiny decoder: 'tiny' (the model's own, e.g. the digits model's) "
+        "or a diffusers AutoencoderTiny/TAESD folder",
+        metavar="tiny|DIR",
     )
     from_file: str | None = option(
         None,
@@ -140,6 +141,9 @@ class EvalOptions(ModelOptions):
         "LO,HI: guide only at noise levels sigma in (LO, HI]; 'all': every step (default: the model's)",
         metavar="LO,HI",
     )
+    vae_decoder: str | None = option(
+        None, "decode with a tiny decoder: 'tiny' (the model's own) or a TAESD folder", metavar="tiny|DIR"
+    )
     sweep: str | None = option(
         None, "also run sweeps, comma-separated: guidance, strength, schedulers, guide, fast, or all"
     )
@@ -179,8 +183,9 @@ class ServeOptions:
     queue_size: int = option(16, "requests that may wait behind the running one; more get HTTP 503")
     max_body_mb: float = option(32.0, "largest request body, MiB (base64 images included)")
     vae_decoder: str | None = option(
-        None, "a tiny decoder (TAESD, diffusers AutoencoderTiny folder) for the live previews", metavar="DIR"
-    )
+        None, "a tiny decoder for the live previews: 'tiny' (each model's own, where it has one) or a "
+        "TAESD folder (diffusers AutoencoderTiny)", metavar="tiny|DIR",
+    )  # fmt: skip
     allowed_hosts: str | None = option(
         None, "more host names the Host header may carry (e.g. a reverse proxy's), comma-separated"
     )

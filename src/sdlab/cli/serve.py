@@ -56,7 +56,7 @@ def run_serve(opts: ServeOptions) -> None:
             folders[key] = [*found, *folders[key]]
     registry = ModelRegistry(folders["ckpt"], folders["lora"], folders["embeddings"], **common)
 
-    if opts.vae_decoder:  # a bad folder stops here, in one sentence, not at the first preview
+    if opts.vae_decoder and opts.vae_decoder != "tiny":  # a bad folder stops here, in one sentence
         from sdlab.loading.decoder import load_vae_decoder
 
         load_vae_decoder(opts.vae_decoder)

@@ -2,7 +2,8 @@
 
 TAESD decodes SD's scaled latents directly (its `scaling_factor` is 1) at a fraction of the full VAE's
 cost, with a small loss of detail. sdlab uses it only to *decode*: for a generation's final image when
-asked (`--vae-decoder PATH`), and for the server's live previews. Encoding (image-to-image,
+asked (`--vae-decoder PATH`, or `--vae-decoder tiny` for the model folder's own `vae_tiny/`, which
+`sdlab distill-decoder` makes and the digits model ships), and for the server's live previews. Encoding (image-to-image,
 inpainting) always uses the model's own VAE.
 """
 
@@ -14,6 +15,24 @@ import torch
 from diffusers import AutoencoderTiny
 
 from sdlab.errors import InputError
+
+TINY = "tiny"  # `--vae-decoder tiny`: the model folder's own tiny decoder
+TINY_FOLDER = "vae_tiny"  # where a model folder keeps it (`sdlab distill-decoder` writes one)
+
+
+def vae_decoder_folder(ref: str | Path, model_source: str | Path) -> Path:
+    """The folder `ref` names: a path, or `tiny` for the model's own (`MODEL/vae_tiny`, beside its `vae`).
+
+    Raises `InputError` for `tiny` when the model (`model_source`, the path it was loaded from) has none."""
+    if str(ref) != TINY:
+        return Path(ref).expanduser()
+    folder = Path(model_source) / TINY_FOLDER
+    if not (folder / "config.json").is_file():
+        raise InputError(
+            f"--vae-decoder tiny: model {Path(model_source).name or model_source} has no tiny decoder "
+            f"({TINY_FOLDER}/ in its folder); make one with `sdlab distill-decoder`, or give a TAESD folder"
+        )
+    return folder
 
 
 def load_vae_decoder(

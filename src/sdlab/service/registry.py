@@ -137,17 +137,20 @@ class ModelRegistry:
         raise InputError(f"unknown model {ref!r}; known models: {', '.join(self._models)}")
 
     def vae_decoder(self, ref: str, pipe: Pipeline) -> Any:
-        """The tiny decoder `ref` (a path, where paths are allowed) on `pipe`'s device, loaded once;
-        `InputError` if it cannot decode `pipe`'s latents."""
-        from sdlab.loading.decoder import check_decoder_fits, load_vae_decoder
+        """The tiny decoder `ref` on `pipe`'s device, loaded once: `tiny` (the model's own, see
+        `vae_decoder_folder`), or a path where paths are allowed; `InputError` if it cannot decode
+        `pipe`'s latents."""
+        from sdlab.loading.decoder import TINY, check_decoder_fits, load_vae_decoder, vae_decoder_folder
 
-        if not self.allow_paths:
+        if ref != TINY and not self.allow_paths:
             raise InputError(
-                "vae_decoder takes a folder path, which this server does not accept from requests"
+                "vae_decoder takes 'tiny' (the model's own tiny decoder) or a folder path, which this server "
+                "does not accept from requests"
             )
-        key = (str(Path(ref).expanduser().resolve()), str(pipe.device), str(pipe.dtype))
+        folder = vae_decoder_folder(ref, pipe.source)
+        key = (str(folder.resolve()), str(pipe.device), str(pipe.dtype))
         if key not in self._decoders:
-            self._decoders = {key: load_vae_decoder(ref, pipe.device, pipe.dtype)}  # the last one only
+            self._decoders = {key: load_vae_decoder(folder, pipe.device, pipe.dtype)}  # the last one only
         decoder = self._decoders[key]
         check_decoder_fits(decoder, pipe.vae.config.latent_channels, pipe.vae_scale_factor, ref)
         return decoder

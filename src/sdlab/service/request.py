@@ -52,8 +52,8 @@ class GenerationRequest:
       `n_iter` x `batch_size`); image i of the whole request has seed `seed + i`.
     - `guidance_interval`: (lo, hi) noise levels sigma between which classifier-free guidance runs
       (hi None: unbounded); None is the model's recommendation (see `parse_guidance_interval`).
-    - `vae_decoder`: a tiny decoder (TAESD) for the final images: a diffusers folder, only where the
-      registry allows paths (the CLI; never from HTTP).
+    - `vae_decoder`: a tiny decoder (TAESD) for the final images: `"tiny"`, the model folder's own
+      (`vae_tiny/`), or a diffusers folder where the registry allows paths (the CLI; never from HTTP).
     - `mask_blur`: Gaussian blur radius in pixels applied to the mask before use (A1111's
       `mask_blur`); `invert_mask` repaints the black part instead (A1111's `inpainting_mask_invert`).
     Images (`init_image`, `mask_image`) may be paths, PIL images, or the bytes of an encoded file.

@@ -183,8 +183,9 @@ def _sources(
         value = getattr(request, key)
         if isinstance(value, str | Path):
             sources[key] = str(Path(value).resolve())
-    if request.vae_decoder:
-        sources["vae_decoder"] = str(Path(request.vae_decoder).expanduser().resolve())
+    if request.vae_decoder:  # "tiny" (the model's own) stays a name, portable with the model
+        ref = request.vae_decoder
+        sources["vae_decoder"] = ref if ref == "tiny" else str(Path(ref).expanduser().resolve())
     if request.mask_image is not None:
         sources["mask_blur"] = request.mask_blur or None
         sources["invert_mask"] = request.invert_mask or None

@@ -96,7 +96,7 @@ class Worker:
         self, registry: ModelRegistry, *, max_queue: int = 16, preview_decoder: str | None = None
     ) -> None:
         """`preview_decoder`: a TAESD folder that decodes the live previews of the models whose latents it
-        reads (others keep the fitted linear preview)."""
+        reads, or `tiny`: each model's own tiny decoder (others keep the fitted linear preview)."""
         self.registry = registry
         self.max_queue = max_queue
         self.preview_decoder = preview_decoder
@@ -210,10 +210,11 @@ class Worker:
     def _decoder_preview(self, pipe: Pipeline) -> DecoderPreview | None:
         if self.preview_decoder is None:
             return None
-        from sdlab.loading.decoder import check_decoder_fits, load_vae_decoder
+        from sdlab.loading.decoder import check_decoder_fits, load_vae_decoder, vae_decoder_folder
 
         try:
-            decoder = load_vae_decoder(self.preview_decoder, pipe.device, pipe.dtype)
+            folder = vae_decoder_folder(self.preview_decoder, pipe.source)
+            decoder = load_vae_decoder(folder, pipe.device, pipe.dtype)
             check_decoder_fits(
                 decoder, pipe.vae.config.latent_channels, pipe.vae_scale_factor, self.preview_decoder
             )

@@ -40,4 +40,8 @@ RECIPES = [
            "teach the text encoder one new word from a few images"),
     Recipe("dreambooth", "sdlab.training.dreambooth", "DreamBoothConfig", "dreambooth",
            "bind a subject to a rare token, with prior preservation"),
+    Recipe("distill-decoder", "sdlab.training.tiny_decoder", "DecoderDistillConfig", "distill_decoder",
+           "distill a tiny decoder (AutoencoderTiny, TAESD's architecture) from the model's VAE"),
+    Recipe("distill", "sdlab.training.lcm", "LCMDistillConfig", "distill",
+           "latent consistency distillation: a 2-4-step LCM variant of the model"),
 ]  # fmt: skip

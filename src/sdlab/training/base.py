@@ -41,10 +41,10 @@ from sdlab.errors import InputError
 from sdlab.loading.folder import save_folder
 from sdlab.options import option
 from sdlab.training.checkpoints import CheckpointManager, run_options
+from sdlab.training.data import encode_dataset
 from sdlab.training.loop import OPTIMIZERS, TrainConfig, TrainLoop
 from sdlab.training.stages import (
     digit_features,
-    encode_dataset,
     pretrain_text_encoder,
     train_unet,
     train_vae,

@@ -100,3 +100,16 @@ def diffusion_loss(
         clamped = torch.clamp(snr, max=snr_gamma)
         loss = loss * clamped / (snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr)
     return loss
+
+
+@torch.no_grad()
+def encode_dataset(
+    vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's posterior mean and std (unscaled latents, on the CPU) of `pixels` (N, 3, H, W in [-1, 1])."""
+    means, stds = [], []
+    for i in range(0, len(pixels), batch):
+        dist = vae.encode(pixels[i : i + batch].to(vae.device)).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
+    return torch.cat(means), torch.cat(stds)

@@ -100,18 +100,6 @@ def pretrain_text_encoder(
     loop.accelerator.wait_for_everyone()
 
 
-@torch.no_grad()
-def encode_dataset(
-    vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    means, stds = [], []
-    for i in range(0, len(pixels), batch):
-        dist = vae.encode(pixels[i : i + batch].to(vae.device)).latent_dist
-        means.append(dist.mean.cpu())
-        stds.append(dist.std.cpu())
-    return torch.cat(means), torch.cat(stds)
-
-
 def train_unet(
     cfg: BaseTrainConfig,
     loop: TrainLoop,
