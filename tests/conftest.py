@@ -10,6 +10,9 @@ import pytest
 
 # model hashes are cached on disk (sdlab.loading.hashing): tests use a cache of their own, servers too
 os.environ.setdefault("SDLAB_CACHE_DIR", tempfile.mkdtemp(prefix="sdlab-test-cache-"))
+# pixel parity with diffusers is asserted in float32: `--dtype auto` would pick bfloat16 on CPUs with native
+# bf16 (the machines CI runs on have it); test_dtype_auto checks that choice itself. Subprocesses inherit it.
+os.environ.setdefault("SDLAB_DTYPE", "float32")  # SDLAB_DTYPE=bfloat16 pytest: crashes in bf16 show
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel

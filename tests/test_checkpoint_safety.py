@@ -149,3 +149,47 @@ def test_is_single_file_by_extension() -> None:
     assert is_single_file(Path("x.pth"))
     assert not is_single_file("a/model")
     assert not is_single_file("model.onnx")
+
+
+def test_a_checkpoint_read_at_a_dtype_equals_the_library_read_then_cast(tmp_path):
+    from safetensors.torch import load_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "a.weight": torch.randn(3, 5, generator=g).half(),
+        "b.weight": torch.randn(7, generator=g),
+        "c.ids": torch.arange(4),
+        "d.empty": torch.zeros(0, 3),
+        "e.flag": torch.tensor([True, False]),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    ours = read_state_dict(path, dtype=torch.bfloat16)
+    theirs = load_file(str(path))
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        expected = value.to(torch.bfloat16) if value.is_floating_point() else value
+        assert ours[key].dtype == expected.dtype and torch.equal(ours[key], expected), key
+
+
+@pytest.mark.parametrize("damage", ["truncated", "huge header", "bad offsets"])
+def test_a_damaged_safetensors_file_read_at_a_dtype_is_one_sentence(tmp_path, damage):
+    import json
+    import struct
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(64, 64)}, str(path))
+    data = path.read_bytes()
+    if damage == "truncated":
+        data = data[:-100]
+    elif damage == "huge header":
+        data = struct.pack("<Q", 1 << 40) + data[8:]
+    else:
+        length = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8 : 8 + length])
+        header["w"]["data_offsets"] = [0, 8]  # 8 bytes for a 64x64 float32 tensor
+        text = json.dumps(header).encode().ljust(length)
+        data = data[:8] + text + data[8 + length :]
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=r"is not a valid \.safetensors file"):
+        read_state_dict(path, dtype=torch.float32)

@@ -358,7 +358,7 @@ def test_sd2_config_follows_the_v_test(monkeypatch, is_v: bool, expected: str) -
         loaded.append(f"{subfolder} from {cfg_dir.name}")
         return loaded[-1]
 
-    monkeypatch.setattr(single_file, "read_state_dict", lambda path, allow_pickle: state_dict)
+    monkeypatch.setattr(single_file, "read_state_dict", lambda path, allow_pickle, dtype=None: state_dict)
     monkeypatch.setattr(single_file, "_load_component", fake_load)
     monkeypatch.setattr(single_file, "predicts_v", lambda unet: is_v)
     pipe = load_single_file("sd2-model.safetensors")

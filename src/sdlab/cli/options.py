@@ -20,7 +20,11 @@ class ModelOptions:
         None, "diffusers folder or single-file .safetensors checkpoint (default: the shipped digits model)"
     )
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "auto (float16 on CUDA, else float32), float32, float16 or bfloat16")
+    dtype: str = option(
+        "auto",
+        "auto (float16 on CUDA, bfloat16 on CPUs with AVX512-BF16 or AMX, else float32; or $SDLAB_DTYPE), "
+        "float32, float16 or bfloat16",
+    )
     allow_pickle: bool = option(False, "allow pickle checkpoints (.ckpt/.pt/.bin), loaded with weights_only")
     config: str | None = option(
         None, "diffusers config folder describing a non-standard single-file checkpoint"
@@ -193,7 +197,11 @@ class ServeOptions:
         None, "web origins allowed to call the API from a browser, comma-separated (A1111's flag)"
     )
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "auto (float16 on CUDA, else float32), float32, float16 or bfloat16")
+    dtype: str = option(
+        "auto",
+        "auto (float16 on CUDA, bfloat16 on CPUs with AVX512-BF16 or AMX, else float32; or $SDLAB_DTYPE), "
+        "float32, float16 or bfloat16",
+    )
     allow_pickle: bool = option(False, "also list .ckpt/.pt/.bin files, loaded with weights_only")
 
 

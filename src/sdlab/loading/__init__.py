@@ -37,14 +37,32 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """ "auto" is float16 on CUDA and float32 elsewhere (CPU half precision is slow and lossy)."""
+    """The weights' dtype. "auto" (or None) is `$SDLAB_DTYPE` where set, else float16 on CUDA, bfloat16
+    on CPUs that run it natively (`cpu_runs_bfloat16`), else float32 (CPU float16 is slow and lossy).
+
+    bfloat16 on such a CPU: the digits model ran 1.44x faster at the same accuracy and FID, and an SD 1.5
+    UNet 1.9x with a 1.2% deviation from float32 (README, "Cheaper steps"). Raises `InputError` for an
+    unknown name."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.float16 if device.type == "cuda" else torch.float32
+        chosen = os.environ.get("SDLAB_DTYPE", "auto")
+        if chosen != "auto":
+            if chosen not in DTYPES:
+                raise InputError(f"SDLAB_DTYPE={chosen!r} is not a dtype; use auto, {', '.join(DTYPES)}")
+            return DTYPES[chosen]
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_runs_bfloat16() else torch.float32
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def cpu_runs_bfloat16() -> bool:
+    """Whether this CPU has native bfloat16 instructions: x86 AVX512-BF16 or AMX (as torch reports them)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def load_pipeline(

@@ -7,6 +7,8 @@ refused unless the caller says it trusts the file (`--allow-pickle`), and even t
 
 from __future__ import annotations
 
+import json
+import math
 import pickle
 import re
 from pathlib import Path
@@ -27,11 +29,15 @@ def is_single_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in CHECKPOINT_SUFFIXES
 
 
-def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, *, allow_pickle: bool = False, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, on the CPU, keyed as in the file.
 
     A top-level "state_dict" entry (CompVis / A1111 `.ckpt` files) is unwrapped; entries that are not tensors
-    (`global_step`, `epoch`) are dropped.
+    (`global_step`, `epoch`) are dropped. With `dtype`, floating-point tensors are cast as they are read
+    (a .safetensors file one tensor at a time), so memory holds the weights once, at the precision they
+    will run at, not the file's copy beside the cast one.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -47,13 +53,65 @@ def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict[str
 
     if suffix in SAFETENSORS_SUFFIXES:
         try:
-            loaded = load_file(path, device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
+            loaded = load_file(path, device="cpu") if dtype is None else _read_cast(path, dtype)
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"Checkpoint {path} is not a valid .safetensors file ({e}).") from e
-    else:
-        loaded = read_pickle(path, allow_pickle=allow_pickle)
+        return _unwrap(loaded, path)
+    tensors = _unwrap(read_pickle(path, allow_pickle=allow_pickle), path)
+    for key in list(tensors):  # one at a time: each original is released as its cast replaces it
+        tensors[key] = _cast(tensors[key], dtype)
+    return tensors
 
-    return _unwrap(loaded, path)
+
+# safetensors' dtype names (its format description) -> torch
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _read_cast(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A .safetensors file read tensor by tensor with plain reads, each cast to `dtype` as it arrives.
+
+    The safetensors library memory-maps the file: every page it reads stays resident in this process
+    beside the cast copy (a 2.1 GB float16 SD 1.5 file loaded as bfloat16 peaked at 4.6 GB). Read this
+    way, the peak is the cast weights plus one tensor. The layout is safetensors' documented one: an
+    8-byte little-endian header length, a JSON header of {name: {dtype, shape, data_offsets}}, the data;
+    every entry is checked against the file's size before it is read. Raises ValueError on a bad header.
+    """
+    size = path.stat().st_size
+    out: dict[str, torch.Tensor] = {}
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if not 0 < length <= size - 8:
+            raise ValueError(f"header length {length} does not fit a {size}-byte file")
+        header = json.loads(f.read(length))
+        base = 8 + length
+        entries = sorted(
+            ((k, v) for k, v in header.items() if k != "__metadata__"),
+            key=lambda kv: kv[1]["data_offsets"][0],
+        )
+        for key, info in entries:
+            kind, shape, (start, end) = SAFETENSORS_DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+            nbytes = math.prod(shape) * kind.itemsize
+            if end - start != nbytes or start < 0 or base + end > size:
+                raise ValueError(f"tensor {key!r} does not fit its offsets")
+            f.seek(base + start)
+            data = bytearray(nbytes)
+            if f.readinto(data) != nbytes:
+                raise ValueError(f"tensor {key!r} is cut short")
+            tensor = (
+                torch.frombuffer(data, dtype=kind).reshape(shape)
+                if nbytes
+                else torch.empty(shape, dtype=kind)
+            )
+            out[key] = _cast(tensor, dtype)
+    return out
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
 def read_pickle(path: Path, *, allow_pickle: bool) -> object:

@@ -95,7 +95,7 @@ def load_single_file(
     """
     # 1. Read the weights and pick the architecture
     path = Path(path)
-    state_dict = read_state_dict(path, allow_pickle=allow_pickle)
+    state_dict = read_state_dict(path, allow_pickle=allow_pickle, dtype=dtype)  # cast as read: one copy
     if config is None:
         model_type = detect_model_type(state_dict, source=f"Checkpoint {path}")
         cfg_dir = config_dir(model_type)
@@ -109,9 +109,11 @@ def load_single_file(
         cfg_dir = config_dir("sd2")
         unet = None  # release the first copy before building the second
         unet = _load_component(UNet2DConditionModel, "unet", state_dict, cfg_dir, path, dtype)
+    _release(state_dict, "model.", "model_ema.")  # the UNet's source tensors, and the EMA copy no one loads
 
     # 3. VAE and text encoder
     vae = _load_component(AutoencoderKL, "vae", state_dict, cfg_dir, path, dtype)
+    _release(state_dict, "first_stage_model.")
     text_encoder = _load_component(CLIPTextModel, "text_encoder", state_dict, cfg_dir, path, dtype)
 
     # 4. Tokenizer and scheduler config
@@ -132,6 +134,12 @@ def load_single_file(
         source=str(path),
         name=path.stem,
     )
+
+
+def _release(state_dict: dict[str, torch.Tensor], *prefixes: str) -> None:
+    """Drop a built component's source tensors, so the file's copy does not outlive the model's."""
+    for key in [k for k in state_dict if k.startswith(prefixes)]:
+        del state_dict[key]
 
 
 @torch.no_grad()
@@ -175,10 +183,12 @@ def _load_component(
     with _without_cast_warning():
         try:
             if cls is CLIPTextModel:
-                # No torch_dtype: its final cast fails on weights left on the meta device (checked below).
+                # torch_dtype: without it each weight is cast to the empty model's float32 first. Its final
+                # cast fails on weights the file lacks (left on the meta device): caught below, and named.
                 model = create_diffusers_clip_model_from_ldm(
-                    cls, state_dict, subfolder=subfolder, config=str(cfg_dir), local_files_only=True
-                )
+                    cls, state_dict, subfolder=subfolder, config=str(cfg_dir), local_files_only=True,
+                    torch_dtype=dtype,
+                )  # fmt: skip
             else:
                 model = cls.from_single_file(
                     state_dict,

@@ -24,6 +24,7 @@ from diffusers.image_processor import VaeImageProcessor
 from sdlab.errors import InputError
 from sdlab.images import load_image, load_mask
 from sdlab.prompts import count_chunks, encode_prompts
+from sdlab.sampling.deep_cache import DeepCache
 from sdlab.sampling.gradient_guidance import GradientGuide, alpha_bar_at, guide_prediction
 from sdlab.sampling.latents import (
     decode_latents,
@@ -127,6 +128,7 @@ def generate(
     eta: float = 0.0,
     guide: GradientGuide | None = None,
     vae_decoder: Any = None,
+    deep_cache: int | None = None,
     callback: StepCallback | None = None,
     observe: Callable[[StepInfo], None] | None = None,
 ) -> GenerationResult:
@@ -139,6 +141,8 @@ def generate(
     - gradient guidance: `guide` moves each step's predicted clean image along a score's gradient;
     - `vae_decoder`: a tiny decoder (`AutoencoderTiny`, TAESD) that decodes the final latents instead of
       the model's VAE (see `sdlab.loading.decoder`);
+    - `deep_cache=N`: run the UNet whole every N steps and only its shallow path in between, reusing
+      the deep features (DeepCache, Ma et al. 2024; see `sdlab.sampling.deep_cache`); None or 1: off;
     - `guidance_interval=(lo, hi)`: classifier-free guidance only at steps whose noise level
       sigma = sqrt((1 - alpha_bar_t) / alpha_bar_t) lies in (lo, hi] (hi None: unbounded); the other
       steps run one conditional UNet pass instead of two (Kynkaenniemi et al., NeurIPS 2024).
@@ -251,6 +255,7 @@ def generate(
         guided_steps(sched.alphas_cumprod, timesteps, interval) if do_cfg else [False] * len(timesteps)
     )
     unet_passes = 0  # UNet evaluations per image: 2 per guided step, 1 per other step
+    cache = DeepCache(pipe.unet, deep_cache) if deep_cache is not None and deep_cache != 1 else None
     for i, t in enumerate(timesteps):
         guided = guided_at[i]
         model_input = torch.cat([latents] * 2) if guided else latents
@@ -262,9 +267,16 @@ def generate(
             )
         # outside the interval: the conditional half of the embeddings, one pass
         step_embeds = embeds if guided or not do_cfg else embeds[batch_size:]
-        noise_pred = pipe.unet(
-            model_input, t, encoder_hidden_states=step_embeds, timestep_cond=timestep_cond, return_dict=False
-        )[0]
+        if cache is None:
+            noise_pred = pipe.unet(
+                model_input,
+                t,
+                encoder_hidden_states=step_embeds,
+                timestep_cond=timestep_cond,
+                return_dict=False,
+            )[0]
+        else:
+            noise_pred = cache(i, model_input, t, step_embeds, timestep_cond)
         unet_passes += 2 if guided else 1
         noise_uncond, noise_cond = None, noise_pred
         if guided:
@@ -310,6 +322,7 @@ def generate(
         "eta": eta,
         "stopped_at_step": stopped_at,
         "unet_evaluations": unet_passes,
+        "deep_cache": deep_cache if cache is not None else None,
         **(guide.recipe if guide is not None else {}),
     }
     return GenerationResult(

@@ -1,0 +1,58 @@
+"""DeepCache (Ma et al. 2024): the shallow path reuses the deep features of the last full UNet pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdlab.errors import InputError
+from sdlab.sampling.deep_cache import DeepCache
+from sdlab.sampling.loop import generate
+
+PROMPT = "a red cube on a table"
+
+
+def test_a_cached_step_on_the_same_input_is_the_full_pass(tiny):
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 32, generator=g)
+    t = torch.tensor(300)
+    cache = DeepCache(tiny.unet, 3)
+    with torch.no_grad():
+        full = cache(0, x, t, text)
+        cached = cache(1, x, t, text)  # shallow path on the features kept a moment ago
+        other = cache(2, x + 1, t, text)
+        exact = tiny.unet(x + 1, t, encoder_hidden_states=text).sample
+    assert torch.allclose(cached, full, atol=1e-5)
+    assert not torch.allclose(other, exact, atol=1e-3)  # deep features of another input: an approximation
+    assert (cache.full_passes, cache.cached_passes) == (1, 2)
+    assert not tiny.unet.up_blocks[-1].resnets[-1]._forward_pre_hooks  # the UNet is left as it was
+
+
+def test_generate_with_deep_cache_runs_the_unet_whole_every_n_steps(tiny, monkeypatch):
+    kwargs = dict(num_inference_steps=6, guidance_scale=5.0, seed=1, height=32, width=32, scheduler="ddim")
+    plain = generate(tiny, PROMPT, **kwargs)
+    assert torch.equal(generate(tiny, PROMPT, **kwargs, deep_cache=1).pixels, plain.pixels)  # 1: off
+    calls = []
+    real = DeepCache._shallow
+    monkeypatch.setattr(DeepCache, "_shallow", lambda self, *a: calls.append(1) or real(self, *a))
+    cached = generate(tiny, PROMPT, **kwargs, deep_cache=3)
+    assert len(calls) == 4  # steps 1, 2, 4, 5 of 0..5
+    assert cached.settings["deep_cache"] == 3 and plain.settings["deep_cache"] is None
+    assert not torch.equal(cached.pixels, plain.pixels)
+    assert (cached.pixels - plain.pixels).abs().mean() < 0.25  # the same picture, approximately
+
+
+def test_deep_cache_runs_whole_where_the_guidance_interval_changes_the_batch(tiny, monkeypatch):
+    calls = []
+    real = DeepCache._shallow
+    monkeypatch.setattr(
+        DeepCache, "_shallow", lambda self, kept, x, *a: calls.append(len(x)) or real(self, kept, x, *a)
+    )
+    result = generate(tiny, PROMPT, num_inference_steps=6, guidance_scale=5.0, guidance_interval=(0.0, 3.0),
+                      scheduler="euler", seed=0, height=32, width=32, deep_cache=2)  # fmt: skip
+    assert result.images and all(n in (1, 2) for n in calls)  # never a kept batch of the other size
+
+
+def test_a_bad_interval_is_one_sentence(tiny):
+    with pytest.raises(InputError, match="deep cache interval must be a positive integer"):
+        DeepCache(tiny.unet, 0)
