@@ -172,7 +172,23 @@ def test_a_checkpoint_read_at_a_dtype_equals_the_library_read_then_cast(tmp_path
         assert ours[key].dtype == expected.dtype and torch.equal(ours[key], expected), key
 
 
-@pytest.mark.parametrize("damage", ["truncated", "huge header", "bad offsets"])
+DAMAGES = {
+    "truncated": None,
+    "huge header": None,
+    "bad offsets": {"w": {"dtype": "F32", "shape": [64, 64], "data_offsets": [0, 8]}},
+    # two entries on one region: read twice, it could ask for far more memory than the file holds
+    "overlapping": {
+        "w": {"dtype": "F32", "shape": [64, 64], "data_offsets": [0, 16384]},
+        "v": {"dtype": "F32", "shape": [64, 64], "data_offsets": [0, 16384]},
+    },
+    "negative shape": {"w": {"dtype": "F32", "shape": [-64, -64], "data_offsets": [0, 16384]}},
+    "not an object": [1, 2],
+    "unknown dtype": {"w": {"dtype": "F128", "shape": [64, 64], "data_offsets": [0, 16384]}},
+    "deeply nested": "[" * 100_000 + "]" * 100_000,
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
 def test_a_damaged_safetensors_file_read_at_a_dtype_is_one_sentence(tmp_path, damage):
     import json
     import struct
@@ -180,16 +196,15 @@ def test_a_damaged_safetensors_file_read_at_a_dtype_is_one_sentence(tmp_path, da
     path = tmp_path / "model.safetensors"
     save_file({"w": torch.ones(64, 64)}, str(path))
     data = path.read_bytes()
+    length = struct.unpack("<Q", data[:8])[0]
     if damage == "truncated":
         data = data[:-100]
     elif damage == "huge header":
         data = struct.pack("<Q", 1 << 40) + data[8:]
     else:
-        length = struct.unpack("<Q", data[:8])[0]
-        header = json.loads(data[8 : 8 + length])
-        header["w"]["data_offsets"] = [0, 8]  # 8 bytes for a 64x64 float32 tensor
-        text = json.dumps(header).encode().ljust(length)
-        data = data[:8] + text + data[8 + length :]
+        header = DAMAGES[damage]
+        text = (header if isinstance(header, str) else json.dumps(header)).encode()
+        data = struct.pack("<Q", len(text)) + text + data[8 + length :]
     path.write_bytes(data)
     with pytest.raises(InputError, match=r"is not a valid \.safetensors file"):
         read_state_dict(path, dtype=torch.float32)

@@ -214,6 +214,20 @@ def test_guided_generation_records_the_guide_and_replays_it(capsys, tmp_path, ti
 def test_eval_refuses_unknown_sweeps(capsys, tiny_dir):
     code, _, err = run(capsys, "eval", "--model", tiny_dir, "--sweep", "guidance,colour")
     assert code == 2 and "unknown sweep 'colour'" in err
+    code, _, err = run(capsys, "eval", "--model", tiny_dir, "--sweep", "guidance", "--vae-decoder", "tiny")
+    assert code == 2 and "run the sweeps without it" in err
+
+
+def test_the_recipe_records_the_dtype_and_replay_under_auto_repeats_it(capsys, tmp_path, tiny_dir):
+    """`--dtype auto` means bfloat16 on some CPUs and float32 on others: replay uses what the image used."""
+    out = tmp_path / "bf16.png"
+    code, _, _ = run(capsys, "generate", "a cat", "--model", tiny_dir, "--seed", 5, "--dtype", "bfloat16",
+                     "-o", out, *FAST)  # fmt: skip
+    assert code == 0 and json.loads(read_png_text(out)["sdlab"])["dtype"] == "bfloat16"
+    code, stdout, _ = run(capsys, "replay", out)  # auto: float32 in the tests (SDLAB_DTYPE)
+    assert code == 0 and "identical pixels" in stdout
+    code, stdout, _ = run(capsys, "replay", out, "--dtype", "float32", "-o", tmp_path / "fp32.png")
+    assert code == 0 and "max pixel difference" in stdout  # the other precision: other pixels
 
 
 @pytest.mark.parametrize(

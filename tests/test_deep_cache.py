@@ -39,18 +39,39 @@ def test_generate_with_deep_cache_runs_the_unet_whole_every_n_steps(tiny, monkey
     assert len(calls) == 4  # steps 1, 2, 4, 5 of 0..5
     assert cached.settings["deep_cache"] == 3 and plain.settings["deep_cache"] is None
     assert not torch.equal(cached.pixels, plain.pixels)
-    assert (cached.pixels - plain.pixels).abs().mean() < 0.25  # the same picture, approximately
+    other_seed = generate(tiny, PROMPT, **{**kwargs, "seed": 2})
+    # nearer the exact result than another seed's image is: an approximation of the same picture
+    assert (cached.pixels - plain.pixels).abs().mean() < (other_seed.pixels - plain.pixels).abs().mean() / 2
 
 
 def test_deep_cache_runs_whole_where_the_guidance_interval_changes_the_batch(tiny, monkeypatch):
     calls = []
     real = DeepCache._shallow
-    monkeypatch.setattr(
-        DeepCache, "_shallow", lambda self, kept, x, *a: calls.append(len(x)) or real(self, kept, x, *a)
-    )
-    result = generate(tiny, PROMPT, num_inference_steps=6, guidance_scale=5.0, guidance_interval=(0.0, 3.0),
+
+    def shallow(self, kept, x, *args):
+        calls.append((len(kept), len(x)))
+        return real(self, kept, x, *args)
+
+    monkeypatch.setattr(DeepCache, "_shallow", shallow)
+    result = generate(tiny, PROMPT, num_inference_steps=8, guidance_scale=5.0, guidance_interval=(0.0, 3.0),
                       scheduler="euler", seed=0, height=32, width=32, deep_cache=2)  # fmt: skip
-    assert result.images and all(n in (1, 2) for n in calls)  # never a kept batch of the other size
+    assert 8 < result.settings["unet_evaluations"] < 16  # guided and unguided steps both ran
+    assert calls and all(kept == now for kept, now in calls)  # features only of a batch of the same size
+    assert {now for _, now in calls} == {1, 2}  # cached steps on both sides of the interval's edge
+
+
+def test_the_shallow_path_covers_a_last_up_block_with_cross_attention():
+    from sdlab.loading import load_pipeline
+
+    unet = load_pipeline(device="cpu", dtype="float32").unet  # the digits UNet ends in CrossAttnUpBlock2D
+    assert unet.up_blocks[-1].attentions
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 77, 64, generator=g)
+    cache = DeepCache(unet, 2)
+    with torch.no_grad():
+        full = cache(0, x, torch.tensor(600), text)
+        cached = cache(1, x, torch.tensor(600), text)
+    assert cache.cached_passes == 1 and torch.allclose(cached, full, atol=1e-5)
 
 
 def test_a_bad_interval_is_one_sentence(tiny):

@@ -148,13 +148,30 @@ def test_distill_writes_a_one_pass_per_step_lcm_model(tiny_dir, squares_dir, tmp
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"w_min": 5.0, "w_max": 2.0}, "--w-min and --w-max"),
-        ({"num_ddim_timesteps": 0}, "--num-ddim-timesteps must be a positive integer"),
-        ({"ema_decay": 1.0}, "--ema-decay must be in"),
-        ({"huber_c": 0.0}, "--huber-c must be positive"),
+        (["--w-min", "5", "--w-max", "2"], "--w-min and --w-max"),
+        (["--w-max", "inf"], "--w-min and --w-max"),
+        (["--num-ddim-timesteps", "2"], "--num-ddim-timesteps must be an integer of at least 4"),
+        (["--time-cond-proj-dim", "2"], "--time-cond-proj-dim must be an integer of at least 4"),
+        (
+            ["--validation-steps", "8", "--num-ddim-timesteps", "5"],
+            "--validation-steps 8 exceeds the 5 timesteps",
+        ),
+        (["--ema-decay", "1"], "--ema-decay must be in"),
+        (["--huber-c", "0"], "--huber-c must be a positive number"),
     ],
 )
-def test_bad_distill_options_are_one_sentence_before_anything_loads(tmp_path, bad, message):
-    with pytest.raises(InputError, match=message):
-        LCMDistillConfig(output=str(tmp_path / "run"), **bad).check()
-    assert not (tmp_path / "run").exists()
+def test_bad_distill_options_are_one_sentence_before_anything_is_written(tmp_path, capsys, bad, message):
+    run = tmp_path / "run"
+    assert main(["distill", "-o", str(run), *bad]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()
+
+
+def test_an_inpainting_teacher_is_refused_in_one_sentence(tiny_inpaint, squares_dir, tmp_path):
+    from sdlab.loading.folder import save_folder
+
+    teacher = save_folder(tiny_inpaint, tmp_path / "inpaint")
+    cfg = LCMDistillConfig(**common(teacher, squares_dir, tmp_path, steps=1), time_cond_proj_dim=32)
+    with pytest.raises(InputError, match="inpainting model"):
+        distill(cfg)

@@ -36,6 +36,9 @@ def recipe(
         "batch_index": index,
         **settings,
         "model": pipe.source,
+        "dtype": str(pipe.dtype).removeprefix(
+            "torch."
+        ),  # `--dtype auto` differs by machine: replay repeats it
         **{k: v for k, v in (sources or {}).items() if v is not None},
         "model_hash": pipe.model_hash(),
         "sdlab_version": __version__,

@@ -20,6 +20,8 @@ def run_eval(opts: EvalOptions) -> dict:
     from sdlab.service.request import parse_guidance_interval
 
     sweeps = _sweep_names(opts.sweep, SWEEPS)
+    if sweeps and opts.vae_decoder:
+        raise InputError("--vae-decoder measures the headline numbers; run the sweeps without it")
     for name, value in (("--per-digit", opts.per_digit), ("--sweep-per-digit", opts.sweep_per_digit)):
         if value < 2:
             raise InputError(f"{name} must be at least 2 (FID needs a covariance), got {value}")
@@ -54,6 +56,7 @@ def run_eval(opts: EvalOptions) -> dict:
     )
     report = {
         "model": pipe.source,
+        "dtype": str(pipe.dtype).removeprefix("torch."),
         "sampling": sampling,
         "unet_evaluations": evaluations,
         "vae_decoder": opts.vae_decoder,
@@ -125,7 +128,7 @@ def describe(s: dict) -> str:
 def markdown(r: dict) -> str:
     h = r["headline"]
     lines = [
-        f"Model `{r['model']}`, {describe(r['sampling'])}"
+        f"Model `{r['model']}` ({r.get('dtype', 'float32')}), {describe(r['sampling'])}"
         + (f" Decoded with the tiny decoder `{r['vae_decoder']}`." if r.get("vae_decoder") else ""),
         "",
         "| metric | value |",

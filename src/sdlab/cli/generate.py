@@ -135,6 +135,10 @@ def run_replay(opts: ReplayOptions) -> Path:
             )
     if recipe.get("strength") is not None and "init_image" not in recipe:
         raise InputError(f"{opts.image} is an image-to-image result, but its recipe names no init image file")
+    if opts.dtype == "auto" and recipe.get("dtype") in ("float32", "bfloat16"):
+        opts = dataclasses.replace(
+            opts, dtype=recipe["dtype"]
+        )  # what `auto` chose where it was made (float16: a GPU's)
     index = recipe.get("batch_index", 0)
     # batched convolutions may differ from a lone image's in the last float bit, which can flip an
     # 8-bit rounding: replay regenerates the whole batch to give identical pixels

@@ -85,8 +85,15 @@ def _write_cache(cache: dict) -> None:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The weight files under `folder`, in the order `model_hash` reads them."""
-    found = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES]
+    """The weight files under `folder`, in the order `model_hash` reads them. A tiny decoder beside the
+    model (`vae_tiny/`, `--vae-decoder tiny`) is not part of it: adding one leaves the hash as it was."""
+    found = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in WEIGHT_SUFFIXES
+        and p.relative_to(folder).parts[0] != "vae_tiny"
+    ]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 

@@ -19,6 +19,7 @@ import torch
 from PIL import ImageFilter, ImageOps
 
 from sdlab.images import load_image, load_mask, png_bytes
+from sdlab.loading.decoder import TINY
 from sdlab.outputs import infotext, recipe
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.loop import MAX_SEED, GenerationResult, StepInfo, generate
@@ -185,7 +186,7 @@ def _sources(
             sources[key] = str(Path(value).resolve())
     if request.vae_decoder:  # "tiny" (the model's own) stays a name, portable with the model
         ref = request.vae_decoder
-        sources["vae_decoder"] = ref if ref == "tiny" else str(Path(ref).expanduser().resolve())
+        sources["vae_decoder"] = ref if ref == TINY else str(Path(ref).expanduser().resolve())
     if request.mask_image is not None:
         sources["mask_blur"] = request.mask_blur or None
         sources["invert_mask"] = request.invert_mask or None

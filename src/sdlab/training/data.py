@@ -104,9 +104,14 @@ def diffusion_loss(
 
 @torch.no_grad()
 def encode_dataset(
-    vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 256
+    vae: AutoencoderKL, pixels: torch.Tensor, batch: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE's posterior mean and std (unscaled latents, on the CPU) of `pixels` (N, 3, H, W in [-1, 1])."""
+    """The VAE's posterior mean and std (unscaled latents, on the CPU) of `pixels` (N, 3, H, W in [-1, 1]).
+
+    `batch` images per VAE call; by default as many as hold 256 digits' pixels (256 at 32x32, 1 at 512x512,
+    where the VAE's first activation alone is ~130 MB an image)."""
+    if batch is None:
+        batch = max(1, min(256, 256 * 32 * 32 // (pixels.shape[-1] * pixels.shape[-2])))
     means, stds = [], []
     for i in range(0, len(pixels), batch):
         dist = vae.encode(pixels[i : i + batch].to(vae.device)).latent_dist

@@ -25,6 +25,8 @@ network as its UNet, `LCMScheduler`) whose `sdlab.json` recommends 4 LCM steps a
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,11 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, LCMScheduler, UNet2DConditionModel
 
+from sdlab.digits.classifier import DigitClassifier
+from sdlab.digits.data import to_gray
 from sdlab.errors import InputError
+from sdlab.images import make_grid, save_png
+from sdlab.loading.folder import save_folder
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.latents import guidance_scale_embedding
@@ -65,18 +71,25 @@ class LCMDistillConfig(TeacherConfig):
 
     def check(self) -> None:
         super().check()
-        if not 0 <= self.w_min <= self.w_max:
+        if not (0 <= self.w_min <= self.w_max and math.isfinite(self.w_max)):
             raise InputError(
-                f"--w-min and --w-max need 0 <= w_min <= w_max, got {self.w_min} and {self.w_max}"
+                f"--w-min and --w-max need 0 <= w_min <= w_max < inf, got {self.w_min} and {self.w_max}"
             )
-        for name in ("num_ddim_timesteps", "time_cond_proj_dim", "validation_steps"):
+        for name, least in (("num_ddim_timesteps", 4), ("time_cond_proj_dim", 4), ("validation_steps", 1)):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or value < least:
+                raise InputError(
+                    f"--{name.replace('_', '-')} must be an integer of at least {least}, got {value!r}"
+                )
+        if self.validation_steps > self.num_ddim_timesteps:
+            raise InputError(
+                f"--validation-steps {self.validation_steps} exceeds the {self.num_ddim_timesteps} timesteps "
+                "the model is distilled on (--num-ddim-timesteps)"
+            )
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.huber_c <= 0:
-            raise InputError(f"--huber-c must be positive, got {self.huber_c}")
+        if not 0 < self.huber_c < math.inf:
+            raise InputError(f"--huber-c must be a positive number, got {self.huber_c}")
 
     @property
     def guidance_scale(self) -> float:
@@ -130,7 +143,10 @@ def student_unet(teacher: UNet2DConditionModel, time_cond_proj_dim: int) -> UNet
         raise InputError("the teacher is already guidance-distilled (its UNet takes a guidance embedding)")
     student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=time_cond_proj_dim)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("time_embedding.cond_proj") for k in missing), missing
+    if unexpected or not all(k.startswith("time_embedding.cond_proj") for k in missing):
+        raise InputError(
+            f"the teacher's UNet does not fit a guidance-embedding student ({(unexpected or missing)[0]})"
+        )
     torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
     return student.to(teacher.device)
 
@@ -143,11 +159,16 @@ def distill(cfg: LCMDistillConfig) -> Path:
     loop = TrainLoop(cfg)
     device = loop.accelerator.device
     pipe = load_teacher(cfg, device)
-    pixels, captions = training_images(cfg, pipe, captions=True)
-    mean, std = encode_dataset(pipe.vae, pixels)
-    scale = pipe.vae.config.scaling_factor
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler_config)
     prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise InputError(f"LCM distillation needs an epsilon or v-prediction teacher, not {prediction_type}")
+    if pipe.is_inpainting_unet:
+        raise InputError("the teacher is an inpainting model (9-channel UNet); distil its text-to-image base")
+    pixels, captions = training_images(cfg, pipe, captions=True)
+    mean, std = encode_dataset(pipe.vae, pixels)
+    del pixels  # only the latents' moments are needed from here on
+    scale, shift = pipe.vae.config.scaling_factor, pipe.vae.config.shift_factor or 0.0
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     solver = DDIMSolver(noise_scheduler.alphas_cumprod, cfg.num_ddim_timesteps)
     teacher = pipe.unet
@@ -160,7 +181,7 @@ def distill(cfg: LCMDistillConfig) -> Path:
 
     def draw(step: int) -> dict[str, torch.Tensor | list[str]]:
         idx = torch.randint(len(mean), (cfg.batch_size,), generator=rng.torch)
-        latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=rng.torch)) * scale
+        latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=rng.torch) - shift) * scale
         return {
             "latents": latents,
             "captions": [captions[i](rng.py) for i in idx.tolist()],
@@ -209,14 +230,12 @@ def distill(cfg: LCMDistillConfig) -> Path:
                 t.lerp_(s.detach(), 1 - cfg.ema_decay)
 
     def validate(step: int) -> None:
-        _validate(lcm_pipeline(pipe, target), cfg, loop.out, step)
+        _validate(lcm_pipeline(pipe, target, cfg.num_ddim_timesteps), cfg, loop.out, step)
 
     loop.run(draw, loss, after_step=after_step, validate=validate, desc="distill")
     output = loop.out / "model"
     if loop.accelerator.is_main_process:
-        from sdlab.loading.folder import save_folder
-
-        save_folder(lcm_pipeline(pipe, target, cfg.guidance_scale), output)
+        save_folder(lcm_pipeline(pipe, target, cfg.num_ddim_timesteps, cfg.guidance_scale), output)
     loop.accelerator.wait_for_everyone()
     return output
 
@@ -235,13 +254,19 @@ class _Target:
 
 
 def lcm_pipeline(
-    teacher: Pipeline, unet: UNet2DConditionModel, guidance_scale: float | None = None
+    teacher: Pipeline, unet: UNet2DConditionModel, ddim_timesteps: int, guidance_scale: float | None = None
 ) -> Pipeline:
-    """The teacher's pipeline with `unet` and `LCMScheduler` on the teacher's noise schedule; with
-    `guidance_scale`, its recommended sampling (4 LCM steps at that scale)."""
+    """The teacher's pipeline with `unet` and `LCMScheduler` on the teacher's noise schedule, sampling the
+    grid the model was distilled on (`original_inference_steps`); with `guidance_scale`, its recommended
+    sampling (4 LCM steps at that scale)."""
     pipe = copy.copy(teacher)
     pipe.unet = copy.deepcopy(unet).eval()
-    pipe.scheduler_config = dict(LCMScheduler.from_config(teacher.scheduler_config).config)
+    known = inspect.signature(LCMScheduler).parameters  # the teacher's other keys would only warn
+    config = {k: v for k, v in teacher.scheduler_config.items() if k in known}
+    scheduler = LCMScheduler.from_config(
+        config, original_inference_steps=ddim_timesteps, timestep_scaling=TIMESTEP_SCALING
+    )
+    pipe.scheduler_config = dict(scheduler.config)
     if guidance_scale is not None:
         pipe.sampling_defaults = {
             "scheduler": "lcm",
@@ -254,8 +279,6 @@ def lcm_pipeline(
 def _validate(pipe: Pipeline, cfg: LCMDistillConfig, out: Path, step: int) -> None:
     """A grid of the 10 digits (or the validation prompts), 2 seeds each, at `validation_steps` LCM steps;
     for the digits model, the share the captioner reads as the prompted digit."""
-    from sdlab.images import make_grid, save_png
-
     prompts = cfg.validation_prompts or [f"a handwritten digit {d}" for d in range(10)]
     result = pipe.generate(
         prompts, scheduler="lcm", num_inference_steps=cfg.validation_steps, guidance_scale=cfg.guidance_scale,
@@ -266,9 +289,6 @@ def _validate(pipe: Pipeline, cfg: LCMDistillConfig, out: Path, step: int) -> No
     captioner = Path(pipe.source) / "captioner.safetensors"
     if cfg.validation_prompts or not captioner.is_file():
         return
-    from sdlab.digits.classifier import DigitClassifier
-    from sdlab.digits.data import to_gray
-
     wanted = torch.arange(10).repeat_interleave(2)
     hits = float((DigitClassifier.load(captioner).predict(to_gray(result.pixels)) == wanted).float().mean())
     print(f"\nstep {step}: prompt accuracy at {cfg.validation_steps} LCM steps {hits:.2f}")

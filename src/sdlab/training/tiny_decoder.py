@@ -98,24 +98,29 @@ def distill_decoder(cfg: DecoderDistillConfig) -> Path:
     teacher = pipe.vae
     pixels, _ = training_images(cfg, pipe)
     mean, std = encode_dataset(teacher, pixels)
-    scale = teacher.config.scaling_factor
-    torch.manual_seed(cfg.seed)
-    student = tiny_autoencoder(teacher, cfg.width, cfg.depth)
+    scale, shift = teacher.config.scaling_factor, teacher.config.shift_factor or 0.0
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # the student's initial weights from --seed; torch's stream as it was
+        torch.manual_seed(cfg.seed)
+        student = tiny_autoencoder(teacher, cfg.width, cfg.depth)
     (model,) = loop.prepare(TinyAutoencoderLoss(student), params=list(student.parameters()), weight_decay=0.0)
-    held_out = torch.Generator().manual_seed(cfg.seed + 1)  # the same validation latents every time
-    pick = torch.randperm(len(pixels), generator=held_out)[:16]
-    val_latents = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=held_out)) * scale
+    fixed = torch.Generator().manual_seed(cfg.seed + 1)  # the same 16 validation latents at every validation
+    pick = torch.randperm(len(pixels), generator=fixed)[:16]
+    val_latents = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=fixed) - shift) * scale
     last: dict[str, float] = {}
 
     def draw(step: int) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=loop.rng.torch)
-        latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=loop.rng.torch)) * scale
-        return latents, pixels[idx], mean[idx] * scale
+        latents = (
+            mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=loop.rng.torch) - shift
+        ) * scale
+        return latents, pixels[idx], (mean[idx] - shift) * scale
 
     def loss(batch: tuple[torch.Tensor, ...], rows: slice) -> torch.Tensor:
         latents, x, encoded = (v[rows].to(device) for v in batch)
         with torch.no_grad():
-            decoded = teacher.decode(latents / scale).sample.clamp(-1, 1)
+            decoded = teacher.decode(latents / scale + shift).sample.clamp(-1, 1)
         decoder, encoder = model(latents, decoded, x, encoded)
         last.update(decoder_mse=decoder.item(), encoder_mse=encoder.item())
         return decoder + encoder
@@ -123,7 +128,7 @@ def distill_decoder(cfg: DecoderDistillConfig) -> Path:
     def validate(step: int) -> None:
         with torch.no_grad():
             ours = student.decode(val_latents.to(device)).sample.clamp(-1, 1)
-            theirs = teacher.decode(val_latents.to(device) / scale).sample.clamp(-1, 1)
+            theirs = teacher.decode(val_latents.to(device) / scale + shift).sample.clamp(-1, 1)
         error = float(torch.nn.functional.mse_loss(ours, theirs))
         both = ((torch.cat([theirs, ours]).float().cpu() + 1) * 127.5).round().byte().permute(0, 2, 3, 1)
         images = [Image.fromarray(im.numpy()) for im in both]  # the VAE's row above the student's
