@@ -217,7 +217,9 @@ def main() -> None:
     parser.add_argument("--output", default="docs/bench_speedups.json", help="where the rows are written")
     args = parser.parse_args()
     torch.manual_seed(0)
-    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_bf16": cpu_bf16()}
+    from sdlab.loading import cpu_runs_bfloat16
+
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_bf16": cpu_runs_bfloat16()}
     print(f"digits model, {args.per_digit * 10} images per variant:")
     report["digits"] = digits_rows(args.per_digit)
     if args.sd15:
@@ -225,10 +227,6 @@ def main() -> None:
         report["sd15"] = sd15_rows()
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
-
-
-def cpu_bf16() -> bool:
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def markdown(report: dict) -> str:

@@ -158,6 +158,7 @@ def test_distill_writes_a_one_pass_per_step_lcm_model(tiny_dir, squares_dir, tmp
         ),
         (["--ema-decay", "1"], "--ema-decay must be in"),
         (["--huber-c", "0"], "--huber-c must be a positive number"),
+        (["--guidance-interval", "2,1"], "guidance_interval needs 0 <= LO < HI"),
     ],
 )
 def test_bad_distill_options_are_one_sentence_before_anything_is_written(tmp_path, capsys, bad, message):
@@ -175,3 +176,22 @@ def test_an_inpainting_teacher_is_refused_in_one_sentence(tiny_inpaint, squares_
     cfg = LCMDistillConfig(**common(teacher, squares_dir, tmp_path, steps=1), time_cond_proj_dim=32)
     with pytest.raises(InputError, match="inpainting model"):
         distill(cfg)
+
+
+def test_the_teacher_guides_only_inside_the_guidance_interval(tiny_dir, squares_dir, tmp_path):
+    """At step 1 the student ignores w (its embedding's projection starts at zero), so the loss depends on
+    w only through the teacher's guidance: none outside the interval, as with w = 0."""
+
+    def first_loss(name: str, **options) -> str:
+        cfg = LCMDistillConfig(
+            **common(tiny_dir, squares_dir, tmp_path / name, steps=1, batch_size=4, checkpoint_every=1),
+            time_cond_proj_dim=32, validation_prompts=[PROMPT], **options,
+        )  # fmt: skip
+        distill(cfg)
+        with (tmp_path / name / "run" / "loss.csv").open() as f:
+            return f.read().splitlines()[1].split(",")[1]
+
+    outside = first_loss("outside", guidance_interval="0,0.0001")  # no training timestep has sigma <= 1e-4
+    unguided = first_loss("unguided", w_min=0.0, w_max=0.0)
+    everywhere = first_loss("everywhere", guidance_interval="all")
+    assert outside == unguided != everywhere

@@ -12,7 +12,10 @@ The recipe follows diffusers' `examples/consistency_distillation/train_lcm_disti
   of the student (`ema_decay`);
 - each step takes a training latent, noises it to a timestep t_{n+k} of a DDIM skipping schedule
   (`num_ddim_timesteps`), draws w in [w_min, w_max], and asks the teacher with classifier-free guidance
-  at weight w (x0 = cond + w (cond - uncond), i.e. guidance scale w + 1) for one DDIM step to t_n;
+  at weight w (x0 = cond + w (cond - uncond), i.e. guidance scale w + 1) for one DDIM step to t_n; the
+  teacher guides only where sigma(t_{n+k}) lies in `guidance_interval` (Kynkaanniemi et al. 2024), by
+  default the interval it recommends for its own sampling, so the student learns the sampler the
+  teacher is best at (an sdlab addition: diffusers' example guides everywhere);
 - the loss is the distance (pseudo-Huber, c = `huber_c`, or L2) between the student's consistency
   function at t_{n+k} and the target network's at the teacher's t_n, both with the boundary-condition
   scalings c_skip, c_out (sigma_data 0.5, timestep scaling 10, as `LCMScheduler`).
@@ -42,6 +45,8 @@ from sdlab.loading.folder import save_folder
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.latents import guidance_scale_embedding
+from sdlab.sampling.loop import check_guidance_interval
+from sdlab.service.request import parse_guidance_interval
 from sdlab.training.data import encode_dataset, encode_text
 from sdlab.training.loop import TrainLoop, append_csv, truncate_csv
 from sdlab.training.teacher import TeacherConfig, load_teacher, training_images
@@ -54,6 +59,12 @@ TIMESTEP_SCALING = 10.0
 class LCMDistillConfig(TeacherConfig):
     w_min: float = option(1.0, "lowest guidance weight w distilled (guidance scale w + 1)")
     w_max: float = option(4.0, "highest guidance weight w distilled")
+    guidance_interval: str | None = option(
+        None,
+        "LO,HI: the teacher guides only at noise levels sigma in (LO, HI], as it would sample; 'all': every step "
+        "(default: the teacher's recommended interval from its sdlab.json, else all)",
+        metavar="LO,HI",
+    )
     num_ddim_timesteps: int = option(
         50, "DDIM solver steps over the 1,000 training timesteps (skip k = 1000/N)"
     )
@@ -86,6 +97,7 @@ class LCMDistillConfig(TeacherConfig):
                 f"--validation-steps {self.validation_steps} exceeds the {self.num_ddim_timesteps} timesteps "
                 "the model is distilled on (--num-ddim-timesteps)"
             )
+        parse_guidance_interval(self.guidance_interval)  # one sentence for a bad one, before anything loads
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not 0 < self.huber_c < math.inf:
@@ -169,6 +181,10 @@ def distill(cfg: LCMDistillConfig) -> Path:
     mean, std = encode_dataset(pipe.vae, pixels)
     del pixels  # only the latents' moments are needed from here on
     scale, shift = pipe.vae.config.scaling_factor, pipe.vae.config.shift_factor or 0.0
+    interval = parse_guidance_interval(cfg.guidance_interval) or pipe.sampling_defaults.get(
+        "guidance_interval", (0.0, None)
+    )
+    lo, hi = check_guidance_interval(interval)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     solver = DDIMSolver(noise_scheduler.alphas_cumprod, cfg.num_ddim_timesteps)
     teacher = pipe.unet
@@ -214,7 +230,8 @@ def distill(cfg: LCMDistillConfig) -> Path:
             (x0_u, eps_u), (x0_c, eps_c) = (
                 x0_and_eps(o, x_start, a_start, prediction_type) for o in both.chunk(2)
             )
-            ww = w.view(-1, 1, 1, 1)
+            sigma = ((1 - a_start) / a_start).sqrt()
+            ww = w.view(-1, 1, 1, 1) * ((sigma > lo) & (sigma <= hi))  # guided only in the interval
             x_end = solver.step(x0_c + ww * (x0_c - x0_u), eps_c + ww * (eps_c - eps_u), index)
             out_end = target(x_end, end, encoder_hidden_states=embeds, timestep_cond=w_embedding).sample
             c_skip_end, c_out_end = boundary_scalings(end)
