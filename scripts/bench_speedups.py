@@ -52,7 +52,7 @@ def compiled(unet: torch.nn.Module) -> torch.nn.Module:
     import torch._inductor.config as inductor
 
     inductor.freezing = True
-    unet.forward = torch.compile(unet.forward, mode="max-autotune-no-cudagraphs", dynamic=False)
+    unet.forward = torch.compile(unet.forward, dynamic=False)
     return unet
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,34 @@ def test_the_shallow_path_covers_a_last_up_block_with_cross_attention():
 def test_a_bad_interval_is_one_sentence(tiny):
     with pytest.raises(InputError, match="deep cache interval must be a positive integer"):
         DeepCache(tiny.unet, 0)
+
+
+def test_the_model_may_recommend_deep_cache_the_png_records_it_and_replay_repeats_it(tiny, tmp_path, capsys):
+    from PIL import Image
+
+    from sdlab.cli.main import main
+    from sdlab.loading.folder import save_folder
+    from sdlab.metadata import parse_parameters
+    from sdlab.outputs import read_recipe
+
+    tiny.sampling_defaults = {"deep_cache": 2, "scheduler": "ddim"}
+    try:
+        model = save_folder(tiny, tmp_path / "model")
+    finally:
+        tiny.sampling_defaults = {}
+    common = ["--model", str(model), "--steps", "4", "--seed", "2"]
+    assert main(["generate", PROMPT, *common, "-o", str(tmp_path / "cached.png")]) == 0
+    assert main(["generate", PROMPT, *common, "--deep-cache", "1", "-o", str(tmp_path / "whole.png")]) == 0
+    with Image.open(tmp_path / "cached.png") as image:
+        _, _, settings = parse_parameters(image.text["parameters"])
+        cached = np.asarray(image)
+    assert settings["Deep cache"] == "2" and read_recipe(tmp_path / "cached.png")["deep_cache"] == 2
+    assert read_recipe(tmp_path / "whole.png")["deep_cache"] == 1  # off: replays off, whatever the model says
+    assert not np.array_equal(cached, np.asarray(Image.open(tmp_path / "whole.png")))
+    capsys.readouterr()
+    assert main(["replay", str(tmp_path / "cached.png"), "--model", str(model)]) == 0
+    assert main(["replay", str(tmp_path / "whole.png"), "--model", str(model)]) == 0
+    assert capsys.readouterr().out.count("identical pixels") == 2
+    # a bad value: one sentence, exit 2
+    assert main(["generate", PROMPT, *common, "--deep-cache", "0", "-o", str(tmp_path / "bad.png")]) == 2
+    assert "deep_cache must be" in capsys.readouterr().err

@@ -118,6 +118,15 @@ def test_setting_the_model_png_info_and_lora_tags(api, server):
     assert api.get_memory()["ram"]["total"] > 0
     response = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "sampler_name": "Euler Fancy"})
     assert response.status_code == 422 and "unknown sampler 'Euler Fancy'" in response.json()["detail"]
+    # sdlab's deep_cache field: recorded in the infotext as A1111 extensions record theirs, echoed back
+    cached = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "deep_cache": 2}).json()
+    info = json.loads(cached["info"])
+    assert info["extra_generation_params"]["Deep cache"] == 2 and "Deep cache: 2" in info["infotexts"][0]
+    assert cached["parameters"]["deep_cache"] == 2
+    whole = requests.post(f"{server}/sdapi/v1/txt2img", json=DIGIT).json()
+    assert "Deep cache" not in json.loads(whole["info"])["infotexts"][0] and whole["images"] != cached["images"]
+    response = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "deep_cache": 0})
+    assert response.status_code == 422 and "deep_cache must be" in response.json()["detail"]
 
 
 def test_eight_concurrent_clients_get_correct_images_and_interrupt_stops_within_a_step(api, server):

@@ -66,6 +66,8 @@ def infotext(r: dict) -> str:
         settings["VAE Decoder"] = Path(r["vae_decoder"]).name  # a tiny decoder (TAESD) drew the image
     if (text := interval_text(r.get("guidance_interval"))) is not None:
         settings["Guidance interval"] = text  # sigma range, as extensions add their settings
+    if r.get("deep_cache", 1) > 1:
+        settings["Deep cache"] = r["deep_cache"]  # the UNet ran whole every N steps (DeepCache)
     settings["Version"] = f"sdlab {r['sdlab_version']}"
     return format_parameters(r["prompt"], r["negative_prompt"], settings)
 
@@ -111,6 +113,7 @@ def read_recipe(path: str | Path) -> dict:
             raise InputError(f"{path} has a damaged sdlab recipe chunk: {err}") from err
         # an image made before guidance intervals was guided at every step, whatever the model now recommends
         recipe.setdefault("guidance_interval", [0.0, None])
+        recipe.setdefault("deep_cache", 1)  # and ran the UNet whole at every step
         return recipe
     if "parameters" not in chunks:
         raise InputError(f"{path} carries no generation parameters (no 'parameters' or 'sdlab' PNG chunk)")
@@ -136,6 +139,10 @@ def read_recipe(path: str | Path) -> dict:
         r["guidance_rescale"] = float(s["CFG Rescale phi"])
     # an image made without one was guided at every step, whatever the model now recommends
     r["guidance_interval"] = [0.0, None]
+    try:
+        r["deep_cache"] = int(s.get("Deep cache", 1))
+    except ValueError as err:
+        raise InputError(f"{path}: unreadable 'Deep cache' {s['Deep cache']!r}") from err
     if "Guidance interval" in s:
         lo, _, hi = s["Guidance interval"].partition(" to ")
         try:

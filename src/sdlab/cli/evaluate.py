@@ -41,6 +41,7 @@ def run_eval(opts: EvalOptions) -> dict:
         or defaults.get("scheduler")
         or scheduler_name_from_config(pipe.scheduler_config),
         guidance_interval=list(interval),
+        deep_cache=opts.deep_cache or defaults.get("deep_cache", 1),
     )
     decoder = {}
     if opts.vae_decoder:  # the tiny decoder's cost in quality: every image below decoded with it
@@ -122,7 +123,11 @@ def describe(s: dict) -> str:
         if interval_text(interval) is None
         else f" at sigma in ({interval_text(interval).replace(' to ', ', ')}]"
     )
-    return f"{s['scheduler'] or 'default scheduler'}, {s['num_inference_steps']} steps, CFG {s['guidance_scale']}{where}."
+    cache = f", deep cache every {s['deep_cache']} steps" if s.get("deep_cache", 1) > 1 else ""
+    return (
+        f"{s['scheduler'] or 'default scheduler'}, {s['num_inference_steps']} steps, CFG {s['guidance_scale']}"
+        f"{where}{cache}."
+    )
 
 
 def markdown(r: dict) -> str:

@@ -22,7 +22,7 @@ from sdlab.service.request import parse_guidance_interval
 REQUEST_FIELDS = (
     "prompt", "negative_prompt", "model", "scheduler", "num_inference_steps", "guidance_scale",
     "guidance_rescale", "guidance_interval", "seed", "height", "width", "num_images_per_prompt", "init_image", "strength",
-    "mask_image", "mask_blur", "invert_mask", "eta", "guide_digit", "guide_scale", "vae_decoder",
+    "mask_image", "mask_blur", "invert_mask", "eta", "guide_digit", "guide_scale", "vae_decoder", "deep_cache",
 )  # fmt: skip
 
 

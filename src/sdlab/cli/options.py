@@ -86,6 +86,10 @@ class GenerateOptions(NetworkOptions):
     )
     invert_mask: bool = option(False, "repaint the black part of the mask instead of the white")
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
+    deep_cache: int | None = option(
+        None, "N: run the UNet whole every N steps and only its shallow path in between, reusing its deep "
+        "features (DeepCache); 1: off (default: the model's recommendation, else off)", metavar="N",
+    )  # fmt: skip
     vae_decoder: str | None = option(
         None,
         "decode the final latents with a tiny decoder: 'tiny' (the model's own, e.g. the digits model's) "
@@ -144,6 +148,9 @@ class EvalOptions(ModelOptions):
         None,
         "LO,HI: guide only at noise levels sigma in (LO, HI]; 'all': every step (default: the model's)",
         metavar="LO,HI",
+    )
+    deep_cache: int | None = option(
+        None, "N: the UNet runs whole every N steps (DeepCache); 1: off (default: the model's)", metavar="N"
     )
     vae_decoder: str | None = option(
         None, "decode with a tiny decoder: 'tiny' (the model's own) or a TAESD folder", metavar="tiny|DIR"

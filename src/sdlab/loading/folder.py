@@ -19,6 +19,7 @@ COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
 SDLAB_FILE = "sdlab.json"  # optional: {"sampling": {"guidance_scale": 3.0, "num_inference_steps": 30}}
 SAMPLING_DEFAULTS = {
     "guidance_scale": (int, float), "num_inference_steps": (int,), "scheduler": (str,), "guidance_interval": (list,),
+    "deep_cache": (int,),
 }  # fmt: skip
 PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "pytorch_model.bin")
 
@@ -101,6 +102,10 @@ def _sampling_defaults(file: Path) -> dict:
     if defaults.get("scheduler", "ddim") not in SCHEDULERS:
         raise InputError(
             f"{file}: unknown scheduler {defaults['scheduler']!r}; choose one of {', '.join(SCHEDULERS)}"
+        )
+    if defaults.get("deep_cache", 1) < 1:
+        raise InputError(
+            f"{file}: deep_cache must be a positive integer (1: off), got {defaults['deep_cache']}"
         )
     if "guidance_interval" in defaults:
         try:

@@ -142,7 +142,8 @@ def generate(
     - `vae_decoder`: a tiny decoder (`AutoencoderTiny`, TAESD) that decodes the final latents instead of
       the model's VAE (see `sdlab.loading.decoder`);
     - `deep_cache=N`: run the UNet whole every N steps and only its shallow path in between, reusing
-      the deep features (DeepCache, Ma et al. 2024; see `sdlab.sampling.deep_cache`); None or 1: off;
+      the deep features (DeepCache, Ma et al. 2024; see `sdlab.sampling.deep_cache`); 1: off; None: the
+      model's recommendation (`sdlab.json`), else off;
     - `guidance_interval=(lo, hi)`: classifier-free guidance only at steps whose noise level
       sigma = sqrt((1 - alpha_bar_t) / alpha_bar_t) lies in (lo, hi] (hi None: unbounded); the other
       steps run one conditional UNet pass instead of two (Kynkaenniemi et al., NeurIPS 2024).
@@ -165,6 +166,8 @@ def generate(
     if guidance_scale is None:
         guidance_scale = pipe.sampling_defaults.get("guidance_scale", 7.5)
     interval = check_guidance_interval(guidance_interval)
+    if deep_cache is None:
+        deep_cache = pipe.sampling_defaults.get("deep_cache", 1)
     scheduler = scheduler or pipe.sampling_defaults.get("scheduler")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = _negative_prompts(negative_prompt, len(prompts))
@@ -255,7 +258,7 @@ def generate(
         guided_steps(sched.alphas_cumprod, timesteps, interval) if do_cfg else [False] * len(timesteps)
     )
     unet_passes = 0  # UNet evaluations per image: 2 per guided step, 1 per other step
-    cache = DeepCache(pipe.unet, deep_cache) if deep_cache is not None and deep_cache != 1 else None
+    cache = DeepCache(pipe.unet, deep_cache) if deep_cache != 1 else None
     for i, t in enumerate(timesteps):
         guided = guided_at[i]
         model_input = torch.cat([latents] * 2) if guided else latents

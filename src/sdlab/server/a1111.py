@@ -93,6 +93,10 @@ class Txt2ImgRequest(BaseModel):
     guidance_interval: list[float | None] | None = Field(
         None, description="sdlab: [sigma_lo, sigma_hi] (null: unbounded) where CFG runs; default: the model's"
     )
+    deep_cache: int | None = Field(
+        None,
+        description="sdlab: run the UNet whole every N steps, its shallow path between (DeepCache); 1: off",
+    )
     override_settings: dict[str, Any] | None = Field(
         None, description="options for this request only, e.g. {'sd_model_checkpoint': 'digits'}"
     )
@@ -142,6 +146,7 @@ def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[Generati
         num_inference_steps=body.steps,
         guidance_scale=body.cfg_scale,
         guidance_interval=body.guidance_interval,
+        deep_cache=body.deep_cache,
         seed=None if body.seed == -1 else body.seed,
         height=body.height,
         width=body.width,
@@ -216,7 +221,12 @@ def info(result: RequestResult, request: GenerationRequest, ignored: dict[str, A
         "seed_resize_from_h": -1,
         "denoising_strength": first.get("strength"),
         "extra_generation_params": {
-            k: v for k, v in {"Guidance interval": interval_text(first.get("guidance_interval"))}.items() if v
+            k: v
+            for k, v in {
+                "Guidance interval": interval_text(first.get("guidance_interval")),
+                "Deep cache": first.get("deep_cache"),
+            }.items()
+            if v
         },
         "index_of_first_image": 0,
         "infotexts": [g.infotext for g in result.images],
@@ -244,6 +254,7 @@ def echo(body: BaseModel, result: RequestResult) -> dict[str, Any]:
         "height": first.get("height"),
         "sampler_name": SCHEDULERS[first["scheduler"]].a1111 if "scheduler" in first else None,
         "guidance_interval": first.get("guidance_interval"),
+        "deep_cache": first.get("deep_cache") or 1,
     }
     for key, value in resolved.items():
         if parameters.get(key) is None:

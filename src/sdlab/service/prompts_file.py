@@ -23,7 +23,7 @@ from sdlab.errors import InputError
 from sdlab.sampling.schedulers import resolve_sampler
 from sdlab.service.request import GenerationRequest, parse_guidance_interval
 
-# A1111's keys -> (GenerationRequest field, parser); sdlab adds guidance_interval
+# A1111's keys -> (GenerationRequest field, parser); sdlab adds guidance_interval and deep_cache
 KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "prompt": ("prompt", str),
     "negative_prompt": ("negative_prompt", str),
@@ -37,6 +37,7 @@ KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "batch_size": ("num_images_per_prompt", int),
     "n_iter": ("batch_count", int),
     "guidance_interval": ("guidance_interval", parse_guidance_interval),
+    "deep_cache": ("deep_cache", int),
 }
 # A1111 keys that do not change an sdlab image here (file saving, display) are accepted and skipped
 SKIPPED = {

@@ -52,6 +52,8 @@ class GenerationRequest:
       `n_iter` x `batch_size`); image i of the whole request has seed `seed + i`.
     - `guidance_interval`: (lo, hi) noise levels sigma between which classifier-free guidance runs
       (hi None: unbounded); None is the model's recommendation (see `parse_guidance_interval`).
+    - `deep_cache`: run the UNet whole every N steps, its shallow path in between (DeepCache); 1: off;
+      None: the model's recommendation.
     - `vae_decoder`: a tiny decoder (TAESD) for the final images: `"tiny"`, the model folder's own
       (`vae_tiny/`), or a diffusers folder where the registry allows paths (the CLI; never from HTTP).
     - `mask_blur`: Gaussian blur radius in pixels applied to the mask before use (A1111's
@@ -67,6 +69,7 @@ class GenerationRequest:
     guidance_scale: float | None = None
     guidance_rescale: float = 0.0
     guidance_interval: tuple[float, float | None] | None = None
+    deep_cache: int | None = None
     seed: int | None = None
     height: int | None = None
     width: int | None = None
@@ -99,6 +102,7 @@ class GenerationRequest:
         if self.guidance_interval is not None:
             check_guidance_interval(self.guidance_interval)
         _check_int("num_inference_steps", self.num_inference_steps, 1, 10_000, optional=True)
+        _check_int("deep_cache", self.deep_cache, 1, 10_000, optional=True)
         _check_int("num_images_per_prompt", self.num_images_per_prompt, 1, MAX_BATCH)
         _check_int("batch_count", self.batch_count, 1, MAX_BATCH_COUNT)
         _check_int("height", self.height, 1, 4096, optional=True)

@@ -119,6 +119,7 @@ def run_request(
                 guidance_scale=request.guidance_scale,
                 guidance_rescale=request.guidance_rescale,
                 guidance_interval=request.guidance_interval,
+                deep_cache=request.deep_cache,
                 scheduler=request.scheduler,
                 height=request.height,
                 width=request.width,
