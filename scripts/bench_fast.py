@@ -13,13 +13,14 @@ Each row reports seconds per image (wall time of the whole batch / images; batch
 evaluations per image, prompt accuracy and classifier-FID / floor from the evaluation classifier (the
 same numbers `sdlab eval` gives), and its speed relative to diffusers' default.
 
-`--bf16` adds sdlab's digits row with bfloat16 weights (fast on CPUs with AVX512-BF16 or AMX).
+sdlab's row runs twice: in float32, and at `--dtype auto` (bfloat16 on CPUs with AVX512-BF16 or AMX).
 `--sd15` adds an SD 1.5-architecture model with random weights (sdlab's SD 1.5 configs), saved as a
 single file with sdlab's exporter and loaded back by the single-file loader: seconds per 512x512 image
 for diffusers' default (PNDM, 50 steps, CFG 7.5), sdlab at 20 DPM++ 2M steps with CFG, and sdlab's
 few-step path (an LCM-shaped UNet, 4 steps, no CFG pass, a TAESD-shaped decoder), in float32 and
-bfloat16. The long runs (50 and 20 steps) are timed over 2 steps and extrapolated, as printed; the
-few-step rows are timed whole. Random weights: the times are real, the images are noise.
+bfloat16, then with the measured CPU speed-ups on top (2 steps, deep cache; timed warm, after an
+untimed first call). The long runs (50 and 20 steps) are timed over 2 steps and extrapolated, as
+printed; the few-step rows are timed whole. Random weights: the times are real, the images are noise.
 
     python scripts/bench_fast.py                 # 1,000 images per row: about 6 minutes on 2 CPU cores
     python scripts/bench_fast.py --per-digit 20  # a quick look
@@ -88,7 +89,9 @@ def sdlab_row(per_digit: int, judge, dtype: str = "float32") -> tuple[dict, dict
         settings.setdefault("scheduler", result.settings["scheduler"])
         return to_gray(result.pixels).numpy()
 
-    label = "sdlab at the model's defaults" + ("" if dtype == "float32" else f", {dtype}")
+    label = "sdlab at the model's defaults, " + (
+        f"--dtype auto ({str(pipe.dtype).removeprefix('torch.')} here)" if dtype == "auto" else dtype
+    )
     row = measure(label, run, per_digit, judge, None)
     row["unet_evaluations"] = evaluations[0]
     return row, {**settings, "scheduler": settings.get("scheduler")}
@@ -181,6 +184,16 @@ def sd15_rows(folder: Path) -> list[dict]:
               prompt, num_inference_steps=4, scheduler="lcm", guidance_scale=1.5, seed=0), 4, 4)  # fmt: skip
         timed(f"sdlab, LCM 4 steps + TAESD, {name}", lambda fast=fast, decoder=decoder: fast.generate(
               prompt, num_inference_steps=4, scheduler="lcm", guidance_scale=1.5, seed=0, vae_decoder=decoder), 4, 4)  # fmt: skip
+    # the measured CPU speed-ups on top, warm (a first call untimed): fewer steps, deep cache
+    for steps, cache in ((4, 1), (4, 3), (2, 1), (2, 2)):
+
+        def few(steps=steps, cache=cache):
+            return fast.generate(prompt, num_inference_steps=steps, scheduler="lcm", guidance_scale=1.5, seed=0,
+                                 vae_decoder=decoder, deep_cache=cache)  # fmt: skip
+
+        few()
+        label = f"sdlab, LCM {steps} steps + TAESD, bfloat16" + (f", deep cache {cache}" if cache > 1 else "")
+        timed(label + " (warm)", few, steps, steps)
     sdcpp_rows(file, prompt, rows, decode)
     return rows
 
@@ -217,7 +230,6 @@ def main() -> None:
         "--sd15", action="store_true", help="also time an SD 1.5-architecture model at 512x512"
     )
     parser.add_argument("--work", default="runs/bench", help="where --sd15 writes its random single file")
-    parser.add_argument("--bf16", action="store_true", help="also run sdlab's digits row in bfloat16")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     from sdlab.evaluation.digits import Judge
@@ -226,8 +238,8 @@ def main() -> None:
     judge = Judge.load()
     ours, settings = sdlab_row(args.per_digit, judge)
     rows = [*diffusers_rows(DEFAULT_MODEL, args.per_digit, settings, judge), ours]
-    if args.bf16:  # bfloat16 weights: fast where the CPU has native bf16 (AVX512-BF16, AMX)
-        rows.append(sdlab_row(args.per_digit, judge, "bfloat16")[0])
+    # --dtype auto: bfloat16 where the CPU has native bf16 (AVX512-BF16, AMX), else float32
+    rows.append(sdlab_row(args.per_digit, judge, "auto")[0])
     base = rows[0]["seconds_per_image"]
     print(f"digits model, {torch.get_num_threads()} threads, sdlab's defaults: {json.dumps(settings)}\n")
     print(

@@ -6,7 +6,8 @@ file and generates one 512x512 image with 1 UNet step and the decode; the row is
 resident set size (`ru_maxrss`, what `/usr/bin/time -v` reports), in GB, and its wall time:
 
 - sdlab, float32 and bfloat16 (`load_pipeline(file, dtype=...)`: the single file is read tensor by
-  tensor and cast as it is read), one DPM++ 2M step with CFG;
+  tensor and cast as it is read), one DPM++ 2M step with CFG, decoded by the full VAE, and in bfloat16
+  decoded by a TAESD-shaped `AutoencoderTiny` (random weights: the few-step path's decoder);
 - stable-diffusion.cpp through the `cyllama` wheel, the same f16 file, one step with CFG (if installed).
 
     python scripts/bench_memory.py --file runs/bench/random-sd15.safetensors   # ~3 minutes on 2 cores
@@ -23,10 +24,12 @@ from pathlib import Path
 
 SDLAB = """
 import resource, sys, torch
+from diffusers import AutoencoderTiny
 from sdlab.loading import load_pipeline
 pipe = load_pipeline(sys.argv[1], device="cpu", dtype=sys.argv[2])
+decoder = AutoencoderTiny().to(pipe.dtype) if sys.argv[3:] == ["taesd"] else None
 pipe.generate("a photo of a cat", num_inference_steps=1, scheduler="dpmpp_2m", guidance_scale=7.5,
-              height=512, width=512, seed=0)
+              height=512, width=512, seed=0, vae_decoder=decoder)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -48,13 +51,16 @@ def peak(code: str, *args: str) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--file", required=True, help="an SD 1.5 single file (bench_fast.py --sd15 writes one)")
+    parser.add_argument(
+        "--file", required=True, help="an SD 1.5 single file (bench_fast.py --sd15 writes one)"
+    )
     parser.add_argument("--json", default="docs/bench_memory.json", help="where the rows are written")
     args = parser.parse_args()
     rows = []
     for label, code, extra in (
         ("sdlab, float32", SDLAB, ["float32"]),
         ("sdlab, bfloat16", SDLAB, ["bfloat16"]),
+        ("sdlab, bfloat16, decoded by a TAESD-shaped tiny decoder", SDLAB, ["bfloat16", "taesd"]),
         ("stable-diffusion.cpp (cyllama), f16 weights", SDCPP, []),
     ):
         try:
@@ -65,7 +71,9 @@ def main() -> None:
         rows.append({"path": label, "peak_rss_gb": gb, "seconds": seconds})
         print(f"  {label}: peak {gb:.2f} GB in {seconds:.0f} s", flush=True)
     Path(args.json).write_text(json.dumps({"file": str(args.file), "rows": rows}, indent=2) + "\n")
-    print("\n| path (one 512x512 image, 1 step with CFG, decode) | peak RSS | wall time |\n| --- | --- | --- |")
+    print(
+        "\n| path (one 512x512 image, 1 step with CFG, decode) | peak RSS | wall time |\n| --- | --- | --- |"
+    )
     for r in rows:
         print(f"| {r['path']} | {r['peak_rss_gb']:.2f} GB | {r['seconds']:.0f} s |")
 
