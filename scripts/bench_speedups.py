@@ -71,16 +71,16 @@ def has_tomesd() -> bool:
     return True
 
 
-# name -> (dtype, UNet transform, deep cache interval)
-VARIANTS: dict[str, tuple[str, Callable | None, int | None]] = {
-    "float32 (baseline)": ("float32", None, None),
-    "bfloat16": ("bfloat16", None, None),
-    "channels_last": ("float32", channels_last, None),
-    "int8 dynamic (Linear)": ("float32", int8, None),
-    "torch.compile (inductor, freezing)": ("float32", compiled, None),
+# name -> (dtype, UNet transform, deep cache interval: 1 is off, whatever the model recommends)
+VARIANTS: dict[str, tuple[str, Callable | None, int]] = {
+    "float32 (baseline)": ("float32", None, 1),
+    "bfloat16": ("bfloat16", None, 1),
+    "channels_last": ("float32", channels_last, 1),
+    "int8 dynamic (Linear)": ("float32", int8, 1),
+    "torch.compile (inductor, freezing)": ("float32", compiled, 1),
     "deep cache 2": ("float32", None, 2),
     "deep cache 3": ("float32", None, 3),
-    "tomesd 0.5": ("float32", tome, None),
+    "tomesd 0.5": ("float32", tome, 1),
 }
 
 
@@ -170,7 +170,7 @@ def sd15_rows() -> list[dict]:
         if transform is not None:
             unet = transform(unet)
         xi, ti = x.to(unet.dtype), text.to(unet.dtype)
-        if deep_cache is None:
+        if deep_cache == 1:
             seconds, out = median_seconds(
                 lambda unet=unet, xi=xi, ti=ti: unet(xi, t, encoder_hidden_states=ti).sample
             )

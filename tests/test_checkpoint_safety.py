@@ -184,6 +184,9 @@ DAMAGES = {
     "negative shape": {"w": {"dtype": "F32", "shape": [-64, -64], "data_offsets": [0, 16384]}},
     "not an object": [1, 2],
     "unknown dtype": {"w": {"dtype": "F128", "shape": [64, 64], "data_offsets": [0, 16384]}},
+    "a list for a dtype": {"w": {"dtype": ["F32"], "shape": [64, 64], "data_offsets": [0, 16384]}},
+    "a huge empty shape": {"w": {"dtype": "F32", "shape": [0, 2**70], "data_offsets": [0, 0]}},
+    "a shape past int64": {"w": {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [0, 0]}},
     "deeply nested": "[" * 100_000 + "]" * 100_000,
 }
 

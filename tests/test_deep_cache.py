@@ -109,3 +109,42 @@ def test_the_model_may_recommend_deep_cache_the_png_records_it_and_replay_repeat
     # a bad value: one sentence, exit 2
     assert main(["generate", PROMPT, *common, "--deep-cache", "0", "-o", str(tmp_path / "bad.png")]) == 2
     assert "deep_cache must be" in capsys.readouterr().err
+
+
+def test_turning_a_recommended_cache_off_is_recorded_and_infotexts_carry_it_both_ways(tiny, tmp_path):
+    from sdlab.outputs import infotext, read_recipe, recipe
+    from sdlab.service.prompts_file import parse_line
+
+    kwargs = dict(num_inference_steps=4, seed=0, height=32, width=32)
+    assert generate(tiny, PROMPT, **kwargs).settings["deep_cache"] is None  # no recommendation, off: silent
+    tiny.sampling_defaults = {"deep_cache": 2}
+    try:
+        off = generate(tiny, PROMPT, **kwargs, deep_cache=1)
+        default = generate(tiny, PROMPT, **kwargs)
+    finally:
+        tiny.sampling_defaults = {}
+    assert off.settings["deep_cache"] == 1 and default.settings["deep_cache"] == 2
+    text = infotext({**recipe(off, 0, tiny), "model_hash": "0", "sdlab_version": "x"})
+    assert "Deep cache: 1" in text  # an A1111 client re-posting it turns the cache off too
+    # an A1111-style PNG (parameters only) replays with the cache it names, and with none when silent
+    for value, expected in (("Deep cache: 3, ", 3), ("", 1)):
+        from PIL import Image
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text(
+            "parameters",
+            f"a cat\nSteps: 4, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 32x32, {value}Model: x",
+        )
+        Image.new("RGB", (32, 32)).save(tmp_path / "a.png", pnginfo=info)
+        assert read_recipe(tmp_path / "a.png")["deep_cache"] == expected
+    assert parse_line('--prompt "a cat" --deep_cache 3', "line 1")["deep_cache"] == 3
+    with pytest.raises(InputError, match="deep_cache must be"):
+        generate(tiny, PROMPT, **kwargs, deep_cache=True)
+
+
+def test_eval_refuses_a_deep_cache_below_one(tiny_dir, capsys):
+    from sdlab.cli.main import main
+
+    assert main(["eval", "--model", str(tiny_dir), "--deep-cache", "0"]) == 2
+    assert "--deep-cache must be a positive integer" in capsys.readouterr().err

@@ -123,8 +123,15 @@ def test_setting_the_model_png_info_and_lora_tags(api, server):
     info = json.loads(cached["info"])
     assert info["extra_generation_params"]["Deep cache"] == 2 and "Deep cache: 2" in info["infotexts"][0]
     assert cached["parameters"]["deep_cache"] == 2
-    whole = requests.post(f"{server}/sdapi/v1/txt2img", json=DIGIT).json()
-    assert "Deep cache" not in json.loads(whole["info"])["infotexts"][0] and whole["images"] != cached["images"]
+    whole = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "deep_cache": 1}).json()
+    # off on a model that recommends it: said, so an A1111 client re-posting the infotext gets the same
+    assert (
+        "Deep cache: 1" in json.loads(whole["info"])["infotexts"][0] and whole["images"] != cached["images"]
+    )
+    model_default = requests.post(f"{server}/sdapi/v1/txt2img", json=DIGIT).json()
+    assert model_default["parameters"]["deep_cache"] == 2  # the digits model's recommendation, echoed
+    response = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "deep_cache": True})
+    assert response.status_code == 422
     response = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "deep_cache": 0})
     assert response.status_code == 422 and "deep_cache must be" in response.json()["detail"]
 

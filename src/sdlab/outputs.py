@@ -66,8 +66,10 @@ def infotext(r: dict) -> str:
         settings["VAE Decoder"] = Path(r["vae_decoder"]).name  # a tiny decoder (TAESD) drew the image
     if (text := interval_text(r.get("guidance_interval"))) is not None:
         settings["Guidance interval"] = text  # sigma range, as extensions add their settings
-    if r.get("deep_cache", 1) > 1:
-        settings["Deep cache"] = r["deep_cache"]  # the UNet ran whole every N steps (DeepCache)
+    if (
+        r.get("deep_cache") is not None
+    ):  # every N steps the UNet ran whole (DeepCache); 1: against the model's
+        settings["Deep cache"] = r["deep_cache"]
     settings["Version"] = f"sdlab {r['sdlab_version']}"
     return format_parameters(r["prompt"], r["negative_prompt"], settings)
 

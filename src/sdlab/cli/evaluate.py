@@ -25,6 +25,8 @@ def run_eval(opts: EvalOptions) -> dict:
     for name, value in (("--per-digit", opts.per_digit), ("--sweep-per-digit", opts.sweep_per_digit)):
         if value < 2:
             raise InputError(f"{name} must be at least 2 (FID needs a covariance), got {value}")
+    if opts.deep_cache is not None and opts.deep_cache < 1:
+        raise InputError(f"--deep-cache must be a positive integer (1: off), got {opts.deep_cache}")
     state, opts = process_state(opts)
     pipe = load_model(opts)
     judge = Judge.load()
@@ -41,7 +43,7 @@ def run_eval(opts: EvalOptions) -> dict:
         or defaults.get("scheduler")
         or scheduler_name_from_config(pipe.scheduler_config),
         guidance_interval=list(interval),
-        deep_cache=opts.deep_cache or defaults.get("deep_cache", 1),
+        deep_cache=defaults.get("deep_cache", 1) if opts.deep_cache is None else opts.deep_cache,
     )
     decoder = {}
     if opts.vae_decoder:  # the tiny decoder's cost in quality: every image below decoded with it

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from sdlab.cli.options import GenerateOptions, ModelOptions, NetworkOptions, ReplayOptions
 from sdlab.errors import InputError
 from sdlab.images import load_image
-from sdlab.loading import load_pipeline
+from sdlab.loading import load_pipeline, resolve_device
 from sdlab.lora import parse_lora_spec
 from sdlab.outputs import check_output, read_recipe, write_pngs
 from sdlab.pipeline import Pipeline
@@ -135,10 +135,13 @@ def run_replay(opts: ReplayOptions) -> Path:
             )
     if recipe.get("strength") is not None and "init_image" not in recipe:
         raise InputError(f"{opts.image} is an image-to-image result, but its recipe names no init image file")
-    if opts.dtype == "auto" and recipe.get("dtype") in ("float32", "bfloat16"):
-        opts = dataclasses.replace(
-            opts, dtype=recipe["dtype"]
-        )  # what `auto` chose where it was made (float16: a GPU's)
+    # what `auto` chose where the image was made (float16: a GPU's); sdlab images from before the dtype
+    # was recorded were float32 on a CPU, where `auto` may now mean bfloat16
+    made = recipe.get("dtype")
+    if made is None and "sdlab_version" in recipe and resolve_device(opts.device).type == "cpu":
+        made = "float32"
+    if opts.dtype == "auto" and made in ("float32", "bfloat16"):
+        opts = dataclasses.replace(opts, dtype=made)
     index = recipe.get("batch_index", 0)
     # batched convolutions may differ from a lone image's in the last float bit, which can flip an
     # 8-bit rounding: replay regenerates the whole batch to give identical pixels

@@ -121,6 +121,7 @@ def fast_sweep(pipe: Pipeline, judge: Judge, per_digit: int, finalists: int = 6,
     evaluations, then lowest FID ratio)."""
     from sdlab.sampling.loop import planned_unet_evaluations
 
+    cache = sampling.get("deep_cache", 1)  # every point as `sdlab eval` samples (--deep-cache)
     rows, seen = [], set()
     for scheduler in FAST_SCHEDULERS:
         for steps in FAST_STEPS:
@@ -132,13 +133,14 @@ def fast_sweep(pipe: Pipeline, judge: Judge, per_digit: int, finalists: int = 6,
                         continue
                     seen.add(plan)
                     settings = dict(scheduler=scheduler, num_inference_steps=steps, guidance_scale=scale,
-                                    guidance_interval=interval)  # fmt: skip
+                                    guidance_interval=interval, deep_cache=cache)  # fmt: skip
                     rows.append(_fast_point(pipe, judge, per_digit, 50, settings, evals, stage=1))
     passed = [r for r in rows if r["prompt_accuracy"] >= TARGETS["prompt_accuracy"]
               and r["thick_change"] <= TARGETS["thick_change"]]  # fmt: skip
     for r in sorted(passed, key=lambda r: r["fid_ratio"])[:finalists]:
         settings = {k: r[k] for k in ("scheduler", "num_inference_steps", "guidance_scale")}
         settings["guidance_interval"] = tuple(r["guidance_interval"])
+        settings["deep_cache"] = cache
         final = _fast_point(pipe, judge, FINAL_PER_DIGIT, 100, settings, r["unet_evaluations"], stage=2)
         final["meets"] = not _missed(final)
         rows.append(final)
@@ -189,6 +191,7 @@ def _fast_point(pipe, judge, per_digit: int, sevens: int, settings: dict, evals:
         "num_inference_steps": settings["num_inference_steps"],
         "guidance_scale": settings["guidance_scale"],
         "guidance_interval": [lo, hi],
+        "deep_cache": settings.get("deep_cache", 1),
         "unet_evaluations": evals,
         "images": len(gray),
         "prompt_accuracy": prompt_accuracy(judge.predict(gray), wanted),

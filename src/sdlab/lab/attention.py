@@ -117,8 +117,11 @@ class AttentionMaps:
 
 @torch.no_grad()
 def attention_maps(registry: ModelRegistry, request: GenerationRequest) -> AttentionMaps:
-    """Generate image 0 of `request` and map where each word of its prompt lands (DAAM)."""
-    request = request.replace(num_images_per_prompt=1, batch_count=1).validate()
+    """Generate image 0 of `request` and map where each word of its prompt lands (DAAM), averaged over
+    every cross-attention layer and step: the UNet runs whole (no deep cache) unless the request says."""
+    request = request.replace(
+        num_images_per_prompt=1, batch_count=1, deep_cache=request.deep_cache or 1
+    ).validate()
     pipe = registry.pipeline(registry.find_model(request.model))
     with recording_attention(pipe, latent_size(pipe, request)) as store:
         result = run_request(registry, request)

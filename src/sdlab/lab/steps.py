@@ -68,9 +68,13 @@ def watch(
     nearest guided step when a guidance interval leaves that one unguided);
     `attention` also maps each prompt word's cross-attention in the same run (`lab.attention`).
     Frames are the scheduler's model evaluations: second-order samplers (Heun) show about two per step.
+    The UNet runs whole at every step unless the request asks for a deep cache: a model's recommended
+    cache would leave most layers (and their attention) out of the cached steps being shown.
     Raises `InputError` for a bad request, as `run_request` does.
     """
-    request = request.replace(num_images_per_prompt=1, batch_count=1).validate()
+    request = request.replace(
+        num_images_per_prompt=1, batch_count=1, deep_cache=request.deep_cache or 1
+    ).validate()
     kept: dict[str, list[torch.Tensor]] = {"latents": [], "x0": [], "split": []}
     timesteps: list[float] = []
     guided: list[bool] = []

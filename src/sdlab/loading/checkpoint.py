@@ -96,10 +96,12 @@ def _read_cast(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         for key, info in header.items():
             if key == "__metadata__":
                 continue
-            if not isinstance(info, dict) or info.get("dtype") not in SAFETENSORS_DTYPES:
+            if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+                raise ValueError(f"tensor {key!r} has no dtype")
+            if info["dtype"] not in SAFETENSORS_DTYPES:
                 raise ValueError(f"tensor {key!r} has no known dtype")
             shape, offsets = info.get("shape"), info.get("data_offsets")
-            if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            if not isinstance(shape, list) or not all(type(n) is int and 0 <= n < 2**62 for n in shape):
                 raise ValueError(f"tensor {key!r} has a bad shape {shape!r}")
             if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)):
                 raise ValueError(f"tensor {key!r} has bad data_offsets {offsets!r}")

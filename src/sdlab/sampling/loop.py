@@ -258,6 +258,8 @@ def generate(
         guided_steps(sched.alphas_cumprod, timesteps, interval) if do_cfg else [False] * len(timesteps)
     )
     unet_passes = 0  # UNet evaluations per image: 2 per guided step, 1 per other step
+    if isinstance(deep_cache, bool):
+        raise InputError(f"deep_cache must be a positive integer (1: off), got {deep_cache!r}")
     cache = DeepCache(pipe.unet, deep_cache) if deep_cache != 1 else None
     for i, t in enumerate(timesteps):
         guided = guided_at[i]
@@ -325,7 +327,10 @@ def generate(
         "eta": eta,
         "stopped_at_step": stopped_at,
         "unet_evaluations": unet_passes,
-        "deep_cache": deep_cache if cache is not None else None,
+        # recorded when on, and when off against the model's recommendation (so a replay turns it off too)
+        "deep_cache": deep_cache
+        if cache is not None or pipe.sampling_defaults.get("deep_cache", 1) != 1
+        else None,
         **(guide.recipe if guide is not None else {}),
     }
     return GenerationResult(

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sdlab.errors import InputError
 from sdlab.outputs import interval_text
@@ -93,7 +93,7 @@ class Txt2ImgRequest(BaseModel):
     guidance_interval: list[float | None] | None = Field(
         None, description="sdlab: [sigma_lo, sigma_hi] (null: unbounded) where CFG runs; default: the model's"
     )
-    deep_cache: int | None = Field(
+    deep_cache: StrictInt | None = Field(
         None,
         description="sdlab: run the UNet whole every N steps, its shallow path between (DeepCache); 1: off",
     )
