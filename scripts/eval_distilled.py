@@ -3,10 +3,11 @@
 Rows, each 1,000 images (`--per-digit` x 10; the prompts and seeds of `sdlab eval`), timed in batches
 of 100 in this process:
 
-- the teacher at its defaults (`sdlab.json`: UniPC, 6 steps, CFG 3 at sigma <= 1.5: 9 UNet passes),
-  decoded by its VAE, then by its shipped tiny decoder (`--vae-decoder tiny`): the tiny decoder's cost;
-- the LCM model (`--lcm DIR`, made by `sdlab distill`) at 1, 2 and 4 steps (one UNet pass each), and at
-  4 steps with the tiny decoder;
+- the teacher at its defaults (`sdlab.json`: UniPC, 6 steps, CFG 3 at sigma <= 1.5: 9 UNet passes, deep
+  cache every 2 steps), decoded by its VAE, then by its shipped tiny decoder (`--vae-decoder tiny`): the
+  tiny decoder's cost; and without the deep cache;
+- the LCM model (`--lcm DIR`, made by `sdlab distill`) at 1, 2 and 4 steps (one UNet pass each), at
+  4 steps with the tiny decoder, and with a deep cache (2 steps, cache 2; 4 steps, cache 3);
 - the teacher at the LCM's budget: 2 and 4 UNet passes (UniPC 2 / 4 steps without guidance, and
   UniPC 2 steps with CFG at every step), so the LCM is compared at equal time as well as at equal quality.
 
@@ -74,12 +75,28 @@ def main() -> None:
         print(f"  {label}: {ms:.1f} ms, {passes} passes, accuracy {r['prompt_accuracy']:.3f}, "
               f"FID/floor {r['fid_ratio']:.2f}", flush=True)  # fmt: skip
 
-    row("teacher, defaults (UniPC 6 steps, CFG 3 at sigma <= 1.5)", teacher)
+    row(
+        "teacher, defaults (UniPC 6 steps, CFG 3 at sigma <= 1.5, deep cache 2: steps 1 and 5 shallow)",
+        teacher,
+    )
     row("teacher, defaults + tiny decoder", teacher, vae_decoder=tiny)
-    row("teacher, UniPC 4 steps, no guidance", teacher, num_inference_steps=4, guidance_scale=1.0)
-    row("teacher, UniPC 2 steps, no guidance", teacher, num_inference_steps=2, guidance_scale=1.0)
+    row("teacher, defaults without deep cache", teacher, deep_cache=1)
+    row(
+        "teacher, UniPC 4 steps, no guidance",
+        teacher,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        deep_cache=1,
+    )
+    row(
+        "teacher, UniPC 2 steps, no guidance",
+        teacher,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        deep_cache=1,
+    )
     row("teacher, UniPC 2 steps, CFG 3 every step", teacher, num_inference_steps=2, guidance_scale=3.0,
-        guidance_interval=(0.0, None))  # fmt: skip
+        guidance_interval=(0.0, None), deep_cache=1)  # fmt: skip
     if args.lcm:
         lcm = sdlab.load_pipeline(args.lcm, dtype=args.dtype)
         scale = lcm.sampling_defaults.get("guidance_scale")
@@ -90,6 +107,9 @@ def main() -> None:
                 num_inference_steps=steps,
             )
         row("LCM, 4 steps + tiny decoder", lcm, num_inference_steps=4, vae_decoder=tiny)
+        # deep cache on top: the speed-up that brings SD 1.5's few-step path under 5 s (bench_fast.py)
+        row("LCM, 2 steps, deep cache 2", lcm, num_inference_steps=2, deep_cache=2)
+        row("LCM, 4 steps, deep cache 3", lcm, num_inference_steps=4, deep_cache=3)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     report = {"dtype": args.dtype, "images_per_row": len(prompts), "rows": rows}

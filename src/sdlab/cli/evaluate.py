@@ -58,7 +58,7 @@ def run_eval(opts: EvalOptions) -> dict:
         pipe, sampling["scheduler"], sampling["num_inference_steps"], sampling["guidance_scale"], interval
     )
     report = {
-        "model": pipe.source,
+        "model": _shown(pipe.source),
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "sampling": sampling,
         "unet_evaluations": evaluations,
@@ -94,6 +94,14 @@ def run_eval(opts: EvalOptions) -> dict:
             for path in write_sweep(sweep, out, caption):
                 print(path)
     return report
+
+
+def _shown(path: str) -> str:
+    """A model path as the report shows it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _sweep_names(text: str | None, known: dict) -> list[str]:
