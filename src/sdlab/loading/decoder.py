@@ -29,8 +29,8 @@ def vae_decoder_folder(ref: str | Path, model_source: str | Path) -> Path:
     folder = Path(model_source) / TINY_FOLDER
     if not (folder / "config.json").is_file():
         raise InputError(
-            f"--vae-decoder tiny: model {Path(model_source).name or model_source} has no tiny decoder "
-            f"({TINY_FOLDER}/ in its folder); make one with `sdlab distill-decoder`, or give a TAESD folder"
+            f"--vae-decoder tiny: the model {model_source} has no tiny decoder (no {TINY_FOLDER}/ folder); "
+            "make one with `sdlab distill-decoder`, or give a TAESD folder"
         )
     return folder
 
