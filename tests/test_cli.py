@@ -102,6 +102,7 @@ def test_info_describes_the_model(capsys, tiny_dir):
             and digits["recommended_sampling"]["scheduler"] == "unipc"
             and digits["resolution"] == 32
         )
+        assert digits["tiny_decoder"] == "vae_tiny" and info["tiny_decoder"] is None  # shipped, and not
 
 
 @pytest.mark.parametrize(

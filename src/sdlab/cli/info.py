@@ -10,6 +10,7 @@ import torch
 from sdlab.cli.generate import load_model
 from sdlab.cli.options import ConvertOptions, InfoOptions
 from sdlab.errors import InputError
+from sdlab.loading.decoder import TINY_FOLDER
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.schedulers import scheduler_name_from_config
 
@@ -32,6 +33,8 @@ def describe(pipe: Pipeline) -> dict:
             pipe.sampling_defaults
         ),  # sdlab.json: what sdlab uses when a call gives none
         "dtype": str(pipe.dtype).removeprefix("torch."),
+        # the model folder's own tiny decoder, if it has one (`--vae-decoder tiny`)
+        "tiny_decoder": TINY_FOLDER if pipe.source and (Path(pipe.source) / TINY_FOLDER).is_dir() else None,
         "unet": {
             "parameters": params(pipe.unet),
             "block_out_channels": list(unet.block_out_channels),
@@ -73,6 +76,8 @@ def run_info(opts: InfoOptions) -> dict:
         print(f"{name:<15} {part['parameters'] / 1e6:.2f} M parameters; {rest}")
     if info["inpainting_unet"]:
         print("inpainting      9-channel UNet (latents + mask + masked image)")
+    if info["tiny_decoder"]:
+        print(f"tiny decoder    {info['tiny_decoder']}/ (AutoencoderTiny): --vae-decoder tiny")
     return info
 
 
