@@ -21,6 +21,14 @@ from diffusers import UNet2DConditionModel
 from sdlab.errors import InputError
 
 
+def check_interval(interval: object, what: str = "deep_cache") -> int:
+    """`interval` as the deep cache takes it: a positive int (1: off; a bool is not one); `InputError`,
+    naming it `what`, else."""
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise InputError(f"{what} must be a positive integer (1: off), got {interval!r}")
+    return interval
+
+
 class DeepCache:
     """The UNet's forward with deep-feature reuse every `interval` steps (1: every step runs whole).
 
@@ -32,8 +40,7 @@ class DeepCache:
     embeddings, as SDXL has)."""
 
     def __init__(self, unet: UNet2DConditionModel, interval: int) -> None:
-        if not isinstance(interval, int) or interval < 1:
-            raise InputError(f"deep cache interval must be a positive integer, got {interval!r}")
+        check_interval(interval, "deep cache interval")
         cfg = unet.config
         if unet.class_embedding is not None or cfg.addition_embed_type is not None or cfg.center_input_sample:
             raise InputError("deep cache covers SD 1.x/2.x UNets (no class or added embeddings)")

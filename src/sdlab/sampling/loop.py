@@ -24,7 +24,7 @@ from diffusers.image_processor import VaeImageProcessor
 from sdlab.errors import InputError
 from sdlab.images import load_image, load_mask
 from sdlab.prompts import count_chunks, encode_prompts
-from sdlab.sampling.deep_cache import DeepCache
+from sdlab.sampling.deep_cache import DeepCache, check_interval
 from sdlab.sampling.gradient_guidance import GradientGuide, alpha_bar_at, guide_prediction
 from sdlab.sampling.latents import (
     decode_latents,
@@ -258,9 +258,7 @@ def generate(
         guided_steps(sched.alphas_cumprod, timesteps, interval) if do_cfg else [False] * len(timesteps)
     )
     unet_passes = 0  # UNet evaluations per image: 2 per guided step, 1 per other step
-    if isinstance(deep_cache, bool):
-        raise InputError(f"deep_cache must be a positive integer (1: off), got {deep_cache!r}")
-    cache = DeepCache(pipe.unet, deep_cache) if deep_cache != 1 else None
+    cache = DeepCache(pipe.unet, deep_cache) if check_interval(deep_cache) != 1 else None
     for i, t in enumerate(timesteps):
         guided = guided_at[i]
         model_input = torch.cat([latents] * 2) if guided else latents

@@ -44,7 +44,7 @@ from sdlab.images import make_grid, save_png
 from sdlab.loading.folder import save_folder
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
-from sdlab.sampling.latents import guidance_scale_embedding
+from sdlab.sampling.latents import guidance_scale_embedding, predicted_x0
 from sdlab.sampling.loop import check_guidance_interval
 from sdlab.service.request import parse_guidance_interval
 from sdlab.training.data import encode_dataset, encode_text
@@ -139,13 +139,14 @@ def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def x0_and_eps(
     output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0, eps) implied by a UNet `output` at x_t, for epsilon or v-prediction; `alpha_bar` (B, 1, 1, 1)."""
-    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    """(x0, eps) implied by a UNet `output` at x_t, for epsilon or v-prediction; `alpha_bar` (B, 1, 1, 1).
+    x0 is the sampling loop's `predicted_x0`; eps is the output itself, or sqrt(a) v + sqrt(1 - a) x_t."""
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise InputError(f"LCM distillation needs an epsilon or v-prediction teacher, not {prediction_type}")
+    x0 = predicted_x0(output, x_t, alpha_bar, prediction_type)
     if prediction_type == "epsilon":
-        return (x_t - s * output) / a, output
-    if prediction_type == "v_prediction":
-        return a * x_t - s * output, a * output + s * x_t
-    raise InputError(f"LCM distillation needs an epsilon or v-prediction teacher, not {prediction_type}")
+        return x0, output
+    return x0, alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * x_t
 
 
 def student_unet(teacher: UNet2DConditionModel, time_cond_proj_dim: int) -> UNet2DConditionModel:
