@@ -80,7 +80,7 @@ def sdlab_row(per_digit: int, judge, dtype: str = "float32") -> tuple[dict, dict
     from sdlab.digits.data import to_gray
 
     pipe = sdlab.load_pipeline(dtype=dtype)
-    settings = dict(pipe.sampling_defaults)
+    settings = pipe.recommended.to_json()
     evaluations = []
 
     def run(prompts, seeds):

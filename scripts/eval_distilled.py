@@ -99,7 +99,7 @@ def main() -> None:
         guidance_interval=(0.0, None), deep_cache=1)  # fmt: skip
     if args.lcm:
         lcm = sdlab.load_pipeline(args.lcm, dtype=args.dtype)
-        scale = lcm.sampling_defaults.get("guidance_scale")
+        scale = lcm.recommended.guidance_scale
         for steps in (4, 2, 1):
             row(
                 f"LCM, {steps} step{'s' if steps > 1 else ''} (w = {scale - 1:g})",

@@ -109,7 +109,7 @@ def test_info_describes_the_model(capsys, tiny_dir):
     ("args", "message"),
     [
         (["--height", "33"], "height must be a positive multiple of 2"),
-        (["--steps", "0"], "must be an integer >= 1"),
+        (["--steps", "0"], "num_inference_steps (--steps) must be an integer from 1 to"),
         (["--seed", "4294967301"], "seed must be an integer from 0 to 4294967295"),  # 5 + 2**32: not seed 5
         (["--guidance-scale", "nan"], "guidance_scale"),
         (["--strength", "0.5"], "strength applies only to image-to-image"),

@@ -9,6 +9,7 @@ import torch
 from sdlab.errors import InputError
 from sdlab.sampling.deep_cache import DeepCache
 from sdlab.sampling.loop import generate
+from sdlab.sampling.params import SamplingParams
 
 PROMPT = "a red cube on a table"
 
@@ -38,7 +39,7 @@ def test_generate_with_deep_cache_runs_the_unet_whole_every_n_steps(tiny, monkey
     monkeypatch.setattr(DeepCache, "_shallow", lambda self, *a: calls.append(1) or real(self, *a))
     cached = generate(tiny, PROMPT, **kwargs, deep_cache=3)
     assert len(calls) == 4  # steps 1, 2, 4, 5 of 0..5
-    assert cached.settings["deep_cache"] == 3 and plain.settings["deep_cache"] is None
+    assert cached.settings["deep_cache"] == 3 and plain.settings["deep_cache"] == 1
     assert not torch.equal(cached.pixels, plain.pixels)
     other_seed = generate(tiny, PROMPT, **{**kwargs, "seed": 2})
     # nearer the exact result than another seed's image is: an approximation of the same picture
@@ -88,11 +89,11 @@ def test_the_model_may_recommend_deep_cache_the_png_records_it_and_replay_repeat
     from sdlab.metadata import parse_parameters
     from sdlab.outputs import read_recipe
 
-    tiny.sampling_defaults = {"deep_cache": 2, "scheduler": "ddim"}
+    tiny.recommended = SamplingParams(deep_cache=2, scheduler="ddim", num_inference_steps=4)
     try:
         model = save_folder(tiny, tmp_path / "model")
     finally:
-        tiny.sampling_defaults = {}
+        tiny.recommended = SamplingParams()
     common = ["--model", str(model), "--steps", "4", "--seed", "2"]
     assert main(["generate", PROMPT, *common, "-o", str(tmp_path / "cached.png")]) == 0
     assert main(["generate", PROMPT, *common, "--deep-cache", "1", "-o", str(tmp_path / "whole.png")]) == 0
@@ -108,7 +109,7 @@ def test_the_model_may_recommend_deep_cache_the_png_records_it_and_replay_repeat
     assert capsys.readouterr().out.count("identical pixels") == 2
     # a bad value: one sentence, exit 2
     assert main(["generate", PROMPT, *common, "--deep-cache", "0", "-o", str(tmp_path / "bad.png")]) == 2
-    assert "deep_cache must be" in capsys.readouterr().err
+    assert "deep_cache (--deep-cache) must be an integer from 1" in capsys.readouterr().err
 
 
 def test_turning_a_recommended_cache_off_is_recorded_and_infotexts_carry_it_both_ways(tiny, tmp_path):
@@ -116,15 +117,16 @@ def test_turning_a_recommended_cache_off_is_recorded_and_infotexts_carry_it_both
     from sdlab.service.prompts_file import parse_line
 
     kwargs = dict(num_inference_steps=4, seed=0, height=32, width=32)
-    assert generate(tiny, PROMPT, **kwargs).settings["deep_cache"] is None  # no recommendation, off: silent
-    tiny.sampling_defaults = {"deep_cache": 2}
+    silent = generate(tiny, PROMPT, **kwargs)  # no recommendation, off: the infotext does not say it
+    assert "Deep cache" not in infotext({**recipe(silent, 0, tiny), "model_hash": "0", "sdlab_version": "x"}, tiny)
+    tiny.recommended = SamplingParams(deep_cache=2, num_inference_steps=4)
     try:
         off = generate(tiny, PROMPT, **kwargs, deep_cache=1)
         default = generate(tiny, PROMPT, **kwargs)
+        text = infotext({**recipe(off, 0, tiny), "model_hash": "0", "sdlab_version": "x"}, tiny)
     finally:
-        tiny.sampling_defaults = {}
+        tiny.recommended = SamplingParams()
     assert off.settings["deep_cache"] == 1 and default.settings["deep_cache"] == 2
-    text = infotext({**recipe(off, 0, tiny), "model_hash": "0", "sdlab_version": "x"})
     assert "Deep cache: 1" in text  # an A1111 client re-posting it turns the cache off too
     # an A1111-style PNG (parameters only) replays with the cache it names, and with none when silent
     for value, expected in (("Deep cache: 3, ", 3), ("", 1)):
@@ -139,7 +141,7 @@ def test_turning_a_recommended_cache_off_is_recorded_and_infotexts_carry_it_both
         Image.new("RGB", (32, 32)).save(tmp_path / "a.png", pnginfo=info)
         assert read_recipe(tmp_path / "a.png")["deep_cache"] == expected
     assert parse_line('--prompt "a cat" --deep_cache 3', "line 1")["deep_cache"] == 3
-    with pytest.raises(InputError, match="deep_cache must be"):
+    with pytest.raises(InputError, match=r"deep_cache \(--deep-cache\) must be an integer"):
         generate(tiny, PROMPT, **kwargs, deep_cache=True)
 
 
@@ -147,4 +149,4 @@ def test_eval_refuses_a_deep_cache_below_one(tiny_dir, capsys):
     from sdlab.cli.main import main
 
     assert main(["eval", "--model", str(tiny_dir), "--deep-cache", "0"]) == 2
-    assert "--deep-cache must be a positive integer" in capsys.readouterr().err
+    assert "deep_cache (--deep-cache) must be an integer from 1" in capsys.readouterr().err

@@ -139,7 +139,7 @@ def test_distill_writes_a_one_pass_per_step_lcm_model(tiny_dir, squares_dir, tmp
     folder = distill(cfg)
     pipe = load_pipeline(folder)
     assert pipe.unet.config.time_cond_proj_dim == 32
-    assert pipe.sampling_defaults == {"scheduler": "lcm", "num_inference_steps": 4, "guidance_scale": 3.5}
+    assert pipe.recommended.to_json() == {"scheduler": "lcm", "num_inference_steps": 4, "guidance_scale": 3.5}
     result = pipe.generate(PROMPT, seed=0)  # the recommended sampling: 4 LCM steps, CFG baked in
     assert result.settings["scheduler"] == "lcm" and result.settings["unet_evaluations"] == 4
     assert (tmp_path / "run" / "validation" / "step-000003.png").is_file()

@@ -162,7 +162,7 @@ BAD = [
     (dict(height=31), "height must be a positive multiple of 2"),
     (dict(width=0), "width must be a positive multiple"),
     (dict(height=8192), "larger than the maximum"),
-    (dict(num_inference_steps=0), "must be an integer >= 1"),
+    (dict(num_inference_steps=0), "num_inference_steps (--steps) must be an integer from 1 to"),
     (dict(guidance_scale=float("nan")), "guidance_scale"),
     (dict(guidance_scale=float("inf")), "guidance_scale"),
     (dict(strength=0.5), "strength applies only to image-to-image"),

@@ -11,6 +11,7 @@ from sdlab.errors import InputError
 from sdlab.loading import load_pipeline
 from sdlab.loading.folder import save_folder
 from sdlab.sampling.gradient_guidance import GradientGuide, alpha_bar_at
+from sdlab.sampling.params import SamplingParams
 
 
 def brightness(pixels: torch.Tensor) -> torch.Tensor:
@@ -40,11 +41,11 @@ def test_alpha_bar_interpolates_between_timesteps():
 
 
 def test_a_models_sampling_defaults_apply_unless_overridden(tiny, tmp_path):
-    tiny.sampling_defaults = {"guidance_scale": 2.5, "num_inference_steps": 3}
+    tiny.recommended = SamplingParams(guidance_scale=2.5, num_inference_steps=3)
     try:
         folder = save_folder(tiny, tmp_path / "m")
     finally:
-        tiny.sampling_defaults = {}
+        tiny.recommended = SamplingParams()
     assert json.loads((folder / "sdlab.json").read_text()) == {
         "sampling": {"guidance_scale": 2.5, "num_inference_steps": 3}
     }

@@ -15,6 +15,7 @@ from test_parity import TOL, reference
 from sdlab.errors import InputError
 from sdlab.sampling.gradient_guidance import alpha_bar_at
 from sdlab.sampling.loop import generate
+from sdlab.sampling.params import SamplingParams
 from sdlab.sampling.schedulers import make_scheduler
 
 PROMPT, NEGATIVE = "a red cube on a table", "blurry"
@@ -94,11 +95,13 @@ def test_the_model_recommends_an_interval_the_png_records_it_and_replay_repeats_
     from sdlab.metadata import parse_parameters
     from sdlab.outputs import read_recipe
 
-    tiny.sampling_defaults = {"guidance_scale": 6.0, "guidance_interval": [0.5, None], "scheduler": "ddim"}
+    tiny.recommended = SamplingParams(
+        guidance_scale=6.0, guidance_interval=(0.5, None), scheduler="ddim", num_inference_steps=4
+    )
     try:
         model = save_folder(tiny, tmp_path / "model")
     finally:
-        tiny.sampling_defaults = {}
+        tiny.recommended = SamplingParams()
     assert json.loads((model / "sdlab.json").read_text())["sampling"]["guidance_interval"] == [0.5, None]
     common = [str(model), "--steps", "4", "--seed", "2"]
     assert main(["generate", PROMPT, "--model", *common, "-o", str(tmp_path / "a.png")]) == 0
@@ -158,7 +161,7 @@ def test_the_model_recommends_an_interval_the_png_records_it_and_replay_repeats_
 
 @pytest.mark.parametrize("scheduler", ["pndm", "unipc", "lms", "dpmpp_2m"])
 def test_planned_evaluations_are_what_generate_spends(tiny, scheduler):
-    from sdlab.sampling.loop import planned_unet_evaluations
+    from sdlab.sampling.guidance import planned_unet_evaluations
 
     for scale, interval in ((7.0, (0.0, None)), (7.0, (0.0, 1.5)), (7.0, (1.0, None)), (1.0, (0.0, None))):
         result = generate(

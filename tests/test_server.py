@@ -124,16 +124,24 @@ def test_setting_the_model_png_info_and_lora_tags(api, server):
     assert info["extra_generation_params"]["Deep cache"] == 2 and "Deep cache: 2" in info["infotexts"][0]
     assert cached["parameters"]["deep_cache"] == 2
     whole = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "deep_cache": 1}).json()
-    # off on a model that recommends it: said, so an A1111 client re-posting the infotext gets the same
-    assert (
-        "Deep cache: 1" in json.loads(whole["info"])["infotexts"][0] and whole["images"] != cached["images"]
-    )
-    model_default = requests.post(f"{server}/sdapi/v1/txt2img", json=DIGIT).json()
+    assert "Deep cache" not in json.loads(whole["info"])["infotexts"][0]  # at settings of one's own: off anyway
+    assert whole["images"] != cached["images"]
+    # at the model's own settings, off is said, so an A1111 client re-posting the infotext gets the same
+    package = dict(prompt=DIGIT["prompt"], seed=11)
+    off = requests.post(f"{server}/sdapi/v1/txt2img", json={**package, "deep_cache": 1}).json()
+    assert "Deep cache: 1" in json.loads(off["info"])["infotexts"][0]
+    model_default = requests.post(f"{server}/sdapi/v1/txt2img", json=package).json()
     assert model_default["parameters"]["deep_cache"] == 2  # the digits model's recommendation, echoed
+    assert model_default["parameters"]["steps"] == 6 and model_default["images"] != off["images"]
+    # the model's settings given explicitly are still the model's package: the same image
+    explicit = requests.post(f"{server}/sdapi/v1/txt2img", json={**package, "steps": 6, "cfg_scale": 3}).json()
+    assert explicit["images"] == model_default["images"]
+    departed = requests.post(f"{server}/sdapi/v1/txt2img", json={**package, "steps": 7}).json()
+    assert departed["parameters"]["deep_cache"] == 1  # steps of one's own: the tuned cache is dropped
     response = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "deep_cache": True})
     assert response.status_code == 422
     response = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "deep_cache": 0})
-    assert response.status_code == 422 and "deep_cache must be" in response.json()["detail"]
+    assert response.status_code == 422 and "deep_cache (--deep-cache) must be" in response.json()["detail"]
 
 
 def test_eight_concurrent_clients_get_correct_images_and_interrupt_stops_within_a_step(api, server):

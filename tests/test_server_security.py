@@ -87,7 +87,7 @@ def test_the_server_own_origin_and_clients_without_origin_are_served(server):
         ({"init_images": [b64(png_bomb())]}, "decompression bomb"),
         ({"init_images": [b64(png()[:1500])]}, "truncated or corrupt"),
         ({"seed": 2**40}, "seed must be an integer from 0 to 4294967295"),
-        ({"steps": 0}, "must be an integer >= 1"),
+        ({"steps": 0}, "num_inference_steps (--steps) must be an integer from 1 to"),
         ({"cfg_scale": float("nan")}, "cfg_scale"),
         ({"s_noise": float("inf")}, "s_noise must be a finite number"),
         ({"sampler_index": 3, "sampler_name": None}, "sampler_index must be a sampler's name"),

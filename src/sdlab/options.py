@@ -27,13 +27,34 @@ def option(
     *aliases: str,
     positional: bool = False,
     default_factory: Any = MISSING,
+    a1111: str | None = None,
+    infotext: str | None = None,
     **argparse_kwargs: Any,
 ) -> Any:
-    """A dataclass field with its help text (units, range) and extra flag names, e.g. `--lr`."""
+    """A dataclass field with its help text (units, range) and extra flag names, e.g. `--lr`.
+
+    `a1111` and `infotext` name the field in AUTOMATIC1111's HTTP API and in its PNG "parameters" text
+    (`sdlab.sampling.params` reads them); `type` parses the flag's text where the annotation cannot."""
     meta = {"help": help, "aliases": aliases, "positional": positional, **argparse_kwargs}
+    meta.update({k: v for k, v in (("a1111", a1111), ("infotext", infotext)) if v is not None})
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def same_as(cls: type, name: str) -> Any:
+    """A field declared like `cls`'s field `name`: the same default, help, aliases and names, so that an
+    options dataclass offering a subset of another's fields (e.g. `sdlab eval`'s sampling flags) writes
+    none of them twice."""
+    f = cls.__dataclass_fields__[name]
+    return field(default=f.default, metadata=f.metadata)
+
+
+def text_parser(cls: type, name: str) -> Any:
+    """The function that reads field `name` of `cls` from text: its `type` option, else its annotation's
+    base type (`int | None` -> int)."""
+    f = cls.__dataclass_fields__[name]
+    return f.metadata.get("type") or _base_type(typing.get_type_hints(cls)[name])
 
 
 def split_bar(text: str) -> list[str]:
@@ -68,9 +89,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, presets: dict[str, d
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             continue
-        meta = dict(f.metadata)
+        meta = {k: v for k, v in f.metadata.items() if k not in ("a1111", "infotext")}
         aliases, positional = meta.pop("aliases"), meta.pop("positional")
-        kind = _base_type(hints[f.name])
+        kind = meta.pop("type") if "type" in meta else _base_type(hints[f.name])
         default = default_of(f)
         if positional:
             parser.add_argument(f.name, type=kind, help=meta.pop("help"), **meta)
@@ -97,7 +118,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, presets: dict[str, d
         else:
             metavar = "PATH" if f.name in PATHS else METAVARS.get(kind, "VALUE")
             parser.add_argument(
-                *flags, dest=f.name, type=kind, default=default, **{"metavar": metavar, **meta}
+                *flags, dest=f.name, type=_parser(kind), default=default, **{"metavar": metavar, **meta}
             )
 
 
@@ -109,6 +130,20 @@ def from_namespace(cls: type, ns: argparse.Namespace, presets: dict[str, dict] |
     if presets:
         given = {**presets[ns.preset], **{k: v for k, v in given.items() if v is not None}}
     return cls(**given)
+
+
+def _parser(parse: Any) -> Any:
+    """A flag's parser whose `InputError` sentence argparse prints as it is (not "invalid value")."""
+    from sdlab.errors import InputError
+
+    def parse_text(text: str) -> Any:
+        try:
+            return parse(text)
+        except InputError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse_text.__name__ = getattr(parse, "__name__", "value")  # argparse names it in "invalid int value"
+    return parse_text
 
 
 def _shown(default: Any) -> bool:

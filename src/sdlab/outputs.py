@@ -7,6 +7,7 @@ people already use understand; and `sdlab`, the resolved options as JSON, enough
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from sdlab.images import make_grid, read_png_text, save_png
 from sdlab.metadata import format_parameters, parse_parameters
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.loop import GenerationResult
-from sdlab.sampling.schedulers import a1111_sampler, resolve_sampler
+from sdlab.sampling.params import EVERY_STEP, PACKAGE_BASE, SamplingParams, neutral
+from sdlab.sampling.schedulers import a1111_sampler, resolve_sampler, scheduler_name_from_config
 from sdlab.version import __version__
 
 
@@ -45,10 +47,15 @@ def recipe(
     }
 
 
-def infotext(r: dict) -> str:
-    """A1111's `parameters` text for one image's recipe."""
+def infotext(r: dict, pipe: Pipeline | None = None) -> str:
+    """A1111's `parameters` text for one image's recipe.
+
+    A setting sdlab adds (a guidance interval, a deep cache) is written when it is on, and also when it is
+    off where leaving it out would turn it on: an A1111 client that re-posts the infotext's steps,
+    sampler and CFG scale to a model whose recommendation includes it (`pipe.recommended`) gets the
+    same image."""
     sampler, schedule = a1111_sampler(r["scheduler"])
-    settings = {
+    settings: dict[str, object] = {
         "Steps": r["num_inference_steps"],
         "Sampler": sampler,
         "Schedule type": schedule,  # A1111 1.9+'s form ("DPM++ 2M" + "Karras"); None is left out
@@ -58,20 +65,32 @@ def infotext(r: dict) -> str:
         "Model hash": r["model_hash"],
         "Model": Path(r["model"]).stem if r.get("model") else "",
     }
-    if r.get("strength") is not None:
-        settings["Denoising strength"] = r["strength"]
-    if r.get("guidance_rescale"):
-        settings["CFG Rescale phi"] = r["guidance_rescale"]
+    implied = {}
+    if pipe is not None:  # what a request with this image's steps, sampler and CFG scale alone would run
+        base = SamplingParams(**{k: r[k] for k in PACKAGE_BASE})
+        implied = base.resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config)).recipe()
+    for f in fields(SamplingParams):
+        key = f.metadata.get("infotext")
+        if key is None or key in settings or f.name not in r:
+            continue
+        value = _plain(r[f.name])  # JSON gives lists where the parameters hold tuples
+        if value != neutral(f.name) or _plain(implied.get(f.name, value)) != value:
+            settings[key] = _infotext_value(f.name, value)
     if r.get("vae_decoder"):
         settings["VAE Decoder"] = Path(r["vae_decoder"]).name  # a tiny decoder (TAESD) drew the image
-    if (text := interval_text(r.get("guidance_interval"))) is not None:
-        settings["Guidance interval"] = text  # sigma range, as extensions add their settings
-    if (
-        r.get("deep_cache") is not None
-    ):  # every N steps the UNet ran whole (DeepCache); 1: against the model's
-        settings["Deep cache"] = r["deep_cache"]
     settings["Version"] = f"sdlab {r['sdlab_version']}"
     return format_parameters(r["prompt"], r["negative_prompt"], settings)
+
+
+def _plain(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _infotext_value(name: str, value: Any) -> object:
+    if name == "guidance_interval":  # sigma range, as extensions add their settings: "0.3 to 5.0", "1.0 to inf"
+        lo, hi = value
+        return f"{float(lo)!r} to {'inf' if hi is None else repr(float(hi))}"
+    return value
 
 
 def save_result(
@@ -79,22 +98,27 @@ def save_result(
 ) -> list[Path]:
     """One image to `output`; several to `out-0.png ... out-(N-1).png` plus a grid `out-grid.png`."""
     recipes = [recipe(result, i, pipe, sources) for i in range(len(result.images))]
-    return write_pngs(result.images, recipes, output)
+    return write_pngs(result.images, recipes, output, [infotext(r, pipe) for r in recipes])
 
 
-def write_pngs(images: list[Image.Image], recipes: list[dict], output: str | Path) -> list[Path]:
-    """Images with their recipes as PNGs: `output` for one; `out-0.png ...` plus `out-grid.png` for several."""
+def write_pngs(
+    images: list[Image.Image], recipes: list[dict], output: str | Path, infotexts: list[str] | None = None
+) -> list[Path]:
+    """Images with their recipes as PNGs: `output` for one; `out-0.png ...` plus `out-grid.png` for several.
+
+    `infotexts` are the images' A1111 `parameters` (default: `infotext(recipe)`)."""
     output = check_output(output)
+    infotexts = infotexts or [infotext(r) for r in recipes]
     if len(images) == 1:
         targets = [output]
     else:
         targets = [output.with_name(f"{output.stem}-{i}.png") for i in range(len(images))]
     written = []
-    for image, r, target in zip(images, recipes, targets, strict=True):
-        written.append(save_png(image, target, parameters=infotext(r), extra={"sdlab": json.dumps(r)}))
+    for image, r, text, target in zip(images, recipes, infotexts, targets, strict=True):
+        written.append(save_png(image, target, parameters=text, extra={"sdlab": json.dumps(r)}))
     if len(images) > 1:  # the grid carries its first image's parameters, as A1111's grids do
         grid = output.with_name(f"{output.stem}-grid.png")
-        written.append(save_png(make_grid(images), grid, parameters=infotext(recipes[0])))
+        written.append(save_png(make_grid(images), grid, parameters=infotexts[0]))
     return written
 
 
@@ -114,7 +138,7 @@ def read_recipe(path: str | Path) -> dict:
         except json.JSONDecodeError as err:
             raise InputError(f"{path} has a damaged sdlab recipe chunk: {err}") from err
         # an image made before guidance intervals was guided at every step, whatever the model now recommends
-        recipe.setdefault("guidance_interval", [0.0, None])
+        recipe.setdefault("guidance_interval", list(EVERY_STEP))
         recipe.setdefault("deep_cache", 1)  # and ran the UNet whole at every step
         return recipe
     if "parameters" not in chunks:
@@ -135,23 +159,26 @@ def read_recipe(path: str | Path) -> dict:
         }
     except (KeyError, ValueError) as err:
         raise InputError(f"{path}: its 'parameters' chunk lacks a readable {err} setting") from err
-    if "Denoising strength" in s and "Hires upscale" not in s:  # with hires fix it is the second pass's
-        r["strength"] = float(s["Denoising strength"])
-    if "CFG Rescale phi" in s:
-        r["guidance_rescale"] = float(s["CFG Rescale phi"])
-    # an image made without one was guided at every step, whatever the model now recommends
-    r["guidance_interval"] = [0.0, None]
-    try:
-        r["deep_cache"] = int(s.get("Deep cache", 1))
-    except ValueError as err:
-        raise InputError(f"{path}: unreadable 'Deep cache' {s['Deep cache']!r}") from err
-    if "Guidance interval" in s:
-        lo, _, hi = s["Guidance interval"].partition(" to ")
+    for f in fields(SamplingParams):  # sdlab's and A1111's optional settings; left out: off
+        key = f.metadata.get("infotext")
+        if key is None or f.name in r:
+            continue
+        if key not in s or (key == "Denoising strength" and "Hires upscale" in s):  # hires fix: its 2nd pass's
+            if neutral(f.name) is not None:
+                r[f.name] = list(EVERY_STEP) if f.name == "guidance_interval" else neutral(f.name)
+            continue
         try:
-            r["guidance_interval"] = [float(lo), None if hi == "inf" else float(hi)]
+            r[f.name] = _parse_infotext_value(f.name, s[key])
         except ValueError as err:
-            raise InputError(f"{path}: unreadable 'Guidance interval' {s['Guidance interval']!r}") from err
+            raise InputError(f"{path}: unreadable {key!r} {s[key]!r}") from err
     return r
+
+
+def _parse_infotext_value(name: str, text: str) -> Any:
+    if name == "guidance_interval":
+        lo, _, hi = text.partition(" to ")
+        return [float(lo), None if hi == "inf" else float(hi)]
+    return int(text) if name in ("deep_cache", "num_inference_steps") else float(text)
 
 
 def interval_text(interval: list | None) -> str | None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sdlab.sampling.params import SamplingParams
+
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -27,8 +29,8 @@ class Pipeline:
     scheduler_config: dict[str, Any]
     source: str = ""  # the path it was loaded from
     name: str = ""  # a short name for metadata (A1111's "Model:")
-    # the model's recommended sampling settings (its folder's sdlab.json), used where a call gives none
-    sampling_defaults: dict[str, Any] = field(default_factory=dict)
+    # the model's recommended sampling package (its folder's sdlab.json), applied where a call gives none
+    recommended: SamplingParams = field(default_factory=lambda: SamplingParams())
     _hash: str | None = field(default=None, repr=False)
 
     @property

@@ -10,14 +10,15 @@ from sdlab.cli.generate import load_model, process_state
 from sdlab.cli.options import EvalOptions
 from sdlab.errors import InputError
 from sdlab.outputs import interval_text
+from sdlab.sampling.params import PACKAGE
 
 
 def run_eval(opts: EvalOptions) -> dict:
     from sdlab.evaluation.digits import Judge, evaluate, negative_prompt_effect, strength_effect
     from sdlab.evaluation.sweeps import SWEEPS, write_sweep
-    from sdlab.sampling.loop import planned_unet_evaluations
+    from sdlab.sampling.guidance import planned_unet_evaluations
+    from sdlab.sampling.params import SamplingParams
     from sdlab.sampling.schedulers import scheduler_name_from_config
-    from sdlab.service.request import parse_guidance_interval
 
     sweeps = _sweep_names(opts.sweep, SWEEPS)
     if sweeps and opts.vae_decoder:
@@ -25,26 +26,13 @@ def run_eval(opts: EvalOptions) -> dict:
     for name, value in (("--per-digit", opts.per_digit), ("--sweep-per-digit", opts.sweep_per_digit)):
         if value < 2:
             raise InputError(f"{name} must be at least 2 (FID needs a covariance), got {value}")
-    if opts.deep_cache is not None and opts.deep_cache < 1:
-        raise InputError(f"--deep-cache must be a positive integer (1: off), got {opts.deep_cache}")
+    asked = SamplingParams(**{name: getattr(opts, name) for name in PACKAGE}).validate()
     state, opts = process_state(opts)
     pipe = load_model(opts)
     judge = Judge.load()
-    defaults = pipe.sampling_defaults
-    interval = parse_guidance_interval(opts.guidance_interval) or defaults.get(
-        "guidance_interval", (0.0, None)
-    )
-    sampling = dict(
-        num_inference_steps=opts.num_inference_steps or defaults.get("num_inference_steps", 30),
-        guidance_scale=opts.guidance_scale
-        if opts.guidance_scale is not None
-        else defaults.get("guidance_scale", 7.5),
-        scheduler=opts.scheduler
-        or defaults.get("scheduler")
-        or scheduler_name_from_config(pipe.scheduler_config),
-        guidance_interval=list(interval),
-        deep_cache=defaults.get("deep_cache", 1) if opts.deep_cache is None else opts.deep_cache,
-    )
+    # the model's recommendation as `generate` applies it: its interval and cache only at its settings
+    resolved = asked.resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config))
+    sampling = resolved.package()
     decoder = {}
     if opts.vae_decoder:  # the tiny decoder's cost in quality: every image below decoded with it
         from sdlab.loading.decoder import check_decoder_fits, load_vae_decoder, vae_decoder_folder
@@ -55,22 +43,23 @@ def run_eval(opts: EvalOptions) -> dict:
             decoder["vae_decoder"], pipe.vae.config.latent_channels, pipe.vae_scale_factor, opts.vae_decoder
         )
     evaluations = planned_unet_evaluations(
-        pipe, sampling["scheduler"], sampling["num_inference_steps"], sampling["guidance_scale"], interval
+        pipe, resolved.scheduler, resolved.num_inference_steps, resolved.guidance_scale, resolved.guidance_interval
     )
     report = {
         "model": _shown(pipe.source),
         "dtype": str(pipe.dtype).removeprefix("torch."),
-        "sampling": sampling,
+        "sampling": resolved.to_json(),
         "unet_evaluations": evaluations,
         "vae_decoder": opts.vae_decoder,
         "headline": evaluate(pipe, judge, opts.per_digit, **sampling, **decoder),
-        # negative prompts act through guidance: measured at the chosen scale and at SD's usual 7.5
+        # negative prompts act through guidance: measured at the chosen scale and at SD's usual 7.5 (which,
+        # as `generate --cfg 7.5` would, leaves the model's interval and cache out unless they were asked for)
         "negative_prompt": [
             {
                 "guidance_scale": scale,
-                **negative_prompt_effect(pipe, judge, **{**sampling, "guidance_scale": scale}, **decoder),
+                **negative_prompt_effect(pipe, judge, **_at_scale(asked, scale, pipe), **decoder),
             }
-            for scale in dict.fromkeys([sampling["guidance_scale"], 7.5])
+            for scale in dict.fromkeys([resolved.guidance_scale, 7.5])
         ],
         "strength": strength_effect(pipe, judge, **sampling, **decoder),
     }
@@ -94,6 +83,14 @@ def run_eval(opts: EvalOptions) -> dict:
             for path in write_sweep(sweep, out, caption):
                 print(path)
     return report
+
+
+def _at_scale(asked, scale: float, pipe) -> dict:
+    """The sampling package `generate` runs for the asked settings at CFG `scale`."""
+    from sdlab.sampling.schedulers import scheduler_name_from_config
+
+    at_scale = asked.replace(guidance_scale=scale)
+    return at_scale.resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config)).package()
 
 
 def _shown(path: str) -> str:

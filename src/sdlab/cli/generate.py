@@ -16,14 +16,6 @@ from sdlab.lora import parse_lora_spec
 from sdlab.outputs import check_output, read_recipe, write_pngs
 from sdlab.pipeline import Pipeline
 from sdlab.service import GenerationRequest, LoraRef, ModelRegistry, RequestResult, run_request
-from sdlab.service.request import parse_guidance_interval
-
-# fields a GenerateOptions shares with a GenerationRequest, by the same name
-REQUEST_FIELDS = (
-    "prompt", "negative_prompt", "model", "scheduler", "num_inference_steps", "guidance_scale",
-    "guidance_rescale", "guidance_interval", "seed", "height", "width", "num_images_per_prompt", "init_image", "strength",
-    "mask_image", "mask_blur", "invert_mask", "eta", "guide_digit", "guide_scale", "vae_decoder", "deep_cache",
-)  # fmt: skip
 
 
 def load_model(opts: ModelOptions) -> Pipeline:
@@ -52,18 +44,13 @@ def run_generate(opts: GenerateOptions) -> list[Path]:
         raise InputError('give a prompt ("" for none), or --from-file FILE with one prompt per line')
     if opts.prompt is not None and opts.from_file:
         raise InputError("give a prompt or --from-file FILE, not both (the file's lines are the prompts)")
-    fields = {k: getattr(opts, k) for k in REQUEST_FIELDS}
-    fields["prompt"] = opts.prompt or ""
-    fields["guidance_interval"] = parse_guidance_interval(opts.guidance_interval)
     request = GenerationRequest(
-        **fields,
-        loras=parse_loras(opts.lora),
-        embeddings=_split(opts.embedding),
-    )
+        **{f.name: getattr(opts, f.name) for f in dataclasses.fields(GenerationRequest)},
+    ).replace(prompt=opts.prompt or "", loras=parse_loras(opts.lora), embeddings=_split(opts.embedding))
     if opts.from_file:
         return run_prompts_file(opts, request, output)
     result = run_with_progress(cli_registry(opts), request)
-    written = write_pngs([g.image for g in result.images], [g.recipe for g in result.images], output)
+    written = _write(result.images, output)
     for path in written:
         print(path)
     return written
@@ -92,7 +79,7 @@ def run_prompts_file(opts: GenerateOptions, request: GenerationRequest, output: 
 
     from accelerate.utils import broadcast_object_list
 
-    from sdlab.sampling.loop import MAX_SEED
+    from sdlab.sampling.params import MAX_SEED
     from sdlab.service.prompts_file import read_prompts_file
 
     state, opts = process_state(opts)
@@ -112,7 +99,7 @@ def run_prompts_file(opts: GenerateOptions, request: GenerationRequest, output: 
             result = run_with_progress(registry, job.request)
             for k, image in enumerate(result.images):
                 target = output.with_name(f"{output.stem}-{job.first + k}.png")
-                written += write_pngs([image.image], [image.recipe], target)
+                written += _write([image], target)
     for path in written:
         print(path)
     state.wait_for_everyone()
@@ -145,8 +132,7 @@ def run_replay(opts: ReplayOptions) -> Path:
     index = recipe.get("batch_index", 0)
     # batched convolutions may differ from a lone image's in the last float bit, which can flip an
     # 8-bit rounding: replay regenerates the whole batch to give identical pixels
-    request = GenerationRequest(
-        **{k: recipe[k] for k in REQUEST_FIELDS if k in recipe and k not in ("model", "seed")},
+    request = GenerationRequest.from_recipe(recipe).replace(
         model=model,
         seed=recipe["seed"] - index,
         num_images_per_prompt=recipe.get("batch_size", 1),
@@ -154,7 +140,7 @@ def run_replay(opts: ReplayOptions) -> Path:
         embeddings=_split(recipe.get("embedding")),
     )
     image = run_with_progress(cli_registry(opts), request).images[index]
-    (path,) = write_pngs([image.image], [image.recipe], output)
+    (path,) = _write([image], output)
     original = np.asarray(load_image(opts.image), dtype=np.int16)
     replayed = np.asarray(image.image, dtype=np.int16)
     if original.shape != replayed.shape:
@@ -181,6 +167,11 @@ def run_with_progress(registry: ModelRegistry, request: GenerationRequest) -> Re
     finally:
         for bar in bars:
             bar.close()
+
+
+def _write(images: list, output: Path) -> list[Path]:
+    """Generated images (with their recipes and infotexts) as PNGs at `output` (see `write_pngs`)."""
+    return write_pngs([g.image for g in images], [g.recipe for g in images], output, [g.infotext for g in images])
 
 
 def parse_loras(specs: str | None) -> tuple[LoraRef, ...]:

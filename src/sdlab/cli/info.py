@@ -29,9 +29,7 @@ def describe(pipe: Pipeline) -> dict:
         "inpainting_unet": pipe.is_inpainting_unet,
         "prediction_type": pipe.scheduler_config.get("prediction_type", "epsilon"),
         "scheduler": scheduler_name_from_config(pipe.scheduler_config),
-        "recommended_sampling": dict(
-            pipe.sampling_defaults
-        ),  # sdlab.json: what sdlab uses when a call gives none
+        "recommended_sampling": pipe.recommended.to_json(),  # sdlab.json: applied where a call gives none
         "dtype": str(pipe.dtype).removeprefix("torch."),
         # the model folder's own tiny decoder, if it has one (`--vae-decoder tiny`)
         "tiny_decoder": TINY_FOLDER if pipe.source and (Path(pipe.source) / TINY_FOLDER).is_dir() else None,

@@ -92,7 +92,10 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a bad flag (argparse printed one line): its exit code
+        return done.code if isinstance(done.code, int) else 2
     _quiet_libraries()
     try:
         args.run(from_namespace(args.options, args, getattr(args, "presets", None)))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdlab.options import add_options, from_namespace, option
-from sdlab.sampling.schedulers import SCHEDULERS
+from sdlab.options import add_options, from_namespace, option, same_as
+from sdlab.sampling.params import SamplingParams
+from sdlab.service.request import GenerationRequest
 
 __all__ = ["add_options", "from_namespace", "option"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelOptions:
     model: str | None = option(
         None, "diffusers folder or single-file .safetensors checkpoint (default: the shipped digits model)"
@@ -31,7 +32,7 @@ class ModelOptions:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class NetworkOptions(ModelOptions):
     lora_dir: str | None = option(
         None, "folder of LoRAs that prompts name as <lora:NAME:WEIGHT> (A1111's models/Lora)", metavar="DIR"
@@ -43,58 +44,17 @@ class NetworkOptions(ModelOptions):
     )
 
 
-@dataclass
-class GenerateOptions(NetworkOptions):
+@dataclass(frozen=True)
+class GenerateOptions(GenerationRequest, NetworkOptions):
+    """`sdlab generate`: a flag for every field of a `GenerationRequest` (its help is written there, on
+    `SamplingParams` and `GenerationRequest`), plus the command line's own files and folders."""
+
     prompt: str | None = option(
         None, "what to draw; (word:1.3) emphasis, [word] de-emphasis, BREAK (\"\" for none)", positional=True,
         nargs="?",
     )  # fmt: skip
-    negative_prompt: str | None = option(
-        None, "what to steer away from: replaces the empty prompt in guidance"
-    )
-    scheduler: str | None = option(
-        None, "sampler (default: the model's own)", choices=list(SCHEDULERS), metavar="NAME"
-    )
-    num_inference_steps: int | None = option(
-        None, "denoising steps (default: the model's, else 30)", "--steps"
-    )
-    guidance_scale: float | None = option(
-        None,
-        "classifier-free guidance scale; <= 1 means no guidance (default: the model's, else 7.5)",
-        "--cfg",
-    )
-    guidance_rescale: float = option(0.0, "rescale guided noise towards the conditional one's std (0-1)")
-    guidance_interval: str | None = option(
-        None,
-        "LO,HI: guide only at noise levels sigma in (LO, HI], one UNet pass at the other steps "
-        "(Kynkaanniemi et al. 2024); 'all': every step (default: the model's, else all)",
-        metavar="LO,HI",
-    )
-    seed: int | None = option(None, "seed of the first image; image i uses seed + i (default: random)")
-    height: int | None = option(None, "image height in pixels (default: the model's, or the init image's)")
-    width: int | None = option(None, "image width in pixels (default: the model's, or the init image's)")
-    num_images_per_prompt: int = option(1, "images to generate", "--num-images", "-n")
-    init_image: str | None = option(None, "start from this image (image-to-image)")
-    strength: float | None = option(
-        None, "how much of the init image to re-noise, (0, 1] (default 0.8; inpaint 1.0)"
-    )
-    mask_image: str | None = option(
-        None, "inpainting mask, white = repaint, same size as the init image", "--mask"
-    )
-    mask_blur: float = option(
-        0.0, "blur the mask by this Gaussian radius in pixels first (A1111's mask blur)"
-    )
-    invert_mask: bool = option(False, "repaint the black part of the mask instead of the white")
-    eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
-    deep_cache: int | None = option(
-        None, "N: run the UNet whole every N steps and only its shallow path in between, reusing its deep "
-        "features (DeepCache); 1: off (default: the model's recommendation, else off)", metavar="N",
-    )  # fmt: skip
-    vae_decoder: str | None = option(
-        None,
-        "decode the final latents with a tiny decoder: 'tiny' (the model's own, e.g. the digits model's) "
-        "or a diffusers AutoencoderTiny/TAESD folder",
-        metavar="tiny|DIR",
+    model: str | None = option(
+        None, "diffusers folder or single-file .safetensors checkpoint (default: the shipped digits model)"
     )
     from_file: str | None = option(
         None,
@@ -102,10 +62,6 @@ class GenerateOptions(NetworkOptions):
         "OUT-K.png for image K of the file; under accelerate launch the lines are split across processes",
         metavar="FILE",
     )
-    guide_digit: int | None = option(
-        None, "steer towards this digit with the digit classifier's gradient (works with an empty prompt)"
-    )
-    guide_scale: float = option(8.0, "step size of --guide-digit along the classifier's gradient")
     embedding: str | None = option(
         None, "textual-inversion embedding(s) to load (diffusers or A1111 format), comma-separated"
     )
@@ -115,7 +71,7 @@ class GenerateOptions(NetworkOptions):
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReplayOptions(NetworkOptions):
     image: str = option("", "a PNG made by sdlab (or carrying A1111 'parameters')", positional=True)
     output: str | None = option(
@@ -123,7 +79,7 @@ class ReplayOptions(NetworkOptions):
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConvertOptions(ModelOptions):
     model: str | None = option(None, "the model to convert (diffusers folder or checkpoint)", positional=True)
     output: str = option(
@@ -132,29 +88,15 @@ class ConvertOptions(ModelOptions):
     half: bool = option(False, "store float16 weights (half the size)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalOptions(ModelOptions):
     per_digit: int = option(50, "images generated per digit for accuracy, FID and diversity")
-    scheduler: str | None = option(
-        None, "sampler (default: the model's own)", choices=list(SCHEDULERS), metavar="NAME"
-    )
-    num_inference_steps: int | None = option(
-        None, "denoising steps (default: the model's, else 30)", "--steps"
-    )
-    guidance_scale: float | None = option(
-        None, "classifier-free guidance scale (default: the model's, else 7.5)", "--cfg"
-    )
-    guidance_interval: str | None = option(
-        None,
-        "LO,HI: guide only at noise levels sigma in (LO, HI]; 'all': every step (default: the model's)",
-        metavar="LO,HI",
-    )
-    deep_cache: int | None = option(
-        None, "N: the UNet runs whole every N steps (DeepCache); 1: off (default: the model's)", metavar="N"
-    )
-    vae_decoder: str | None = option(
-        None, "decode with a tiny decoder: 'tiny' (the model's own) or a TAESD folder", metavar="tiny|DIR"
-    )
+    scheduler: str | None = same_as(SamplingParams, "scheduler")
+    num_inference_steps: int | None = same_as(SamplingParams, "num_inference_steps")
+    guidance_scale: float | None = same_as(SamplingParams, "guidance_scale")
+    guidance_interval: tuple[float, float | None] | None = same_as(SamplingParams, "guidance_interval")
+    deep_cache: int | None = same_as(SamplingParams, "deep_cache")
+    vae_decoder: str | None = same_as(GenerationRequest, "vae_decoder")
     sweep: str | None = option(
         None, "also run sweeps, comma-separated: guidance, strength, schedulers, guide, fast, or all"
     )
@@ -162,7 +104,7 @@ class EvalOptions(ModelOptions):
     output: str = option("eval", "folder for eval.json, eval.md and the sweeps' .json/.md/.png", "-o")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaptionOptions:
     folder: str = option("", "folder of images to caption", positional=True)
     captioner: str = option("digits", "digits (sdlab's digits captioner) or blip:PATH (a local BLIP folder)")
@@ -171,7 +113,7 @@ class CaptionOptions:
     allow_pickle: bool = option(False, "allow a BLIP folder with pickle weights (loaded with weights_only)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeOptions:
     """`sdlab serve`: flags named as AUTOMATIC1111 names them (--port, --listen, --api-auth, --*-dir)."""
 
@@ -212,7 +154,7 @@ class ServeOptions:
     allow_pickle: bool = option(False, "also list .ckpt/.pt/.bin files, loaded with weights_only")
 
 
-@dataclass
+@dataclass(frozen=True)
 class InfoOptions(ModelOptions):
     model: str | None = option(
         None, "diffusers folder or single-file .safetensors checkpoint (default: digits, the shipped model)",

@@ -14,20 +14,15 @@ import torch
 
 from sdlab.digits.classifier import EVAL_CLASSIFIER, DigitClassifier
 from sdlab.digits.data import to_gray
-from sdlab.errors import InputError
 from sdlab.sampling.gradient_guidance import GradientGuide
-
-DEFAULT_GUIDE_SCALE = 8.0  # best accuracy (both classifiers) and FID in the guide sweep
+from sdlab.service.request import DEFAULT_GUIDE_SCALE, check_guide
 
 
 def digit_guide(
     digit: int, scale: float = DEFAULT_GUIDE_SCALE, classifier: str | Path = EVAL_CLASSIFIER
 ) -> GradientGuide:
     """A guide that raises log p(digit | image) under the classifier at `classifier`."""
-    if isinstance(digit, bool) or not isinstance(digit, int) or not 0 <= digit <= 9:
-        raise InputError(f"--guide-digit must be a digit from 0 to 9, got {digit!r}")
-    if not (isinstance(scale, int | float) and scale >= 0):
-        raise InputError(f"--guide-scale must be a number >= 0, got {scale!r}")
+    check_guide(digit, scale)
     model = DigitClassifier.load(classifier).requires_grad_(False)
 
     def score(pixels: torch.Tensor) -> torch.Tensor:

@@ -119,7 +119,7 @@ def fast_sweep(pipe: Pipeline, judge: Judge, per_digit: int, finalists: int = 6,
     targets at stage 1 on 1,000 images (and 100 sevens). Rows carry `stage`; `meets` marks stage-2
     rows meeting every target in `TARGETS`. The chosen default is the first such row (fewest
     evaluations, then lowest FID ratio)."""
-    from sdlab.sampling.loop import planned_unet_evaluations
+    from sdlab.sampling.guidance import planned_unet_evaluations
 
     cache = sampling.get("deep_cache", 1)  # every point as `sdlab eval` samples (--deep-cache)
     rows, seen = [], set()
@@ -172,7 +172,7 @@ def _missed(row: dict) -> set[str]:
 
 def _guided_steps(pipe: Pipeline, scheduler: str, steps: int, interval) -> tuple[bool, ...]:
     """Which steps of the schedule an interval guides (two intervals guiding the same steps are one setting)."""
-    from sdlab.sampling.loop import guided_steps
+    from sdlab.sampling.guidance import guided_steps
     from sdlab.sampling.schedulers import make_scheduler
 
     sched = make_scheduler(scheduler, pipe.scheduler_config)

@@ -9,7 +9,7 @@ prompt names, so the seed's lessons on guidance scale and strength become pictur
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -19,18 +19,23 @@ import PIL.ImageFont
 import torch
 
 from sdlab.errors import InputError
+from sdlab.options import text_parser
+from sdlab.sampling.params import SamplingParams
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler
 from sdlab.service import GeneratedImage, GenerationRequest, ModelRegistry, run_request
 from sdlab.service.registry import DIGITS
 
-# axis name -> (request field, value parser)
+# axis name -> (request field, value parser): the settings with an infotext name and one number each
+# ("Steps", "CFG scale", "Denoising strength", "Deep cache", ...), read from `SamplingParams`
 AXES: dict[str, tuple[str, Any]] = {
     "Nothing": ("", str),
-    "CFG scale": ("guidance_scale", float),
-    "Steps": ("num_inference_steps", int),
+    **{
+        f.metadata["infotext"]: (f.name, text_parser(SamplingParams, f.name))
+        for f in fields(SamplingParams)
+        if "infotext" in f.metadata and f.name != "guidance_interval"
+    },
     "Sampler": ("scheduler", str),
     "Seed": ("seed", int),
-    "Denoising strength": ("strength", float),
     "Prompt S/R": ("prompt", str),
 }
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

@@ -14,13 +14,10 @@ from sdlab.atomic import atomic_path
 from sdlab.errors import InputError
 from sdlab.loading.tokenizer import clip_tokenizer
 from sdlab.pipeline import Pipeline
+from sdlab.sampling.params import SamplingParams
 
 COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
 SDLAB_FILE = "sdlab.json"  # optional: {"sampling": {"guidance_scale": 3.0, "num_inference_steps": 30}}
-SAMPLING_DEFAULTS = {
-    "guidance_scale": (int, float), "num_inference_steps": (int,), "scheduler": (str,), "guidance_interval": (list,),
-    "deep_cache": (int,),
-}  # fmt: skip
 PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "pytorch_model.bin")
 
 
@@ -80,39 +77,21 @@ def load_folder(path: Path, *, allow_pickle: bool = False, dtype: torch.dtype = 
         scheduler_config=dict(scheduler_config),
         source=str(path),
         name=path.name,
-        sampling_defaults=_sampling_defaults(path / SDLAB_FILE),
+        recommended=_recommended(path / SDLAB_FILE),
     )
 
 
-def _sampling_defaults(file: Path) -> dict:
-    """The model's recommended sampling settings, from sdlab.json beside model_index.json (if any)."""
+def _recommended(file: Path) -> SamplingParams:
+    """The model's recommended sampling package, from sdlab.json beside model_index.json (if any)."""
     if not file.is_file():
-        return {}
+        return SamplingParams()
     try:
-        defaults = json.loads(file.read_text()).get("sampling", {})
+        settings = json.loads(file.read_text()).get("sampling", {})
+        if not isinstance(settings, dict):
+            raise AttributeError("'sampling' must be an object")
     except (OSError, json.JSONDecodeError, AttributeError) as err:
         raise InputError(f"cannot read {file}: {_first_line(err)}") from err
-    for key, value in defaults.items():
-        kinds = SAMPLING_DEFAULTS.get(key)
-        if kinds is None or isinstance(value, bool) or not isinstance(value, kinds):
-            raise InputError(f"{file}: unknown or ill-typed sampling default {key}={value!r}")
-    from sdlab.sampling.loop import check_guidance_interval
-    from sdlab.sampling.schedulers import SCHEDULERS
-
-    if defaults.get("scheduler", "ddim") not in SCHEDULERS:
-        raise InputError(
-            f"{file}: unknown scheduler {defaults['scheduler']!r}; choose one of {', '.join(SCHEDULERS)}"
-        )
-    if defaults.get("deep_cache", 1) < 1:
-        raise InputError(
-            f"{file}: deep_cache must be a positive integer (1: off), got {defaults['deep_cache']}"
-        )
-    if "guidance_interval" in defaults:
-        try:
-            check_guidance_interval(defaults["guidance_interval"])
-        except InputError as err:
-            raise InputError(f"{file}: {err}") from None
-    return defaults
+    return SamplingParams.recommendation(settings, str(file))
 
 
 def _tokenizer(folder: Path) -> CLIPTokenizer:
@@ -194,7 +173,7 @@ def save_folder(
             "vae": ["diffusers", type(pipe.vae).__name__],
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        if pipe.sampling_defaults:
-            sdlab = {"sampling": pipe.sampling_defaults}
+        if pipe.recommended.package():
+            sdlab = {"sampling": pipe.recommended.to_json()}
             (tmp / SDLAB_FILE).write_text(json.dumps(sdlab, indent=2) + "\n")
     return path

@@ -60,3 +60,22 @@ def guide_prediction(
     x0_new = x0 + guide.scale * grad.to(x0.dtype)
     eps_new = (sample - a * x0_new) / s
     return eps_new if prediction_type == "epsilon" else a * eps_new - s * x0_new
+
+
+class GradientGuidance:
+    """`denoiser(sample, t, step) -> Prediction`: another denoiser's prediction moved by `guide_prediction`.
+
+    `alphas_cumprod` and `prediction_type` come from the scheduler; `vae` decodes x0 for the score."""
+
+    def __init__(self, inner: Any, guide: GradientGuide, vae: Any, alphas_cumprod: torch.Tensor,
+                 prediction_type: str) -> None:  # fmt: skip
+        self.inner, self.guide, self.vae = inner, guide, vae
+        self.alphas_cumprod, self.prediction_type = alphas_cumprod, prediction_type
+
+    def __call__(self, sample: torch.Tensor, t: torch.Tensor, step: int) -> Any:
+        prediction = self.inner(sample, t, step)
+        alpha_bar = alpha_bar_at(self.alphas_cumprod, t)
+        prediction.noise_pred = guide_prediction(
+            self.guide, self.vae, prediction.noise_pred, sample, alpha_bar, self.prediction_type
+        )
+        return prediction

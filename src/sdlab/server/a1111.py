@@ -21,6 +21,7 @@ from sdlab.errors import InputError
 from sdlab.outputs import interval_text
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler
 from sdlab.service import GenerationRequest, RequestResult
+from sdlab.service.request import a1111_fields
 from sdlab.version import __version__
 
 # A1111 fields sdlab does not implement, with the values under which leaving them out changes
@@ -138,20 +139,15 @@ def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[Generati
     eta = body.eta
     if eta is not None and scheduler == "euler_a" and eta != 1:
         ignored["eta"] = eta  # diffusers' Euler a always runs the full ancestral step (eta 1)
-    fields: dict[str, Any] = dict(
-        prompt=body.prompt,
+    declared = type(body).model_fields
+    fields: dict[str, Any] = {
+        name: getattr(body, key) for key, name in a1111_fields().items() if key in declared
+    }  # the fields both sides name, by `GenerationRequest`'s `a1111` names
+    fields.update(
         negative_prompt=body.negative_prompt or None,
         model=overrides.get("sd_model_checkpoint"),
         scheduler=scheduler,
-        num_inference_steps=body.steps,
-        guidance_scale=body.cfg_scale,
-        guidance_interval=body.guidance_interval,
-        deep_cache=body.deep_cache,
         seed=None if body.seed == -1 else body.seed,
-        height=body.height,
-        width=body.width,
-        num_images_per_prompt=body.batch_size,
-        batch_count=body.n_iter,
         eta=eta if scheduler == "ddim" and eta is not None else 0.0,
     )
     if img2img:
@@ -160,16 +156,11 @@ def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[Generati
             raise InputError("init_images is empty; give one base64 image")
         if len(body.init_images) > 1:
             ignored["init_images"] = f"{len(body.init_images) - 1} images after the first"
-        fields.update(
-            init_image=decode_image(body.init_images[0], "init_images[0]"),
-            strength=body.denoising_strength,
-        )
+        fields["init_image"] = decode_image(body.init_images[0], "init_images[0]")
         if body.mask:
-            fields.update(
-                mask_image=decode_image(body.mask, "mask"),
-                mask_blur=body.mask_blur,
-                invert_mask=bool(body.inpainting_mask_invert),
-            )
+            fields.update(mask_image=decode_image(body.mask, "mask"), invert_mask=bool(body.inpainting_mask_invert))
+    if fields.get("guidance_interval") is not None:
+        fields["guidance_interval"] = tuple(fields["guidance_interval"])
     return GenerationRequest(**fields), ignored
 
 

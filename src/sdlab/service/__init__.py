@@ -4,11 +4,37 @@
 - `ModelRegistry`: models, LoRAs and embeddings by name, from folders, models loaded on first use;
 - `run_request`: a request run on a registry, extra networks applied for it alone;
 - `Worker`: the one thread that owns the models, with a bounded queue, progress, interrupt and skip.
+
+The names load on first use (PEP 562): the CLI's flags are made from `GenerationRequest` without
+importing torch.
 """
 
-from sdlab.service.registry import ModelEntry, ModelRegistry
-from sdlab.service.request import GenerationRequest, LoraRef
-from sdlab.service.run import GeneratedImage, RequestResult, run_request
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "GeneratedImage": "sdlab.service.run",
+    "GenerationRequest": "sdlab.service.request",
+    "LoraRef": "sdlab.service.request",
+    "ModelEntry": "sdlab.service.registry",
+    "ModelRegistry": "sdlab.service.registry",
+    "RequestResult": "sdlab.service.run",
+    "run_request": "sdlab.service.run",
+}
+
+if TYPE_CHECKING:
+    from sdlab.service.registry import ModelEntry, ModelRegistry
+    from sdlab.service.request import GenerationRequest, LoraRef
+    from sdlab.service.run import GeneratedImage, RequestResult, run_request
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sdlab.service' has no attribute {name!r}")
+
 
 __all__ = [
     "GeneratedImage",

@@ -20,24 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from sdlab.errors import InputError
+from sdlab.options import text_parser
 from sdlab.sampling.schedulers import resolve_sampler
-from sdlab.service.request import GenerationRequest, parse_guidance_interval
+from sdlab.service.request import GenerationRequest, a1111_fields
 
-# A1111's keys -> (GenerationRequest field, parser); sdlab adds guidance_interval and deep_cache
+# A1111's keys -> (GenerationRequest field, parser): every field with an A1111 name (steps, cfg_scale,
+# batch_size, n_iter, ..., and sdlab's guidance_interval and deep_cache), and the sampler's two keys
 KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "prompt": ("prompt", str),
-    "negative_prompt": ("negative_prompt", str),
-    "seed": ("seed", int),
+    **{key: (name, text_parser(GenerationRequest, name)) for key, name in a1111_fields().items()},
     "sampler_name": ("sampler_name", str),
     "scheduler": ("schedule_type", str),
-    "steps": ("num_inference_steps", int),
-    "cfg_scale": ("guidance_scale", float),
-    "width": ("width", int),
-    "height": ("height", int),
-    "batch_size": ("num_images_per_prompt", int),
-    "n_iter": ("batch_count", int),
-    "guidance_interval": ("guidance_interval", parse_guidance_interval),
-    "deep_cache": ("deep_cache", int),
 }
 # A1111 keys that do not change an sdlab image here (file saving, display) are accepted and skipped
 SKIPPED = {

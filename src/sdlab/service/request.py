@@ -7,19 +7,13 @@ and A1111's `<lora:NAME:WEIGHT>` prompt syntax), a batch count, and mask handlin
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
-import PIL.Image
-import torch
-
 from sdlab.errors import InputError
-from sdlab.sampling.loop import MAX_SEED, check_guidance_interval, check_numbers
-from sdlab.sampling.schedulers import SCHEDULERS
+from sdlab.options import option
+from sdlab.sampling.params import MAX_SEED, SamplingParams, check_int, check_number
 
 # A1111's extra-network syntax: <lora:NAME>, <lora:NAME:WEIGHT>; extra fields after a second ':'
 # (A1111's "te=..., unet=..." weights) are not supported and make the tag an error, not a guess.
@@ -27,8 +21,7 @@ EXTRA_NETWORK = re.compile(r"<(lora|lyco):([^:<>]+)(?::([^<>]*))?>", re.IGNORECA
 MAX_BATCH = 64  # images in one batch (`num_images_per_prompt`)
 MAX_BATCH_COUNT = 100  # batches in one request (A1111's n_iter)
 MAX_IMAGES = 256  # images in one request, all batches together: every one is held until the end
-
-ImageInput = str | Path | PIL.Image.Image | bytes | torch.Tensor
+DEFAULT_GUIDE_SCALE = 8.0  # best accuracy (both classifiers) and FID in the guide sweep (docs/eval)
 
 
 @dataclass(frozen=True)
@@ -39,9 +32,9 @@ class LoraRef:
     weight: float = 1.0
 
 
-@dataclass
-class GenerationRequest:
-    """Everything one call asks for. Field names are `sdlab.generate`'s (diffusers') argument names.
+@dataclass(frozen=True)
+class GenerationRequest(SamplingParams):
+    """One call as an application makes it: the sampling loop's `SamplingParams` plus what surrounds it.
 
     - `model`: a registry name (`"digits"`, a checkpoint's file name), or a path where the registry
       allows paths (the CLI); None is the registry's current model.
@@ -50,10 +43,6 @@ class GenerationRequest:
       Embeddings in the registry's folders are also applied when their name appears in a prompt.
     - `batch_count` batches of `num_images_per_prompt` images run one after another (A1111's
       `n_iter` x `batch_size`); image i of the whole request has seed `seed + i`.
-    - `guidance_interval`: (lo, hi) noise levels sigma between which classifier-free guidance runs
-      (hi None: unbounded); None is the model's recommendation (see `parse_guidance_interval`).
-    - `deep_cache`: run the UNet whole every N steps, its shallow path in between (DeepCache); 1: off;
-      None: the model's recommendation.
     - `vae_decoder`: a tiny decoder (TAESD) for the final images: `"tiny"`, the model folder's own
       (`vae_tiny/`), or a diffusers folder where the registry allows paths (the CLI; never from HTTP).
     - `mask_blur`: Gaussian blur radius in pixels applied to the mask before use (A1111's
@@ -61,29 +50,22 @@ class GenerationRequest:
     Images (`init_image`, `mask_image`) may be paths, PIL images, or the bytes of an encoded file.
     """
 
-    prompt: str = ""
-    negative_prompt: str | None = None
     model: str | None = None
-    scheduler: str | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    guidance_rescale: float = 0.0
-    guidance_interval: tuple[float, float | None] | None = None
-    deep_cache: int | None = None
-    seed: int | None = None
-    height: int | None = None
-    width: int | None = None
-    num_images_per_prompt: int = 1
-    batch_count: int = 1
-    init_image: ImageInput | None = None
-    strength: float | None = None
-    mask_image: ImageInput | None = None
-    mask_blur: float = 0.0
-    invert_mask: bool = False
-    eta: float = 0.0
-    guide_digit: int | None = None
-    guide_scale: float = 8.0
-    vae_decoder: str | None = None
+    batch_count: int = option(1, "batches run one after another (A1111's batch count)", a1111="n_iter")
+    mask_blur: float = option(
+        0.0, "blur the mask by this Gaussian radius in pixels first (A1111's mask blur)", a1111="mask_blur"
+    )
+    invert_mask: bool = option(False, "repaint the black part of the mask instead of the white")
+    guide_digit: int | None = option(
+        None, "steer towards this digit with the digit classifier's gradient (works with an empty prompt)"
+    )
+    guide_scale: float = option(DEFAULT_GUIDE_SCALE, "step size of --guide-digit along the classifier's gradient")
+    vae_decoder: str | None = option(
+        None,
+        "decode the final latents with a tiny decoder: 'tiny' (the model's own, e.g. the digits model's) "
+        "or a diffusers AutoencoderTiny/TAESD folder",
+        metavar="tiny|DIR",
+    )
     loras: tuple[LoraRef, ...] = ()
     embeddings: tuple[str, ...] = ()
 
@@ -92,22 +74,13 @@ class GenerationRequest:
 
         Sizes (multiples of the model's VAE factor) and images are checked when the model is known.
         """
-        check_numbers(
-            1 if self.num_inference_steps is None else self.num_inference_steps,
-            1.0 if self.guidance_scale is None else self.guidance_scale,
-            self.guidance_rescale,
-            self.num_images_per_prompt,
-            self.eta,
-        )  # the loop's own checks, so both say the same sentence
-        if self.guidance_interval is not None:
-            check_guidance_interval(self.guidance_interval)
-        _check_int("num_inference_steps", self.num_inference_steps, 1, 10_000, optional=True)
-        _check_int("deep_cache", self.deep_cache, 1, 10_000, optional=True)
-        _check_int("num_images_per_prompt", self.num_images_per_prompt, 1, MAX_BATCH)
-        _check_int("batch_count", self.batch_count, 1, MAX_BATCH_COUNT)
-        _check_int("height", self.height, 1, 4096, optional=True)
-        _check_int("width", self.width, 1, 4096, optional=True)
-        _check_int("seed", self.seed, 0, MAX_SEED, optional=True)
+        super().validate()
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt or "", str):
+            raise InputError("a request takes one prompt and one negative prompt, as text")
+        if isinstance(self.seed, list):
+            raise InputError(f"a request takes one seed (image i gets seed + i), got {self.seed!r}")
+        check_int("num_images_per_prompt (batch size)", self.num_images_per_prompt, 1, MAX_BATCH)
+        check_int("batch_count", self.batch_count, 1, MAX_BATCH_COUNT)
         total = self.num_images_per_prompt * self.batch_count
         if total > MAX_IMAGES:
             raise InputError(
@@ -115,49 +88,38 @@ class GenerationRequest:
             )
         if self.seed is not None and self.seed + total - 1 > MAX_SEED:
             raise InputError(f"seed {self.seed} + {total} images passes the largest seed, {MAX_SEED}")
-        _check_number("strength", self.strength, optional=True)
-        _check_number("mask_blur", self.mask_blur)
-        if not 0 <= self.mask_blur <= 64:
-            raise InputError(f"mask_blur must be from 0 to 64 pixels, got {self.mask_blur}")
-        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
-        if self.mask_image is not None and self.init_image is None:
-            raise InputError("a mask needs an init image to inpaint; pass init_image (--init-image) too")
-        for prompt in (self.prompt, self.negative_prompt or ""):
-            if not isinstance(prompt, str):
-                raise InputError(f"a prompt must be text, got {type(prompt).__name__}")
+        check_number("mask_blur", self.mask_blur, low=0, high=64)
+        if self.guide_digit is not None:
+            check_guide(self.guide_digit, self.guide_scale)
         for lora in self.all_loras():
-            _check_number(f"the weight of LoRA {lora.name!r}", lora.weight)
+            check_number(f"the weight of LoRA {lora.name!r}", lora.weight)
         return self
+
+    def sampling(self, **changes: Any) -> SamplingParams:
+        """The sampling loop's part of the request, with `changes` (e.g. one batch's seeds)."""
+        values = {name: getattr(self, name) for name in SamplingParams.__dataclass_fields__}
+        return SamplingParams(**{**values, **changes})
 
     def all_loras(self) -> list[LoraRef]:
         """`loras`, then the `<lora:...>` tags of the prompt and the negative prompt, in order."""
         tags = [*prompt_loras(self.prompt), *prompt_loras(self.negative_prompt or "")]
         return [*self.loras, *tags]
 
-    def replace(self, **changes: Any) -> GenerationRequest:
-        return dataclasses.replace(self, **changes)
+
+def check_guide(digit: Any, scale: Any) -> None:
+    """`InputError` unless `digit` is 0-9 and `scale` a finite number >= 0 (`--guide-digit`, `--guide-scale`)."""
+    if isinstance(digit, bool) or not isinstance(digit, int) or not 0 <= digit <= 9:
+        raise InputError(f"--guide-digit must be a digit from 0 to 9, got {digit!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 <= scale < float("inf"):
+        raise InputError(f"--guide-scale must be a number >= 0, got {scale!r}")
 
 
-def parse_guidance_interval(text: str | None) -> tuple[float, float | None] | None:
-    """ "LO,HI" (noise levels sigma; HI may be "inf") -> (lo, hi); "all" -> every step; None -> None.
-
-    Raises `InputError` with one sentence for anything else."""
-    if text is None:
-        return None
-    if text.strip().lower() in ("all", "always"):
-        return (0.0, None)
-    parts = [part.strip() for part in text.split(",")]
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        lo, hi = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise InputError(
-            f"--guidance-interval must be LO,HI (noise levels sigma, e.g. 0.3,5 or 1,inf) or 'all', got {text!r}"
-        ) from None
-    check_guidance_interval((lo, hi))
-    return (lo, None if math.isinf(hi) else hi)
+def a1111_fields() -> dict[str, str]:
+    """AUTOMATIC1111's name of each request field that has one (its API body, its prompts-from-file
+    options) -> the field: {"steps": "num_inference_steps", "cfg_scale": "guidance_scale", ...}. The
+    sampler (A1111's `sampler_name` + `scheduler`) is one field here, `scheduler`, mapped by
+    `sdlab.sampling.schedulers.resolve_sampler`."""
+    return {f.metadata["a1111"]: f.name for f in fields(GenerationRequest) if "a1111" in f.metadata}
 
 
 def prompt_loras(prompt: str) -> list[LoraRef]:
@@ -179,17 +141,3 @@ def prompt_loras(prompt: str) -> list[LoraRef]:
 def strip_extra_networks(prompt: str) -> str:
     """The prompt without its `<lora:...>` tags, as A1111 encodes it."""
     return EXTRA_NETWORK.sub("", prompt)
-
-
-def _check_int(name: str, value: Any, low: int, high: int, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InputError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-
-
-def _check_number(name: str, value: Any, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(f"{name} must be a finite number, got {value!r}")

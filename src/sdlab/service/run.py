@@ -22,7 +22,8 @@ from sdlab.images import load_image, load_mask, png_bytes
 from sdlab.loading.decoder import TINY
 from sdlab.outputs import infotext, recipe
 from sdlab.pipeline import Pipeline
-from sdlab.sampling.loop import MAX_SEED, GenerationResult, StepInfo, generate
+from sdlab.sampling.loop import GenerationResult, StepInfo, generate
+from sdlab.sampling.params import MAX_SEED
 from sdlab.service.networks import extra_networks
 from sdlab.service.registry import ModelEntry, ModelRegistry
 from sdlab.service.request import GenerationRequest, strip_extra_networks
@@ -33,15 +34,12 @@ StepHook = Callable[[int, int, int, torch.Tensor], None]
 
 @dataclass
 class GeneratedImage:
-    """One image and everything needed to make it again (`recipe`, the `sdlab` PNG chunk)."""
+    """One image and everything needed to make it again: `recipe` (the `sdlab` PNG chunk) and
+    `infotext` (A1111's `parameters` text)."""
 
     image: PIL.Image.Image
     recipe: dict[str, Any]
-
-    @property
-    def infotext(self) -> str:
-        """A1111's `parameters` text."""
-        return infotext(self.recipe)
+    infotext: str
 
     def png(self) -> bytes:
         """The PNG file, with the `parameters` and `sdlab` text chunks."""
@@ -111,33 +109,18 @@ def run_request(
             step_hook = None
             if on_step is not None:
                 step_hook = _bind_batch(on_step, batch)
-            result = generate(
-                pipe,
-                strip_extra_networks(request.prompt),
-                None if request.negative_prompt is None else strip_extra_networks(request.negative_prompt),
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                guidance_rescale=request.guidance_rescale,
-                guidance_interval=request.guidance_interval,
-                deep_cache=request.deep_cache,
-                scheduler=request.scheduler,
-                height=request.height,
-                width=request.width,
-                num_images_per_prompt=per_batch,
+            params = request.sampling(
+                prompt=strip_extra_networks(request.prompt),
+                negative_prompt=None if request.negative_prompt is None else strip_extra_networks(request.negative_prompt),
                 seed=[first_seed + batch * per_batch + j for j in range(per_batch)],
                 init_image=init_image,
-                strength=request.strength,
                 mask_image=mask_image,
-                eta=request.eta,
-                guide=guide,
-                vae_decoder=decoder,
-                callback=step_hook,
-                observe=observe,
-            )
+            )  # fmt: skip
+            result = generate(pipe, params, guide=guide, vae_decoder=decoder, callback=step_hook, observe=observe)
             for i, image in enumerate(result.images):
                 r = recipe(result, i, pipe, sources)
                 r["prompt"], r["negative_prompt"] = request.prompt, request.negative_prompt or ""
-                images.append(GeneratedImage(image, r))
+                images.append(GeneratedImage(image, r, infotext(r, pipe)))
     return RequestResult(
         images=images,
         model=entry,

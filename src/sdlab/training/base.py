@@ -40,6 +40,7 @@ from sdlab.digits.data import to_pixels, train_test_split
 from sdlab.errors import InputError
 from sdlab.loading.folder import save_folder
 from sdlab.options import option
+from sdlab.sampling.params import SamplingParams
 from sdlab.training.checkpoints import CheckpointManager, run_options
 from sdlab.training.data import encode_dataset
 from sdlab.training.loop import OPTIMIZERS, TrainConfig, TrainLoop
@@ -220,7 +221,7 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool | None = None, limit_train:
 
     # 6. The model folder
     output = Path(cfg.output or run / "model")
-    pipe.sampling_defaults = {"guidance_scale": cfg.guidance_scale}
+    pipe.recommended = SamplingParams(guidance_scale=cfg.guidance_scale)
     if _is_main():
         save_folder(pipe, output, weights_dtype=torch.float16 if cfg.half else None)
         if captioner_file is not None:

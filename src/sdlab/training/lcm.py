@@ -45,8 +45,7 @@ from sdlab.loading.folder import save_folder
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.latents import guidance_scale_embedding, predicted_x0
-from sdlab.sampling.loop import check_guidance_interval
-from sdlab.service.request import parse_guidance_interval
+from sdlab.sampling.params import EVERY_STEP, SamplingParams, check_guidance_interval, parse_guidance_interval
 from sdlab.training.data import encode_dataset, encode_text
 from sdlab.training.loop import TrainLoop, append_csv, truncate_csv
 from sdlab.training.teacher import TeacherConfig, load_teacher, training_images
@@ -182,9 +181,7 @@ def distill(cfg: LCMDistillConfig) -> Path:
     mean, std = encode_dataset(pipe.vae, pixels)
     del pixels  # only the latents' moments are needed from here on
     scale, shift = pipe.vae.config.scaling_factor, pipe.vae.config.shift_factor or 0.0
-    interval = parse_guidance_interval(cfg.guidance_interval) or pipe.sampling_defaults.get(
-        "guidance_interval", (0.0, None)
-    )
+    interval = parse_guidance_interval(cfg.guidance_interval) or pipe.recommended.guidance_interval or EVERY_STEP
     lo, hi = check_guidance_interval(interval)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     solver = DDIMSolver(noise_scheduler.alphas_cumprod, cfg.num_ddim_timesteps)
@@ -285,13 +282,9 @@ def lcm_pipeline(
         config, original_inference_steps=ddim_timesteps, timestep_scaling=TIMESTEP_SCALING
     )
     pipe.scheduler_config = dict(scheduler.config)
-    pipe.sampling_defaults = {}  # the teacher's recommendations (deep cache...) were measured on the teacher
+    pipe.recommended = SamplingParams()  # the teacher's recommendations (deep cache...) were measured on the teacher
     if guidance_scale is not None:
-        pipe.sampling_defaults = {
-            "scheduler": "lcm",
-            "num_inference_steps": 4,
-            "guidance_scale": guidance_scale,
-        }
+        pipe.recommended = SamplingParams(scheduler="lcm", num_inference_steps=4, guidance_scale=guidance_scale)
     return pipe
 
 

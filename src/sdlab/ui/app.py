@@ -26,7 +26,7 @@ import PIL.Image  # noqa: E402
 from sdlab.errors import InputError  # noqa: E402
 from sdlab.lab.xyplot import AXES, parse_values, xy_grid  # noqa: E402
 from sdlab.metadata import parse_parameters  # noqa: E402
-from sdlab.sampling.loop import MAX_SEED  # noqa: E402
+from sdlab.sampling.params import MAX_SEED  # noqa: E402
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler  # noqa: E402
 from sdlab.service import GeneratedImage, GenerationRequest, RequestResult  # noqa: E402
 from sdlab.service.worker import QueueFull, Worker  # noqa: E402

@@ -1,0 +1,68 @@
+"""The denoiser the loop calls: the UNet with its conditioning, wrapped in what a call asks for.
+
+As k-diffusion and ComfyUI wrap their model (`CFGDenoiser`, `model_sampling`), the loop sees one
+callable, `denoiser(sample, t, step) -> Prediction`, and never the branches inside it:
+
+    UNetModel            the UNet with the call's conditioning (text, LCM's guidance embedding, the
+                         inpainting UNet's extra channels), run whole or through a `DeepCache`
+    ClassifierFreeGuidance   two branches where the step is guided, one elsewhere (`sampling.guidance`)
+    GradientGuidance     moves the prediction along a score's gradient (`sampling.gradient_guidance`)
+
+`sample` is x_t after the scheduler's `scale_model_input` (variance-preserving), (B, C, h, w).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sdlab.sampling.deep_cache import DeepCache
+
+
+@dataclass
+class Prediction:
+    """What a denoiser computed at one step, all (B, C, h, w) in the UNet's dtype.
+
+    `noise_pred` is what the scheduler gets; `noise_cond`/`noise_uncond` are the two guidance branches
+    (`noise_uncond` None where the step was not guided); `sample` is the x_t the UNet saw."""
+
+    noise_pred: torch.Tensor
+    sample: torch.Tensor
+    noise_cond: torch.Tensor
+    noise_uncond: torch.Tensor | None = None
+
+
+class UNetModel:
+    """`model(x, t, step, encoder_hidden_states) -> UNet output` for a batch of any size.
+
+    - `timestep_cond` (B, D): the guidance-scale embedding a guidance-distilled (LCM) UNet takes;
+    - `inpainting` (mask (B, 1, h, w), masked-image latents (B, 4, h, w)): the extra input channels of a
+      9-channel inpainting UNet, repeated when guidance doubles the batch;
+    - `deep_cache` > 1 runs the UNet through `DeepCache` (whole every N calls, shallow in between)."""
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        *,
+        timestep_cond: torch.Tensor | None = None,
+        inpainting: tuple[torch.Tensor, torch.Tensor] | None = None,
+        deep_cache: int = 1,
+    ) -> None:
+        self.unet = unet
+        self.timestep_cond = timestep_cond
+        self.inpainting = inpainting
+        self.cache = DeepCache(unet, deep_cache) if deep_cache > 1 else None
+
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, step: int, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        if self.inpainting is not None:
+            repeat = x.shape[0] // self.inpainting[0].shape[0]
+            x = torch.cat([x, *(torch.cat([extra] * repeat) for extra in self.inpainting)], dim=1)
+        cond = self.timestep_cond
+        if cond is not None and cond.shape[0] != x.shape[0]:
+            cond = torch.cat([cond] * (x.shape[0] // cond.shape[0]))
+        if self.cache is not None:
+            return self.cache(step, x, t, encoder_hidden_states, cond)
+        return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=cond, return_dict=False)[0]
