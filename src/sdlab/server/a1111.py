@@ -158,7 +158,9 @@ def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[Generati
             ignored["init_images"] = f"{len(body.init_images) - 1} images after the first"
         fields["init_image"] = decode_image(body.init_images[0], "init_images[0]")
         if body.mask:
-            fields.update(mask_image=decode_image(body.mask, "mask"), invert_mask=bool(body.inpainting_mask_invert))
+            fields.update(
+                mask_image=decode_image(body.mask, "mask"), invert_mask=bool(body.inpainting_mask_invert)
+            )
     if fields.get("guidance_interval") is not None:
         fields["guidance_interval"] = tuple(fields["guidance_interval"])
     return GenerationRequest(**fields), ignored

@@ -1,0 +1,78 @@
+"""Generation: `txt2img`, `img2img`, and the running job's `progress`, `interrupt` and `skip`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.encoders import jsonable_encoder
+from starlette.concurrency import run_in_threadpool
+
+from sdlab.server import a1111
+from sdlab.server.responses import GenerationResponse, ProgressResponse, ProgressState
+from sdlab.server.routes import API, worker
+from sdlab.service.run import RequestResult
+from sdlab.service.worker import Worker
+
+router = APIRouter(prefix=API, tags=["generation"])
+TheWorker = Annotated[Worker, Depends(worker)]
+
+
+@router.post("/txt2img")
+async def txt2img(body: a1111.Txt2ImgRequest, w: TheWorker) -> GenerationResponse:
+    return await _generate(w, body, img2img=False)
+
+
+@router.post("/img2img")
+async def img2img(body: a1111.Img2ImgRequest, w: TheWorker) -> GenerationResponse:
+    return await _generate(w, body, img2img=True)
+
+
+@router.get("/progress")
+async def progress(w: TheWorker, skip_current_image: bool = False) -> ProgressResponse:
+    p = w.progress()
+    image = None if skip_current_image else await run_in_threadpool(p.preview_image)
+    state = ProgressState(
+        skipped=p.skipped, interrupted=p.interrupted, job=p.job, job_count=p.job_count,
+        job_timestamp=p.job_timestamp, job_no=p.job_no, sampling_step=p.sampling_step,
+        sampling_steps=p.sampling_steps, queued=p.queued,
+    )  # fmt: skip
+    return ProgressResponse(
+        progress=p.fraction, eta_relative=p.eta, state=state,
+        current_image=_b64_png(image) if image is not None else None, current_task=p.job or None,
+    )  # fmt: skip
+
+
+@router.post("/interrupt")
+async def interrupt(w: TheWorker) -> dict:
+    """End the running job after its current step; the images so far are returned (as in A1111)."""
+    w.interrupt()
+    return {}
+
+
+@router.post("/skip")
+async def skip(w: TheWorker) -> dict:
+    """End the running batch after its current step and go on with the next."""
+    w.skip()
+    return {}
+
+
+async def _generate(w: Worker, body: a1111.Txt2ImgRequest, *, img2img: bool) -> GenerationResponse:
+    request, ignored = a1111.to_request(body, img2img=img2img)
+    result: RequestResult = await asyncio.wrap_future(w.submit(request))
+    images = await run_in_threadpool(lambda: [base64.b64encode(g.png()).decode() for g in result.images])
+    return GenerationResponse(
+        images=images if body.send_images else [],
+        parameters=a1111.echo(body, result),
+        info=json.dumps(jsonable_encoder(a1111.info(result, request, ignored))),
+    )
+
+
+def _b64_png(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -1,0 +1,41 @@
+"""Options: the current model and the model cache's size, as A1111's `/options` reads and sets them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from sdlab.errors import InputError
+from sdlab.server import a1111
+from sdlab.server.responses import OptionsResponse, SetOptionsResponse
+from sdlab.server.routes import API, registry
+from sdlab.server.routes.models import model_item
+from sdlab.service.registry import ModelRegistry
+
+router = APIRouter(prefix=API, tags=["options"])
+TheRegistry = Annotated[ModelRegistry, Depends(registry)]
+
+
+@router.get("/options")
+def get_options(r: TheRegistry) -> OptionsResponse:
+    item = model_item(r, r.find_model())
+    return OptionsResponse(
+        sd_model_checkpoint=item.title, sd_checkpoint_hash=item.sha256, sd_checkpoints_limit=r.cache_size
+    )
+
+
+@router.post("/options")
+def set_options(options: dict[str, Any], r: TheRegistry) -> SetOptionsResponse:
+    """Set `sd_model_checkpoint` (loads it) and `sd_checkpoints_limit`; any other option is `ignored`."""
+    ignored = {}
+    for key, value in options.items():
+        if key == "sd_model_checkpoint":
+            r.set_current(value)
+        elif key == "sd_checkpoints_limit":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+                raise InputError(f"sd_checkpoints_limit must be an integer from 1 to 16, got {value!r}")
+            r.cache_size = value
+        elif value not in a1111.OVERRIDES_NEUTRAL.get(key, ()):
+            ignored[key] = value
+    return SetOptionsResponse(ignored=ignored)
