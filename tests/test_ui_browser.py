@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from sdlab.cli.main import main
 from sdlab.images import read_png_text
@@ -103,8 +104,6 @@ def test_generate_then_download_the_png_with_its_parameters(page, tmp_path, caps
                 "5",
                 "--steps",
                 "10",
-                "--cfg",
-                "1.5",
                 "-o",
                 str(out),
             ]
@@ -113,6 +112,56 @@ def test_generate_then_download_the_png_with_its_parameters(page, tmp_path, caps
     )
     capsys.readouterr()
     assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(PIL.Image.open(out).convert("RGB")))
+
+
+def test_a_default_generate_shows_the_digit_and_equals_the_cli(page, tmp_path, capsys):
+    """The fields start at the model's recommendation: Generate with only a seed is `sdlab generate`
+    with no flags; the 32 x 32 result is shown enlarged inside the gallery, and it is the digit asked for."""
+    from sdlab.digits.classifier import EVAL_CLASSIFIER, DigitClassifier
+    from sdlab.digits.data import to_gray
+
+    assert page.input_value("#t2i-steps input[type=number]") == "6"
+    assert page.input_value("#t2i-cfg input[type=number]") == "3"
+    assert page.input_value("#t2i-sampler input") == "UniPC"
+    set_number(page, "t2i-seed", 12345)
+    page.click("#t2i-generate")
+    page.wait_for_selector("#t2i-progress :text('done')", timeout=120_000)
+    assert page.inner_text("#t2i-progress").strip() == "done: 1 image"
+    data = downloaded_png(page, "t2i-files")
+    out = tmp_path / "cli.png"
+    assert main(["generate", "a handwritten digit 7", "--seed", "12345", "-o", str(out)]) == 0
+    capsys.readouterr()
+    ui, cli = (np.asarray(PIL.Image.open(x).convert("RGB")) for x in (io.BytesIO(data), out))
+    assert np.array_equal(ui, cli)
+    pixels = torch.from_numpy(ui.copy()).permute(2, 0, 1)[None] / 255
+    assert int(DigitClassifier.load(EVAL_CLASSIFIER).predict(to_gray(pixels))[0]) == 7
+    shown, gallery = page.locator("#t2i-gallery img").first, page.locator("#t2i-gallery").bounding_box()
+    box = shown.bounding_box()
+    assert box["height"] >= 96 and box["width"] >= 96  # enlarged to be read ...
+    assert box["y"] + box["height"] <= gallery["y"] + gallery["height"] + 1  # ... and whole, inside the box
+    assert shown.evaluate("img => getComputedStyle(img).imageRendering") == "pixelated"
+
+
+def test_a_batch_fits_the_gallery_and_the_fields_follow_the_model(page):
+    set_number(page, "t2i-batch-size", 4)
+    set_number(page, "t2i-seed", 3)
+    page.click("#t2i-generate")
+    page.wait_for_selector("#t2i-progress :text('done: 4 images')", timeout=120_000)
+    gallery = page.locator("#t2i-gallery").bounding_box()
+    images = page.locator("#t2i-gallery img")
+    assert images.count() == 4
+    for i in range(4):
+        box = images.nth(i).bounding_box()
+        assert box["height"] >= 96 and box["y"] + box["height"] <= gallery["y"] + gallery["height"] + 1
+    # another model: its own settings (the tiny test model recommends nothing: sdlab's fallbacks)
+    page.locator("#t2i-model input").click()
+    page.get_by_role("option", name="tiny").click()
+    page.wait_for_function("document.querySelector('#t2i-steps input[type=number]').value === '30'")
+    assert page.input_value("#t2i-cfg input[type=number]") == "7.5"
+    assert page.input_value("#t2i-sampler input") == "PLMS"
+    page.locator("#t2i-model input").click()
+    page.get_by_role("option", name="digits").click()
+    page.wait_for_function("document.querySelector('#t2i-steps input[type=number]').value === '6'")
 
 
 def test_png_info_round_trip_fills_txt2img(page, tmp_path):

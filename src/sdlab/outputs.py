@@ -143,7 +143,13 @@ def read_recipe(path: str | Path) -> dict:
         return recipe
     if "parameters" not in chunks:
         raise InputError(f"{path} carries no generation parameters (no 'parameters' or 'sdlab' PNG chunk)")
-    prompt, negative, s = parse_parameters(chunks["parameters"])
+    return parameters_recipe(chunks["parameters"], str(path))
+
+
+def parameters_recipe(text: str, where: str) -> dict:
+    """A recipe rebuilt from A1111 `parameters` text (`where` names its source in errors): prompts, seed,
+    size, sampler, and every setting with an infotext name; one left out is off (A1111's meaning)."""
+    prompt, negative, s = parse_parameters(text)
     try:
         width, height = (int(v) for v in s["Size"].split("x"))
         r = {
@@ -158,7 +164,7 @@ def read_recipe(path: str | Path) -> dict:
             "height": height,
         }
     except (KeyError, ValueError) as err:
-        raise InputError(f"{path}: its 'parameters' chunk lacks a readable {err} setting") from err
+        raise InputError(f"{where}: its 'parameters' chunk lacks a readable {err} setting") from err
     for f in fields(SamplingParams):  # sdlab's and A1111's optional settings; left out: off
         key = f.metadata.get("infotext")
         if key is None or f.name in r:
@@ -170,7 +176,7 @@ def read_recipe(path: str | Path) -> dict:
         try:
             r[f.name] = _parse_infotext_value(f.name, s[key])
         except ValueError as err:
-            raise InputError(f"{path}: unreadable {key!r} {s[key]!r}") from err
+            raise InputError(f"{where}: unreadable {key!r} {s[key]!r}") from err
     return r
 
 

@@ -81,7 +81,6 @@ class StopSampling(Exception):  # noqa: N818 (a signal, not an error)
     """
 
 
-
 @dataclass
 class GenerationResult:
     images: list[PIL.Image.Image]
@@ -122,24 +121,17 @@ def generate(
     observe: Callable[[StepInfo], None] | None = None,
     **params: Any,
 ) -> GenerationResult:
-    """Generate images. `params` are `SamplingParams`' fields (diffusers' names: `num_inference_steps`,
-    `guidance_scale`, `init_image`, `strength`, `mask_image`, ...); or pass a whole `SamplingParams` as
-    `prompt`. Bad arguments raise `InputError` (a ValueError) with one sentence.
+    """Generate images: text-to-image; image-to-image with `init_image` (an image, a path, or an earlier
+    result's `latents`) and `strength` in (0, 1] (default 0.8); inpainting with `mask_image` too (white =
+    repaint, strength 1). `params` are `SamplingParams`' fields (diffusers' names), or pass a whole
+    `SamplingParams` as `prompt`; the model's recommendation fills what is left out, as a package
+    (`SamplingParams.resolve`). `guide` moves each step's predicted clean image along a score's gradient;
+    `vae_decoder` (TAESD) decodes the final latents instead of the model's VAE.
 
-    - text-to-image: `prompt` (+ `negative_prompt`), guided when `guidance_scale > 1`;
-    - image-to-image: `init_image` (an image, a path, or the `latents` of an earlier result) and
-      `strength` in (0, 1]: the share of the schedule that is re-run (default 0.8);
-    - inpainting: `init_image` + `mask_image` (white = repaint), default strength 1.0;
-    - the model's recommendation (`pipe.recommended`) fills what is left out, as a package
-      (`SamplingParams.resolve`): its guidance interval and deep cache apply only at its scheduler,
-      steps and CFG scale, unless asked for;
-    - `guide` moves each step's predicted clean image along a score's gradient (`gradient_guidance`);
-    - `vae_decoder`: a tiny decoder (`AutoencoderTiny`, TAESD) that decodes the final latents instead of
-      the model's VAE (see `sdlab.loading.decoder`).
-    `callback(step, total, timestep, latents)` runs after every step; raising `StopSampling` from it
-    ends the loop there and decodes the latents so far. `observe(StepInfo)` sees each step's
-    predictions (both guidance branches, the predicted clean latent) for inspection.
-    Returns images, pixels (B, 3, H, W) in [0, 1], the final latents and the resolved `params`.
+    `callback(step, total, timestep, latents)` runs after every step; raising `StopSampling` from it ends
+    the loop and decodes the latents so far. `observe(StepInfo)` sees each step's predictions.
+    Returns images, pixels (B, 3, H, W) in [0, 1], the final latents and the resolved `params`; raises
+    `InputError` (a ValueError) with one sentence for a bad argument.
     """
     # 1. Check inputs and apply the model's recommendation
     p = prompt if isinstance(prompt, SamplingParams) else SamplingParams(prompt, negative_prompt, **params)
@@ -172,38 +164,35 @@ def generate(
     mask = masked_latents = None
     if p.mask_image is not None:
         mask, masked_latents = prepare_mask(pipe, p, init, (height, width), len(prompts), generators)
-    keep_known = None if mask is None or masked_latents is not None else KnownRegion(sched, image_latents, noise, mask, timesteps)  # fmt: skip
+    step = SchedulerStep(sched, _step_kwargs(sched, generators, p.eta))
+    if mask is not None and masked_latents is None:  # a 4-channel UNet: the known region is put back
+        step = KnownRegion(step, image_latents, noise, mask, timesteps)
 
     # 6. The denoiser: the UNet with this call's conditioning, wrapped in guidance and the guide
-    model = UNetModel(
-        pipe.unet,
-        timestep_cond=_guidance_embedding(pipe, p.guidance_scale, len(prompts)),
-        inpainting=None if masked_latents is None else (mask, masked_latents),
-        deep_cache=p.deep_cache,
-    )
+    inpainting = None if masked_latents is None else (mask, masked_latents)
+    timestep_cond = _guidance_embedding(pipe, p.guidance_scale, len(prompts))
+    unet = UNetModel(pipe.unet, timestep_cond=timestep_cond, inpainting=inpainting, deep_cache=p.deep_cache)
     guided = guided_steps(sched.alphas_cumprod, timesteps, p.guidance_interval)
-    cfg = ClassifierFreeGuidance(model, cond, uncond, p.guidance_scale, guided, p.guidance_rescale)
+    cfg = ClassifierFreeGuidance(unet, cond, uncond, p.guidance_scale, guided, p.guidance_rescale)
     prediction_type = sched.config.get("prediction_type", "epsilon")
-    denoiser = cfg if guide is None else GradientGuidance(cfg, guide, pipe.vae, sched.alphas_cumprod, prediction_type)
+    denoiser = (
+        cfg
+        if guide is None
+        else GradientGuidance(cfg, guide, pipe.vae, sched.alphas_cumprod, prediction_type)
+    )
 
     # 7. Denoising loop
-    step_kwargs = _step_kwargs(sched, generators, p.eta)
     stopped_at = None
     for i, t in enumerate(timesteps):
         sample = sched.scale_model_input(latents, t)
         out = denoiser(sample, t, i)
-        latents = sched.step(out.noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        latents = step(out.noise_pred, t, latents, i)
         if observe is not None:
             observe(StepInfo(i, len(timesteps), float(t), sample, out.noise_uncond, out.noise_cond, out.noise_pred,
                              latents, alpha_bar_at(sched.alphas_cumprod, t), prediction_type))  # fmt: skip
-        if keep_known is not None:
-            latents = keep_known(latents, i)
-        if callback is not None:
-            try:
-                callback(i, len(timesteps), t, latents)
-            except StopSampling:
-                stopped_at = i + 1
-                break
+        if callback is not None and _stops(callback, i, len(timesteps), t, latents):
+            stopped_at = i + 1
+            break
 
     # 8. Decode
     decoder = pipe.vae if vae_decoder is None else vae_decoder
@@ -216,21 +205,45 @@ def generate(
     )  # fmt: skip
 
 
-class KnownRegion:
-    """After each step of a 4-channel UNet's inpainting, the latents outside the mask are put back on the
-    init image's own noising path to the next timestep (RePaint-style blend; diffusers'
-    `StableDiffusionInpaintPipeline` does the same for 4-channel UNets)."""
+class SchedulerStep:
+    """`step(noise_pred, t, latents, i) -> x_{t-1}`: the scheduler's step with this call's `eta` and generators."""
 
-    def __init__(self, sched: Any, image_latents: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
-                 timesteps: torch.Tensor) -> None:  # fmt: skip
-        self.sched, self.image_latents, self.noise, self.mask = sched, image_latents, noise, mask
+    def __init__(self, sched: Any, kwargs: dict[str, Any]) -> None:
+        self.sched, self.kwargs = sched, kwargs
+
+    def __call__(
+        self, noise_pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, i: int
+    ) -> torch.Tensor:
+        return self.sched.step(noise_pred, t, latents, **self.kwargs, return_dict=False)[0]
+
+
+class KnownRegion:
+    """A step after which a 4-channel UNet's latents outside the mask are put back on the init image's own
+    noising path to the next timestep (RePaint-style blend; diffusers' `StableDiffusionInpaintPipeline`
+    does the same for 4-channel UNets)."""
+
+    def __init__(self, step: SchedulerStep, image_latents: torch.Tensor, noise: torch.Tensor,
+                 mask: torch.Tensor, timesteps: torch.Tensor) -> None:  # fmt: skip
+        self.step, self.image_latents, self.noise, self.mask = step, image_latents, noise, mask
         self.timesteps = timesteps
 
-    def __call__(self, latents: torch.Tensor, step: int) -> torch.Tensor:
+    def __call__(
+        self, noise_pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, i: int
+    ) -> torch.Tensor:
+        latents = self.step(noise_pred, t, latents, i)
         known = self.image_latents
-        if step < len(self.timesteps) - 1:
-            known = self.sched.add_noise(self.image_latents, self.noise, self.timesteps[step + 1 : step + 2])
+        if i < len(self.timesteps) - 1:
+            known = self.step.sched.add_noise(self.image_latents, self.noise, self.timesteps[i + 1 : i + 2])
         return (1 - self.mask) * known + self.mask * latents
+
+
+def _stops(callback: StepCallback, i: int, total: int, t: torch.Tensor, latents: torch.Tensor) -> bool:
+    """Run the step callback; True when it raised `StopSampling`."""
+    try:
+        callback(i, total, t, latents)
+    except StopSampling:
+        return True
+    return False
 
 
 def encode_texts(

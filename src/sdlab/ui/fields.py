@@ -1,0 +1,161 @@
+"""The fields every generating tab shares, the model's recommendation they start at, and the request
+they make.
+
+Each field is a `GenerationRequest` field under its A1111 label (Steps, CFG scale, Seed, ...). On
+page load and on a model change, the sampler, steps, CFG scale and size take the selected model's
+recommendation (`SamplingParams.resolve`), so a default Generate is the CLI's `sdlab generate` with no
+flags. The model's approximations (guidance interval, deep cache) are left to the recommendation unless
+set here: at the model's own sampler, steps and CFG scale they apply, at settings of one's own they
+do not, exactly as everywhere else.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from sdlab.errors import InputError
+from sdlab.outputs import interval_text
+from sdlab.sampling.params import MAX_SEED, SamplingParams, parse_guidance_interval
+from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, scheduler_name_from_config
+from sdlab.service import GenerationRequest
+from sdlab.service.worker import QueueFull, Worker
+
+SAMPLERS = [spec.a1111 for spec in SCHEDULERS.values()]
+MODELS_OWN = "the model's"  # deep cache and guidance interval: the recommendation's (at its settings)
+DEEP_CACHE_CHOICES = [MODELS_OWN, "1 (off)", "2", "3", "4"]
+# the order of the values a tab's fields give its event handlers
+FIELD_ORDER = ("prompt", "negative", "model", "sampler", "steps", "cfg", "width", "height", "seed",
+               "batch_count", "batch_size", "interval", "deep_cache")  # fmt: skip
+FOLLOWS_MODEL = ("sampler", "steps", "cfg", "width", "height", "recommended")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What the fields show for a model: its recommendation, resolved as `generate` resolves it."""
+
+    sampler: str  # A1111's name
+    steps: int
+    cfg: float
+    size: int  # pixels, the model's own side
+    text: str  # the recommendation in words
+
+    @classmethod
+    def of(cls, worker: Worker, name: str | None) -> ModelSettings:
+        """The settings of model `name` (None: the current one), loaded on the worker if need be."""
+
+        def read(w: Worker) -> ModelSettings:
+            pipe = w.registry.pipeline(w.registry.find_model(name))
+            p = SamplingParams().resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config))
+            return cls(SCHEDULERS[p.scheduler].a1111, p.num_inference_steps, p.guidance_scale, pipe.default_size,
+                       describe(p))  # fmt: skip
+
+        try:
+            return worker.run(read)
+        except (InputError, QueueFull) as err:
+            raise gr.Error(str(err)) from None
+
+    def values(self) -> tuple:
+        """The `FOLLOWS_MODEL` fields' values."""
+        return self.sampler, self.steps, self.cfg, self.size, self.size, self.text
+
+
+def describe(p: SamplingParams) -> str:
+    """A resolved recommendation in a sentence: "UniPC, 6 steps, CFG 3.0; guided at sigma in (0.0, 1.5], ..."."""
+    text = f"The model's settings: {SCHEDULERS[p.scheduler].a1111}, {p.num_inference_steps} steps, CFG {p.guidance_scale:g}"
+    extras = []
+    if (interval := interval_text(list(p.guidance_interval))) is not None:
+        extras.append(f"guidance only at noise levels σ in ({interval.replace(' to ', ', ')}]")
+    if p.deep_cache > 1:
+        extras.append(f"deep cache every {p.deep_cache} steps")
+    if extras:
+        text += f"; at these settings also {' and '.join(extras)} (tuned for them: changing the sampler, steps or CFG drops them)"
+    return text + "."
+
+
+def sampling_fields(prefix: str, models: list[str], current: str, settings: ModelSettings, *,
+                    batch: bool = True) -> dict[str, Any]:  # fmt: skip
+    """The shared fields, with elem_ids `PREFIX-NAME` for tests and scripts; `f["inputs"]` in `FIELD_ORDER`."""
+    f: dict[str, Any] = {}
+    with gr.Row():
+        f["prompt"] = gr.Textbox(
+            label="Prompt", lines=2, scale=4, elem_id=f"{prefix}-prompt", value="a handwritten digit 7"
+        )
+        f["negative"] = gr.Textbox(label="Negative prompt", lines=2, scale=3, elem_id=f"{prefix}-negative")
+    with gr.Row():
+        f["model"] = gr.Dropdown(models, value=current, label="Model", elem_id=f"{prefix}-model")
+        f["sampler"] = gr.Dropdown(
+            SAMPLERS, value=settings.sampler, label="Sampler", elem_id=f"{prefix}-sampler"
+        )
+        f["steps"] = gr.Slider(1, 150, value=settings.steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
+        f["cfg"] = gr.Slider(1, 30, value=settings.cfg, step=0.5, label="CFG scale", elem_id=f"{prefix}-cfg")
+    with gr.Row():
+        f["width"] = gr.Slider(8, 2048, value=settings.size, step=8, label="Width", elem_id=f"{prefix}-width")
+        f["height"] = gr.Slider(
+            8, 2048, value=settings.size, step=8, label="Height", elem_id=f"{prefix}-height"
+        )
+        f["seed"] = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id=f"{prefix}-seed")
+        f["random"] = gr.Button("Random seed", size="sm", elem_id=f"{prefix}-random")
+        f["reuse"] = gr.Button("Reuse last seed", size="sm", elem_id=f"{prefix}-reuse", visible=batch)
+    with gr.Row(visible=batch):
+        f["batch_count"] = gr.Slider(
+            1, 100, value=1, step=1, label="Batch count", elem_id=f"{prefix}-batch-count"
+        )
+        f["batch_size"] = gr.Slider(
+            1, 64, value=1, step=1, label="Batch size", elem_id=f"{prefix}-batch-size"
+        )
+    f["recommended"] = gr.Markdown(settings.text, elem_id=f"{prefix}-recommended")
+    with gr.Accordion("Speed-ups", open=False), gr.Row():
+        f["interval"] = gr.Textbox(
+            "",
+            label="Guidance interval (LO,HI in σ; 'all'; empty: the model's)",
+            elem_id=f"{prefix}-interval",
+        )
+        f["deep_cache"] = gr.Dropdown(
+            DEEP_CACHE_CHOICES, value=MODELS_OWN, label="Deep cache (run the UNet whole every N steps)",
+            elem_id=f"{prefix}-deep-cache", allow_custom_value=True,
+        )  # fmt: skip
+    if batch:
+        with gr.Row():
+            f["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate")
+            f["interrupt"] = gr.Button("Interrupt", elem_id=f"{prefix}-interrupt")
+            f["skip"] = gr.Button("Skip", elem_id=f"{prefix}-skip")
+    f["inputs"] = [f[name] for name in FIELD_ORDER]
+    f["follows_model"] = [f[name] for name in FOLLOWS_MODEL]
+    return f
+
+
+def follow_model(f: dict[str, Any], worker: Worker) -> None:
+    """A model change sets the fields to that model's recommendation; so does a new page (the current
+    model may have changed since the page was built, through `/options`)."""
+    f["model"].change(lambda name: ModelSettings.of(worker, name).values(), inputs=f["model"],
+                      outputs=f["follows_model"])  # fmt: skip
+    f["random"].click(lambda: -1, outputs=f["seed"], queue=False)
+
+
+def request_from(values: tuple) -> GenerationRequest:
+    """The request a tab's fields (in `FIELD_ORDER`) make; `gr.Error` with one sentence for a bad one."""
+    named = dict(zip(FIELD_ORDER, values, strict=True))
+    seed = int(named["seed"]) if named["seed"] is not None else -1
+    cache = named["deep_cache"]
+    try:
+        return GenerationRequest(
+            prompt=named["prompt"] or "",
+            negative_prompt=named["negative"] or None,
+            model=named["model"],
+            scheduler=resolve_sampler(named["sampler"], None) if named["sampler"] else None,
+            num_inference_steps=int(named["steps"]),
+            guidance_scale=float(named["cfg"]),
+            guidance_interval=parse_guidance_interval(named["interval"].strip() or None),
+            deep_cache=None if cache in (None, MODELS_OWN) else int(cache.split()[0]),
+            width=int(named["width"]),
+            height=int(named["height"]),
+            seed=random.SystemRandom().randrange(MAX_SEED // 2) if seed < 0 else seed,
+            batch_count=int(named["batch_count"]),
+            num_images_per_prompt=int(named["batch_size"]),
+        ).validate()
+    except InputError as err:
+        raise gr.Error(str(err)) from None
