@@ -118,7 +118,9 @@ def test_turning_a_recommended_cache_off_is_recorded_and_infotexts_carry_it_both
 
     kwargs = dict(num_inference_steps=4, seed=0, height=32, width=32)
     silent = generate(tiny, PROMPT, **kwargs)  # no recommendation, off: the infotext does not say it
-    assert "Deep cache" not in infotext({**recipe(silent, 0, tiny), "model_hash": "0", "sdlab_version": "x"}, tiny)
+    assert "Deep cache" not in infotext(
+        {**recipe(silent, 0, tiny), "model_hash": "0", "sdlab_version": "x"}, tiny
+    )
     tiny.recommended = SamplingParams(deep_cache=2, num_inference_steps=4)
     try:
         off = generate(tiny, PROMPT, **kwargs, deep_cache=1)

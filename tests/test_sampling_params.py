@@ -30,7 +30,9 @@ def test_left_out_or_restated_the_recommendation_applies_whole():
         assert {k: getattr(resolve(**given), k) for k in PACKAGE} == RECOMMENDED.package()
 
 
-@pytest.mark.parametrize("departure", [{"scheduler": "pndm"}, {"num_inference_steps": 3}, {"guidance_scale": 7.5}])
+@pytest.mark.parametrize(
+    "departure", [{"scheduler": "pndm"}, {"num_inference_steps": 3}, {"guidance_scale": 7.5}]
+)
 def test_settings_of_ones_own_drop_the_tuned_approximations(departure):
     p = resolve(**departure)
     assert p.guidance_interval == EVERY_STEP and p.deep_cache == 1
@@ -75,7 +77,9 @@ def test_every_front_end_builds_the_one_object():
     sampling = {f.name: f for f in dataclasses.fields(SamplingParams)}
     for name in PACKAGE:  # eval's flags are the very same fields (help, default, names)
         assert EvalOptions.__dataclass_fields__[name].metadata == sampling[name].metadata
-    assert a1111_fields()["steps"] == "num_inference_steps" and a1111_fields()["cfg_scale"] == "guidance_scale"
+    assert (
+        a1111_fields()["steps"] == "num_inference_steps" and a1111_fields()["cfg_scale"] == "guidance_scale"
+    )
     assert KEYS["deep_cache"][0] == "deep_cache" and KEYS["n_iter"][0] == "batch_count"
     assert AXES["Deep cache"][0] == "deep_cache" and AXES["Steps"][0] == "num_inference_steps"
 
@@ -101,7 +105,9 @@ def test_at_diffusers_settings_the_shipped_model_equals_diffusers_pixel_for_pixe
     """Sampler, steps and CFG of one's own: the model's deep cache and guidance interval, tuned for its own
     settings, are left out, and the image is diffusers' own."""
     prompts, steps, seed = ["a handwritten digit 3", "a handwritten digit 8"], 5, 21
-    ours = digits.generate(prompts, scheduler=scheduler, num_inference_steps=steps, guidance_scale=7.5, seed=seed)
+    ours = digits.generate(
+        prompts, scheduler=scheduler, num_inference_steps=steps, guidance_scale=7.5, seed=seed
+    )
     assert ours.params.deep_cache == 1 and ours.params.guidance_interval == EVERY_STEP
     digits_in_diffusers.scheduler = make_scheduler(scheduler, digits.scheduler_config)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]

@@ -124,7 +124,9 @@ def test_setting_the_model_png_info_and_lora_tags(api, server):
     assert info["extra_generation_params"]["Deep cache"] == 2 and "Deep cache: 2" in info["infotexts"][0]
     assert cached["parameters"]["deep_cache"] == 2
     whole = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "deep_cache": 1}).json()
-    assert "Deep cache" not in json.loads(whole["info"])["infotexts"][0]  # at settings of one's own: off anyway
+    assert (
+        "Deep cache" not in json.loads(whole["info"])["infotexts"][0]
+    )  # at settings of one's own: off anyway
     assert whole["images"] != cached["images"]
     # at the model's own settings, off is said, so an A1111 client re-posting the infotext gets the same
     package = dict(prompt=DIGIT["prompt"], seed=11)
@@ -134,7 +136,9 @@ def test_setting_the_model_png_info_and_lora_tags(api, server):
     assert model_default["parameters"]["deep_cache"] == 2  # the digits model's recommendation, echoed
     assert model_default["parameters"]["steps"] == 6 and model_default["images"] != off["images"]
     # the model's settings given explicitly are still the model's package: the same image
-    explicit = requests.post(f"{server}/sdapi/v1/txt2img", json={**package, "steps": 6, "cfg_scale": 3}).json()
+    explicit = requests.post(
+        f"{server}/sdapi/v1/txt2img", json={**package, "steps": 6, "cfg_scale": 3}
+    ).json()
     assert explicit["images"] == model_default["images"]
     departed = requests.post(f"{server}/sdapi/v1/txt2img", json={**package, "steps": 7}).json()
     assert departed["parameters"]["deep_cache"] == 1  # steps of one's own: the tuned cache is dropped

@@ -87,7 +87,9 @@ def _plain(value: Any) -> Any:
 
 
 def _infotext_value(name: str, value: Any) -> object:
-    if name == "guidance_interval":  # sigma range, as extensions add their settings: "0.3 to 5.0", "1.0 to inf"
+    if (
+        name == "guidance_interval"
+    ):  # sigma range, as extensions add their settings: "0.3 to 5.0", "1.0 to inf"
         lo, hi = value
         return f"{float(lo)!r} to {'inf' if hi is None else repr(float(hi))}"
     return value
@@ -169,7 +171,9 @@ def parameters_recipe(text: str, where: str) -> dict:
         key = f.metadata.get("infotext")
         if key is None or f.name in r:
             continue
-        if key not in s or (key == "Denoising strength" and "Hires upscale" in s):  # hires fix: its 2nd pass's
+        if key not in s or (
+            key == "Denoising strength" and "Hires upscale" in s
+        ):  # hires fix: its 2nd pass's
             if neutral(f.name) is not None:
                 r[f.name] = list(EVERY_STEP) if f.name == "guidance_interval" else neutral(f.name)
             continue

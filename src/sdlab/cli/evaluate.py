@@ -43,7 +43,11 @@ def run_eval(opts: EvalOptions) -> dict:
             decoder["vae_decoder"], pipe.vae.config.latent_channels, pipe.vae_scale_factor, opts.vae_decoder
         )
     evaluations = planned_unet_evaluations(
-        pipe, resolved.scheduler, resolved.num_inference_steps, resolved.guidance_scale, resolved.guidance_interval
+        pipe,
+        resolved.scheduler,
+        resolved.num_inference_steps,
+        resolved.guidance_scale,
+        resolved.guidance_interval,
     )
     report = {
         "model": _shown(pipe.source),

@@ -171,7 +171,9 @@ def run_with_progress(registry: ModelRegistry, request: GenerationRequest) -> Re
 
 def _write(images: list, output: Path) -> list[Path]:
     """Generated images (with their recipes and infotexts) as PNGs at `output` (see `write_pngs`)."""
-    return write_pngs([g.image for g in images], [g.recipe for g in images], output, [g.infotext for g in images])
+    return write_pngs(
+        [g.image for g in images], [g.recipe for g in images], output, [g.infotext for g in images]
+    )
 
 
 def parse_loras(specs: str | None) -> tuple[LoraRef, ...]:

@@ -65,4 +65,6 @@ class UNetModel:
             cond = torch.cat([cond] * (x.shape[0] // cond.shape[0]))
         if self.cache is not None:
             return self.cache(step, x, t, encoder_hidden_states, cond)
-        return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=cond, return_dict=False)[0]
+        return self.unet(
+            x, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=cond, return_dict=False
+        )[0]

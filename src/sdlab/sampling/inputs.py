@@ -86,7 +86,9 @@ def output_size(pipe: Pipeline, params: SamplingParams, init: InitImage | None) 
         width = pipe.default_size if params.width is None else params.width
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value <= 0 or value % factor:
-            raise InputError(f"{name} must be a positive multiple of {factor} (the VAE's factor), got {value!r}")
+            raise InputError(
+                f"{name} must be a positive multiple of {factor} (the VAE's factor), got {value!r}"
+            )
         if value > MAX_SIDE:
             raise InputError(f"{name} {value} is larger than the maximum of {MAX_SIDE} pixels")
     return height, width
@@ -105,7 +107,10 @@ def prepare_mask(
     height, width = size
     mask = load_mask(params.mask_image, size=init.size)
     processor = VaeImageProcessor(
-        vae_scale_factor=pipe.vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+        vae_scale_factor=pipe.vae_scale_factor,
+        do_normalize=False,
+        do_binarize=True,
+        do_convert_grayscale=True,
     )
     mask = processor.preprocess(mask, height=height, width=width)  # (1, 1, H, W) of 0/1
     masked_latents = None

@@ -57,7 +57,7 @@ class SamplingParams:
     """
 
     prompt: str | list[str] = option(
-        "", "what to draw; (word:1.3) emphasis, [word] de-emphasis, BREAK (\"\" for none)", a1111="prompt"
+        "", 'what to draw; (word:1.3) emphasis, [word] de-emphasis, BREAK ("" for none)', a1111="prompt"
     )
     negative_prompt: str | list[str] | None = option(
         None, "what to steer away from: replaces the empty prompt in guidance", a1111="negative_prompt"
@@ -139,7 +139,9 @@ class SamplingParams:
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise InputError(f"{name} must be a positive multiple of the VAE's factor (8 for SD), got {value!r}")
+                raise InputError(
+                    f"{name} must be a positive multiple of the VAE's factor (8 for SD), got {value!r}"
+                )
             if value is not None and value > MAX_SIDE:
                 raise InputError(f"{name} {value} is larger than the maximum of {MAX_SIDE} pixels")
         check_int("num_images_per_prompt (--num-images)", self.num_images_per_prompt, 1, None)
@@ -148,7 +150,9 @@ class SamplingParams:
             raise InputError("a mask needs an init image to inpaint; pass init_image (--init-image) too")
         if self.strength is not None:
             if self.init_image is None:
-                raise InputError("strength applies only to image-to-image; pass init_image (--init-image) too")
+                raise InputError(
+                    "strength applies only to image-to-image; pass init_image (--init-image) too"
+                )
             check_number("strength", self.strength)
             if not 0 < self.strength <= 1:
                 raise InputError(f"strength must be in (0, 1], got {self.strength}")

@@ -59,7 +59,9 @@ class GenerationRequest(SamplingParams):
     guide_digit: int | None = option(
         None, "steer towards this digit with the digit classifier's gradient (works with an empty prompt)"
     )
-    guide_scale: float = option(DEFAULT_GUIDE_SCALE, "step size of --guide-digit along the classifier's gradient")
+    guide_scale: float = option(
+        DEFAULT_GUIDE_SCALE, "step size of --guide-digit along the classifier's gradient"
+    )
     vae_decoder: str | None = option(
         None,
         "decode the final latents with a tiny decoder: 'tiny' (the model's own, e.g. the digits model's) "

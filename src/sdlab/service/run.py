@@ -116,7 +116,9 @@ def run_request(
                 init_image=init_image,
                 mask_image=mask_image,
             )  # fmt: skip
-            result = generate(pipe, params, guide=guide, vae_decoder=decoder, callback=step_hook, observe=observe)
+            result = generate(
+                pipe, params, guide=guide, vae_decoder=decoder, callback=step_hook, observe=observe
+            )
             for i, image in enumerate(result.images):
                 r = recipe(result, i, pipe, sources)
                 r["prompt"], r["negative_prompt"] = request.prompt, request.negative_prompt or ""

@@ -181,7 +181,9 @@ def distill(cfg: LCMDistillConfig) -> Path:
     mean, std = encode_dataset(pipe.vae, pixels)
     del pixels  # only the latents' moments are needed from here on
     scale, shift = pipe.vae.config.scaling_factor, pipe.vae.config.shift_factor or 0.0
-    interval = parse_guidance_interval(cfg.guidance_interval) or pipe.recommended.guidance_interval or EVERY_STEP
+    interval = (
+        parse_guidance_interval(cfg.guidance_interval) or pipe.recommended.guidance_interval or EVERY_STEP
+    )
     lo, hi = check_guidance_interval(interval)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     solver = DDIMSolver(noise_scheduler.alphas_cumprod, cfg.num_ddim_timesteps)
@@ -282,9 +284,13 @@ def lcm_pipeline(
         config, original_inference_steps=ddim_timesteps, timestep_scaling=TIMESTEP_SCALING
     )
     pipe.scheduler_config = dict(scheduler.config)
-    pipe.recommended = SamplingParams()  # the teacher's recommendations (deep cache...) were measured on the teacher
+    pipe.recommended = (
+        SamplingParams()
+    )  # the teacher's recommendations (deep cache...) were measured on the teacher
     if guidance_scale is not None:
-        pipe.recommended = SamplingParams(scheduler="lcm", num_inference_steps=4, guidance_scale=guidance_scale)
+        pipe.recommended = SamplingParams(
+            scheduler="lcm", num_inference_steps=4, guidance_scale=guidance_scale
+        )
     return pipe
 
 

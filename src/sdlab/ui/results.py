@@ -55,13 +55,13 @@ class OutputFolder:
     def save(self, image: PIL.Image.Image, stem: str) -> str:
         """Another image (an X/Y grid) in the same folder, under the same bound."""
         with self._lock:
-            path = self.path / f"{stem}-{next(self._numbers):05d}.png"
+            path = self.path / f"{next(self._numbers):05d}-{stem}.png"
             image.save(path)
             self._prune()
         return str(path)
 
     def _prune(self) -> None:
-        files = sorted(self.path.glob("*.png"), key=lambda p: p.stat().st_mtime)
+        files = sorted(self.path.glob("*.png"))  # numbered: oldest first
         for old in files[: max(0, len(files) - self.limit)]:
             old.unlink(missing_ok=True)
 
