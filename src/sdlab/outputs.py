@@ -87,9 +87,8 @@ def _plain(value: Any) -> Any:
 
 
 def _infotext_value(name: str, value: Any) -> object:
-    if (
-        name == "guidance_interval"
-    ):  # sigma range, as extensions add their settings: "0.3 to 5.0", "1.0 to inf"
+    # the guidance interval: a sigma range, as extensions add their settings ("0.3 to 5.0", "1.0 to inf")
+    if name == "guidance_interval":
         lo, hi = value
         return f"{float(lo)!r} to {'inf' if hi is None else repr(float(hi))}"
     return value
@@ -171,9 +170,8 @@ def parameters_recipe(text: str, where: str) -> dict:
         key = f.metadata.get("infotext")
         if key is None or f.name in r:
             continue
-        if key not in s or (
-            key == "Denoising strength" and "Hires upscale" in s
-        ):  # hires fix: its 2nd pass's
+        hires = key == "Denoising strength" and "Hires upscale" in s  # then it is the hires fix's 2nd pass's
+        if key not in s or hires:
             if neutral(f.name) is not None:
                 r[f.name] = list(EVERY_STEP) if f.name == "guidance_interval" else neutral(f.name)
             continue

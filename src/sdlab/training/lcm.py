@@ -284,9 +284,8 @@ def lcm_pipeline(
         config, original_inference_steps=ddim_timesteps, timestep_scaling=TIMESTEP_SCALING
     )
     pipe.scheduler_config = dict(scheduler.config)
-    pipe.recommended = (
-        SamplingParams()
-    )  # the teacher's recommendations (deep cache...) were measured on the teacher
+    # the teacher's recommendations (deep cache...) were measured on the teacher, not on this model
+    pipe.recommended = SamplingParams()
     if guidance_scale is not None:
         pipe.recommended = SamplingParams(
             scheduler="lcm", num_inference_steps=4, guidance_scale=guidance_scale
