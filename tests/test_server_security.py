@@ -187,12 +187,12 @@ def test_the_web_ui_takes_no_server_path_from_the_page(server, tmp_path):
     image.save(secret, pnginfo=info)
     for path in (str(secret), "/etc/passwd"):
         call = requests.post(
-            server + "/gradio_api/call/_png_parameters",
+            server + "/gradio_api/call/png_parameters",
             json={"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]},
             timeout=30,
         )
         stream = requests.get(
-            server + f"/gradio_api/call/_png_parameters/{call.json()['event_id']}", timeout=30
+            server + f"/gradio_api/call/png_parameters/{call.json()['event_id']}", timeout=30
         ).text
         assert "event: error" in stream and "not uploaded by a user" in stream
         assert "the secret prompt" not in stream and "root:" not in stream
