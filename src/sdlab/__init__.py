@@ -6,9 +6,9 @@ not import torch and diffusers.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sdlab.lazy import lazy_names
 from sdlab.version import __version__
 
 _LAZY = {
@@ -29,10 +29,7 @@ if TYPE_CHECKING:
     from sdlab.sampling.loop import GenerationResult, generate
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sdlab' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [

@@ -11,8 +11,9 @@ importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sdlab.lazy import lazy_names
 
 _LAZY = {
     "GeneratedImage": "sdlab.service.run",
@@ -30,10 +31,7 @@ if TYPE_CHECKING:
     from sdlab.service.run import GeneratedImage, RequestResult, run_request
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sdlab.service' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [
