@@ -96,6 +96,38 @@ def tiny_pipeline(in_channels: int = 4, seed: int = 0, **unet_config) -> Pipelin
     )
 
 
+SDLAB_SOURCE = str(Path(__file__).resolve().parents[1] / "src" / "sdlab")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def deprecated_arguments_sdlab_passes_fail():
+    """A library's deprecation helper (diffusers' `deprecate`, transformers' `deprecate_kwarg`) warns about
+    an argument its caller passed, but points the warning into the library itself, where pyproject's
+    filters ("error" only for warnings pointing at sdlab) do not reach. Such a warning raised while the
+    nearest caller outside the libraries is sdlab's code fails the test. (Tests may call diffusers as
+    the oracle with old-style inputs on purpose.)"""
+    import sys
+    import warnings
+
+    original = warnings.warn
+
+    def warn(message, category=None, stacklevel=1, source=None, **kwargs):
+        kind = category or (type(message) if isinstance(message, Warning) else UserWarning)
+        helper = sys._getframe(1).f_code.co_filename
+        if issubclass(kind, DeprecationWarning | FutureWarning) and "deprecat" in Path(helper).name:
+            frame = sys._getframe(1)
+            while frame is not None and ("site-packages" in frame.f_code.co_filename
+                                         or frame.f_code.co_filename.startswith(sys.base_prefix)):  # fmt: skip
+                frame = frame.f_back
+            if frame is not None and frame.f_code.co_filename.startswith(SDLAB_SOURCE):
+                raise kind(f"{message} (a deprecated call in {frame.f_code.co_filename}:{frame.f_lineno})")
+        return original(message, category, stacklevel + 1, source, **kwargs)
+
+    warnings.warn = warn
+    yield
+    warnings.warn = original
+
+
 @pytest.fixture(scope="session")
 def tiny() -> Pipeline:
     return tiny_pipeline()

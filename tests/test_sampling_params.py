@@ -87,7 +87,7 @@ def test_every_front_end_builds_the_one_object():
 @pytest.fixture(scope="module")
 def digits_in_diffusers():
     pipe = StableDiffusionPipeline.from_pretrained(
-        DEFAULT_MODEL, safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32
+        DEFAULT_MODEL, safety_checker=None, requires_safety_checker=False, dtype=torch.float32
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -14,7 +14,7 @@ from PIL import Image
 
 from sdlab.errors import InputError, TrainingError
 from sdlab.loading import load_pipeline
-from sdlab.training.data import LatentData, diffusion_loss, encode_text
+from sdlab.training.data import CaptionTokens, LatentData, diffusion_loss, encode_text
 from sdlab.training.recipe import training_noise_scheduler
 
 
@@ -37,7 +37,7 @@ def fixed_loss(pipe, squares_dir, prompt: str = "a bright square") -> float:
         for _ in range(4):
             noise = torch.randn(latents.shape, generator=g)
             t = torch.randint(100, 900, (len(latents),), generator=g)
-            embeds = encode_text(pipe.tokenizer, pipe.text_encoder, [prompt] * len(latents))
+            embeds = encode_text(CaptionTokens(pipe.tokenizer), pipe.text_encoder, [prompt] * len(latents))
             losses.append(
                 diffusion_loss(pipe.unet, training_noise_scheduler(pipe), latents, embeds, noise, t).mean()
             )
@@ -221,10 +221,12 @@ def test_lora_improves_the_fit_and_loads_in_diffusers(tiny_dir, squares_dir, tmp
     )
     out = lora(cfg)
     pipe = load_pipeline(tiny_dir, device="cpu")
-    plain_text = encode_text(pipe.tokenizer, pipe.text_encoder, ["a bright square"])
+    plain_text = encode_text(CaptionTokens(pipe.tokenizer), pipe.text_encoder, ["a bright square"])
     load_lora(pipe, out)
     assert fixed_loss(pipe, squares_dir) < 0.95 * before
-    assert not torch.allclose(encode_text(pipe.tokenizer, pipe.text_encoder, ["a bright square"]), plain_text)
+    assert not torch.allclose(
+        encode_text(CaptionTokens(pipe.tokenizer), pipe.text_encoder, ["a bright square"]), plain_text
+    )
     zero = load_pipeline(tiny_dir, device="cpu")
     load_lora(zero, out, weight=0.0)
     assert fixed_loss(zero, squares_dir) == pytest.approx(before, rel=1e-5)

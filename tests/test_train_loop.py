@@ -250,6 +250,9 @@ def test_a_nan_on_one_process_stops_every_process_with_one_sentence(tiny_dir, sq
     sentence = "sdlab finetune: stopped: the loss became nan at step 3; the last complete checkpoint"
     assert done.stderr.count(sentence) == 2, done.stderr[-3000:]  # both processes stopped, neither hangs
     assert "step-000002, is kept" in done.stderr
+    # the loss is read every --log-every steps, and always before a checkpoint: none holds the NaN weights
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000002"]
+    assert [r["step"] for r in rows(tmp_path / "run")] == ["1", "2"]
     # the only traceback is accelerate's launcher reporting its children's exit status, none from sdlab
     assert "TrainingError" not in done.stderr and "sdlab/training" not in done.stderr
 

@@ -42,6 +42,7 @@ def recipe(
             "torch."
         ),  # `--dtype auto` differs by machine: replay repeats it
         **{k: v for k, v in (sources or {}).items() if v is not None},
+        **({"compile": pipe.compiled} if pipe.compiled else {}),  # pixels within rounding of eager's
         "model_hash": pipe.model_hash(),
         "sdlab_version": __version__,
     }

@@ -6,6 +6,7 @@ the model was trained with. Sampling lives in `sdlab.sampling`, loading in `sdla
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ class Pipeline:
     name: str = ""  # a short name for metadata (A1111's "Model:")
     # the model's recommended sampling package (its folder's sdlab.json), applied where a call gives none
     recommended: SamplingParams = field(default_factory=lambda: SamplingParams())
+    compiled: str | None = None  # how `compile` compiled the UNet and VAE decoder ("inductor", ...), or None
     _hash: str | None = field(default=None, repr=False)
 
     @property
@@ -59,6 +61,25 @@ class Pipeline:
         kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         for module in (self.unet, self.vae, self.text_encoder):
             module.to(**kwargs)
+        return self
+
+    def compile(self, *, cuda_graphs: bool = False, backend: str | None = None) -> Pipeline:
+        """Compile the UNet and the VAE decoder in place with `torch.compile`, and return self.
+
+        Each new input shape (batch, size; a guidance interval makes two batch sizes) compiles once, on
+        its first call, and is reused after: seconds to minutes at first (74 s for an SD 1.5 UNet on a
+        2-core CPU), then faster steps. `cuda_graphs` also captures CUDA graphs ("reduce-overhead"), which
+        pays on a GPU where shapes repeat. Pixels stay within float16 rounding of the eager model's, not
+        equal: `compiled` is recorded in every image's recipe, and replay compiles too. With a deep cache,
+        the UNet's full passes run eager (the cache reads a layer inside them); the decoder stays compiled.
+        `backend` is torch.compile's (default `$SDLAB_COMPILE_BACKEND`, else "inductor"; "eager" only
+        captures the graphs, which checks in seconds that a model compiles).
+        """
+        backend = backend or os.environ.get("SDLAB_COMPILE_BACKEND", "inductor")
+        mode = "reduce-overhead" if cuda_graphs else None
+        self.unet.compile(backend=backend, mode=mode)
+        self.vae.decoder.compile(backend=backend, mode=mode)
+        self.compiled = backend + ("+cudagraphs" if cuda_graphs else "")
         return self
 
     def model_hash(self) -> str:

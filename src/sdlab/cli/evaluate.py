@@ -52,6 +52,7 @@ def run_eval(opts: EvalOptions) -> dict:
     report = {
         "model": _shown(pipe.source),
         "dtype": str(pipe.dtype).removeprefix("torch."),
+        "compile": pipe.compiled,
         "sampling": resolved.to_json(),
         "unet_evaluations": evaluations,
         "vae_decoder": opts.vae_decoder,

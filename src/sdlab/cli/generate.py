@@ -20,8 +20,9 @@ from sdlab.service import GenerationRequest, LoraRef, ModelRegistry, RequestResu
 
 def load_model(opts: ModelOptions) -> Pipeline:
     return load_pipeline(
-        opts.model, device=opts.device, dtype=opts.dtype, allow_pickle=opts.allow_pickle, config=opts.config
-    )
+        opts.model, device=opts.device, dtype=opts.dtype, allow_pickle=opts.allow_pickle, config=opts.config,
+        compile=opts.compile,
+    )  # fmt: skip
 
 
 def cli_registry(opts: NetworkOptions) -> ModelRegistry:
@@ -34,6 +35,7 @@ def cli_registry(opts: NetworkOptions) -> ModelRegistry:
         allow_paths=True,
         allow_pickle=opts.allow_pickle,
         config=opts.config,
+        compile=opts.compile,
     )
 
 
@@ -129,6 +131,8 @@ def run_replay(opts: ReplayOptions) -> Path:
         made = "float32"
     if opts.dtype == "auto" and made in ("float32", "bfloat16"):
         opts = dataclasses.replace(opts, dtype=made)
+    if recipe.get("compile"):  # compiled kernels round differently from eager ones: compile again
+        opts = dataclasses.replace(opts, compile=True)
     index = recipe.get("batch_index", 0)
     # batched convolutions may differ from a lone image's in the last float bit, which can flip an
     # 8-bit rounding: replay regenerates the whole batch to give identical pixels

@@ -30,6 +30,10 @@ class ModelOptions:
     config: str | None = option(
         None, "diffusers config folder describing a non-standard single-file checkpoint"
     )
+    compile: bool = option(
+        False, "compile the UNet and VAE decoder with torch.compile (CUDA graphs too on a GPU): the first call "
+        "of each size compiles (minutes on a CPU), later ones run faster",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,10 @@ class ServeOptions:
         "float32, float16 or bfloat16",
     )
     allow_pickle: bool = option(False, "also list .ckpt/.pt/.bin files, loaded with weights_only")
+    compile: bool = option(
+        False, "compile each model's UNet and VAE decoder when it loads (torch.compile; CUDA graphs on a "
+        "GPU); also the sdlab_compile option of /sdapi/v1/options",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

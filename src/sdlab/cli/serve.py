@@ -40,6 +40,7 @@ def run_serve(opts: ServeOptions) -> None:
         dtype=opts.dtype,
         cache_size=opts.checkpoints_limit,
         allow_pickle=opts.allow_pickle,
+        compile=opts.compile,
     )
     folders = {
         "ckpt": _dirs(opts.ckpt_dir),

@@ -18,9 +18,14 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """ "auto" picks CUDA, then Apple's MPS, then the CPU."""
+    """ "auto" picks CUDA, then Apple's MPS, then the CPU.
+
+    On CUDA, cuBLAS is told to use fixed workspaces (`CUBLAS_WORKSPACE_CONFIG`, unless set), without which
+    its matrix products are not reproducible from run to run where deterministic kernels are asked for
+    (`sampling.gradient_guidance.deterministic`); it must be set before cuBLAS starts."""
     if device in (None, "auto"):
         if torch.cuda.is_available():
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
@@ -31,6 +36,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} was asked for, but this machine has no CUDA GPU")
+    if resolved.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"device {device!r} was asked for, but MPS is not available here")
     return resolved
@@ -72,8 +79,11 @@ def load_pipeline(
     dtype: str | torch.dtype | None = "auto",
     allow_pickle: bool = False,
     config: str | Path | None = None,
+    compile: bool = False,
 ) -> Pipeline:
     """Load a model from a diffusers folder or a single-file SD 1.x/2.x checkpoint, with no network.
+
+    `compile` compiles its UNet and VAE decoder (`Pipeline.compile`; CUDA graphs too on a GPU).
 
     `path` None (or "digits") loads the digits model that ships inside sdlab.
 
@@ -105,4 +115,5 @@ def load_pipeline(
             f"model {path} is neither a diffusers folder nor a checkpoint (.safetensors, or with "
             "--allow-pickle .ckpt/.pt/.bin)"
         )
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    return pipe.compile(cuda_graphs=device.type == "cuda") if compile else pipe

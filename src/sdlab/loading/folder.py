@@ -52,7 +52,7 @@ def load_folder(path: Path, *, allow_pickle: bool = False, dtype: torch.dtype = 
             raise InputError(f"model folder {path} has no {name}/ subfolder; is it a Stable Diffusion model?")
     for name in ("unet", "vae", "text_encoder"):
         _check_weights(path / name, allow_pickle)
-    common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": not allow_pickle or None}
+    common = {"local_files_only": True, "dtype": dtype, "use_safetensors": not allow_pickle or None}
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **common)

@@ -195,7 +195,7 @@ def _load_component(
                     config=str(cfg_dir),
                     subfolder=subfolder,
                     local_files_only=True,
-                    torch_dtype=dtype,
+                    dtype=dtype,  # diffusers >= 0.40 (`torch_dtype` is deprecated)
                 )
         except SingleFileComponentError as e:
             raise InputError(f"Checkpoint {path} has no {what} weights.") from e

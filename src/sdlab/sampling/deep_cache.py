@@ -67,8 +67,8 @@ class DeepCache:
         kept = self._kept
         if step % self.interval == 0 or kept is None or kept.shape[0] != sample.shape[0]:
             hook = self.block.resnets[-1].register_forward_pre_hook(self._keep)
-            try:
-                out = self.unet(
+            try:  # the module's own forward: eager also where the UNet was compiled (the hook reads inside it)
+                out = self.unet.forward(
                     sample, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
                     return_dict=False,
                 )[0]  # fmt: skip

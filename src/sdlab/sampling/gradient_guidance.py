@@ -12,7 +12,8 @@ score on ordinary images can steer, with no classifier trained on noisy inputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,27 @@ class GradientGuide:
     score: PixelScore  # higher = more wanted; differentiable in the pixels
     scale: float  # step size along the score's gradient, in latent units per unit score
     recipe: dict[str, Any] = field(default_factory=dict)  # how to rebuild it, saved with the image
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels for the block inside, restored afterwards: the same inputs give the same bits
+    on every run of one device. A backward pass on CUDA otherwise adds in whatever order atomics land
+    (convolution weight gradients, nearest upsampling), so a replay of a guided image could differ by one
+    8-bit level. cuBLAS also needs `CUBLAS_WORKSPACE_CONFIG` (set by `sdlab.loading.resolve_device`)."""
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
 
 
 def alpha_bar_at(alphas_cumprod: torch.Tensor, t: torch.Tensor | float) -> float:
@@ -53,7 +75,7 @@ def guide_prediction(
     """
     a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
     x0 = predicted_x0(model_output, sample, alpha_bar, prediction_type)
-    with torch.enable_grad():
+    with torch.enable_grad(), deterministic():
         x0_var = x0.detach().float().requires_grad_(True)
         pixels = (decode_latents(vae, x0_var.to(vae.dtype)).float() / 2 + 0.5).clamp(0, 1)
         (grad,) = torch.autograd.grad(guide.score(pixels).sum(), x0_var)

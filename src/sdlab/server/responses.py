@@ -105,6 +105,9 @@ class OptionsResponse(BaseModel):
     sd_checkpoints_limit: int
     CLIP_stop_at_last_layers: int = 1  # noqa: N815 (A1111's name)
     samples_format: str = "png"
+    sdlab_compile: bool = Field(
+        False, description="sdlab: models are compiled (torch.compile) when they load"
+    )
 
 
 class SetOptionsResponse(BaseModel):

@@ -66,13 +66,16 @@ class ModelRegistry:
         allow_paths: bool = False,
         allow_pickle: bool = False,
         config: str | None = None,
+        compile: bool = False,
     ) -> None:
         if not isinstance(cache_size, int) or cache_size < 1:
             raise InputError(f"the model cache must hold at least 1 model, got {cache_size!r}")
         self.ckpt_dirs = _folders(ckpt_dirs, "checkpoint")
         self.lora_dirs = _folders(lora_dirs, "LoRA")
         self.embedding_dirs = _folders(embedding_dirs, "embeddings")
-        self.load_kwargs = {"device": device, "dtype": dtype, "allow_pickle": allow_pickle, "config": config}
+        self.load_kwargs = {
+            "device": device, "dtype": dtype, "allow_pickle": allow_pickle, "config": config, "compile": compile,
+        }  # fmt: skip
         self.cache_size = cache_size
         self.allow_paths = allow_paths
         self.allow_pickle = allow_pickle
@@ -181,6 +184,19 @@ class ModelRegistry:
         entry = self.find_model(ref)
         self.current = entry.name
         return entry
+
+    @property
+    def compile(self) -> bool:
+        """Whether models are compiled when loaded (`Pipeline.compile`); compiled ones stay cached, so each
+        shape compiles once per server, not once per request."""
+        return self.load_kwargs["compile"]
+
+    @compile.setter
+    def compile(self, value: bool) -> None:
+        with self._load_lock:
+            if value != self.load_kwargs["compile"]:
+                self._cache.clear()  # loaded again, compiled or not, on their next use
+            self.load_kwargs["compile"] = value
 
     def pipeline(self, entry: ModelEntry) -> Pipeline:
         """The loaded model of `entry`, loading it (and evicting the least recently used) if needed."""

@@ -68,7 +68,7 @@ class Stream:
 # Every other option shapes the weights or the data stream, and must equal the checkpoint's.
 FREE_ON_RESUME = frozenset(
     {"steps", "unet_steps", "resume", "output", "run_dir", "checkpoint_every", "keep_checkpoints",
-     "validate_every", "validation_prompts", "validation_prompt", "validation_steps", "allow_pickle",
+     "validate_every", "log_every", "validation_prompts", "validation_prompt", "validation_steps", "allow_pickle",
      "half", "guidance_scale"}  # the last two only shape the saved model's files and sdlab.json
 )  # fmt: skip
 PATH_OPTIONS = frozenset({"data", "model", "class_dir"})  # compared as resolved paths, however spelled

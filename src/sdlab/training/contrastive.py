@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
+from sdlab.training.data import CaptionTokens
 from sdlab.training.loop import TrainLoop
 
 
@@ -54,29 +55,23 @@ def contrastive_objective(
     tokenizer: PreTrainedTokenizerBase,
     captions: list[Callable[[random.Random], str]],
     image_features: torch.Tensor,
-) -> tuple[Callable, Callable, Callable[[], dict[str, float]]]:
+) -> tuple[Callable, Callable, Callable[[], dict[str, torch.Tensor]]]:
     """`TrainLoop.run`'s (draw, loss, metrics) for matching caption i to image i among a batch.
 
     `captions[i](rng)` draws a phrasing of image i's caption; `image_features` is (N, D), frozen and
     standardised here. The loss compares the rows with each other: run it with `split=False`."""
     features = (image_features - image_features.mean(0)) / image_features.std(0).clamp_min(1e-6)
-    last = {"batch_accuracy": float("nan")}
+    last: dict[str, torch.Tensor] = {}
+    tokens = CaptionTokens(tokenizer)
 
     def draw(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randperm(len(features), generator=loop.rng.torch)[: loop.cfg.batch_size]
-        ids = tokenizer(
-            [captions[i](loop.rng.py) for i in idx.tolist()],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return ids, features[idx]
+        return tokens([captions[i](loop.rng.py) for i in idx.tolist()]), features[idx]
 
     def loss(batch: tuple[torch.Tensor, torch.Tensor], rows: slice) -> torch.Tensor:
         ids, feats = (v.to(loop.accelerator.device) for v in batch)
         value, accuracy = head(text_encoder(ids)[0], feats)
-        last["batch_accuracy"] = accuracy.item()
+        last["batch_accuracy"] = accuracy.detach()  # read when the loop logs, not every step
         return value
 
     return draw, loss, lambda: dict(last)

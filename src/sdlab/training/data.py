@@ -55,17 +55,30 @@ class LatentData:
         return (z - shift) * self.vae.config.scaling_factor, [self.captions[i] for i in idx.tolist()]
 
 
-def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+class CaptionTokens:
+    """Captions as CLIP token ids (B, 77) int64, each distinct caption tokenized once: a training run draws
+    the same captions thousands of times, and tokenizing them on every step cost the digits UNet stage on
+    a GPU as much time as its EMA update (issue 23's profile)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._ids: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        new = [c for c in dict.fromkeys(captions) if c not in self._ids]
+        if new:
+            ids = self.tokenizer(
+                new, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+                return_tensors="pt",
+            ).input_ids  # fmt: skip
+            self._ids.update(zip(new, ids, strict=True))
+        return torch.stack([self._ids[c] for c in captions])
+
+
+def encode_text(tokens: CaptionTokens, text_encoder, captions: list[str]) -> torch.Tensor:
     """Plain CLIP encoding as diffusers' training scripts do it: no emphasis syntax, 77 tokens."""
-    ids = tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
     device = next(text_encoder.parameters()).device  # `text_encoder` may be wrapped for several processes
-    return text_encoder(ids.to(device))[0]
+    return text_encoder(tokens(captions).to(device, non_blocking=True))[0]
 
 
 def noise_and_timesteps(

@@ -25,7 +25,7 @@ from sdlab.images import save_png
 from sdlab.loading.folder import save_folder
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
-from sdlab.training.data import LatentData
+from sdlab.training.data import CaptionTokens, LatentData
 from sdlab.training.loop import TrainLoop
 from sdlab.training.lora import add_lora_adapters, trainable_parameters
 from sdlab.training.recipe import (
@@ -96,6 +96,7 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
     text_encoder = prepared[1] if cfg.train_text_encoder else pipe.text_encoder
     noise_scheduler = training_noise_scheduler(pipe)
     timesteps = noise_scheduler.config.num_train_timesteps
+    tokens = CaptionTokens(pipe.tokenizer)
 
     def draw(step: int) -> tuple[CaptionBatch, CaptionBatch | None]:
         batch = draw_captioned(loop, instance, timesteps)
@@ -103,10 +104,10 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
 
     def loss(batches: tuple[CaptionBatch, CaptionBatch | None], rows: slice) -> torch.Tensor:
         batch, prior_batch = batches
-        value = rows_loss(batch, rows, unet, noise_scheduler, pipe.tokenizer, text_encoder, cfg.snr_gamma)
+        value = rows_loss(batch, rows, unet, noise_scheduler, tokens, text_encoder, cfg.snr_gamma)
         if prior_batch is not None:  # prior preservation (Ruiz et al. 2023, eq. 2)
             prior_loss = rows_loss(
-                prior_batch, rows, unet, noise_scheduler, pipe.tokenizer, text_encoder, cfg.snr_gamma
+                prior_batch, rows, unet, noise_scheduler, tokens, text_encoder, cfg.snr_gamma
             )
             value = value + cfg.prior_loss_weight * prior_loss
         return value

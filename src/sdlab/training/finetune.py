@@ -37,7 +37,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         module.requires_grad_(True).train()
     params = [p for m in modules for p in m.parameters()]
     emas = (
-        [EMAModel(m.parameters(), decay=cfg.ema_decay, use_ema_warmup=True) for m in modules]
+        [EMAModel(m.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, foreach=True) for m in modules]
         if cfg.ema_decay
         else []
     )

@@ -46,7 +46,7 @@ from sdlab.options import option
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.latents import guidance_scale_embedding, predicted_x0
 from sdlab.sampling.params import EVERY_STEP, SamplingParams, check_guidance_interval, parse_guidance_interval
-from sdlab.training.data import encode_dataset, encode_text
+from sdlab.training.data import CaptionTokens, encode_dataset, encode_text
 from sdlab.training.loop import TrainLoop, append_csv, truncate_csv
 from sdlab.training.teacher import TeacherConfig, load_teacher, training_images
 
@@ -192,7 +192,8 @@ def distill(cfg: LCMDistillConfig) -> Path:
     target = copy.deepcopy(student).eval().requires_grad_(False)
     (unet,) = loop.prepare(student, params=list(student.parameters()), weight_decay=1e-2)
     loop.register(_Target(target))
-    uncond = encode_text(pipe.tokenizer, pipe.text_encoder, [""])  # (1, L, D)
+    tokens = CaptionTokens(pipe.tokenizer)
+    uncond = encode_text(tokens, pipe.text_encoder, [""])  # (1, L, D)
     rng = loop.rng
 
     def draw(step: int) -> dict[str, torch.Tensor | list[str]]:
@@ -208,7 +209,7 @@ def distill(cfg: LCMDistillConfig) -> Path:
 
     def loss(batch: dict, rows: slice) -> torch.Tensor:
         latents, noise, index, w = (batch[k][rows].to(device) for k in ("latents", "noise", "index", "w"))
-        embeds = encode_text(pipe.tokenizer, pipe.text_encoder, batch["captions"][rows])
+        embeds = encode_text(tokens, pipe.text_encoder, batch["captions"][rows])
         start = solver.timesteps.to(device)[index]  # t_{n+k}
         end = (start - solver.k).clamp(min=0)  # t_n
         x_start = noise_scheduler.add_noise(latents, noise, start)

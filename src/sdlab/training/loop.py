@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import importlib
 import math
 import time
@@ -76,6 +77,10 @@ class TrainConfig:
     checkpoint_every: int = option(100, "save a resumable checkpoint every N steps", "--checkpointing-steps")
     keep_checkpoints: int = option(2, "complete checkpoints to keep", "--checkpoints-total-limit")
     validate_every: int = option(0, "save a validation grid every N steps (0: at the end only)")
+    log_every: int = option(
+        10, "write loss.csv and check the loss every N steps: the device is waited for once per N steps, and a "
+        "NaN stops the run within N steps (always before a checkpoint is written)",
+    )  # fmt: skip
     validation_prompts: list[str] = option(
         MISSING, 'validation prompts: several values, or one with "|" between prompts', "--validation-prompt",
         default_factory=list,
@@ -96,6 +101,7 @@ class TrainConfig:
             "checkpoint_every",
             "gradient_accumulation_steps",
             "keep_checkpoints",
+            "log_every",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -255,47 +261,67 @@ class TrainLoop:
             truncate_csv(self.out / "loss.csv", 0)  # rows of an attempt killed before its first checkpoint
         parts = self.micro_batches() if split else [slice(None)]
         bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, disable=not acc.is_local_main_process)
-        while self.step < cfg.steps:
-            batch = draw(self.step)
-            losses = []
-            for k, rows in enumerate(parts):
-                with self._no_sync(last=k == len(parts) - 1):
-                    value = loss(batch, rows)
-                    acc.backward(value / len(parts) if len(parts) > 1 else value)
-                losses.append(value.detach().float())
-            # every process takes the mean over all of them, so a NaN anywhere stops every process at once
-            mean_loss = acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
-            if not math.isfinite(mean_loss):
+        pending: list[dict[str, Any]] = []  # steps not yet logged: their losses still on the device
+        with _fixed_shapes(acc.device):
+            while self.step < cfg.steps:
+                batch = _to_device(draw(self.step), acc.device)  # copied while the last step still runs
+                losses = []
+                for k, rows in enumerate(parts):
+                    with self._no_sync(last=k == len(parts) - 1):
+                        value = loss(batch, rows)
+                        acc.backward(value / len(parts) if len(parts) > 1 else value)
+                    losses.append(value.detach().float())
+                # the mean over every process: a NaN anywhere stops every process at the same step
+                step_loss = acc.reduce(torch.stack(losses).mean(), reduction="mean")
+                if cfg.max_grad_norm:
+                    acc.clip_grad_norm_(self._params, cfg.max_grad_norm)
+                self.optimizer.step()
+                if not self.optimizer.step_was_skipped:  # fp16: the scaler skips steps with inf gradients
+                    self.lr_schedule.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if after_step is not None:
+                    after_step()
+                self.step += 1
+                bar.update(1)
+                pending.append({"step": self.step, "loss": step_loss, "lr": self.lr_schedule.get_last_lr()[0],
+                                **(metrics() if metrics else {}), "time": time.time()})  # fmt: skip
+                saving = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                validating = validate is not None and (
+                    (cfg.validate_every and self.step % cfg.validate_every == 0) or self.step == cfg.steps
+                )
+                if saving or validating or self.step % cfg.log_every == 0:
+                    self._log(pending, bar)  # raises `TrainingError` on a NaN, before anything is saved
+                    pending = []
+                if saving:
+                    self.checkpoints.save(self.step)
+                if validating:
+                    on_main(acc, lambda: validate(self.step), "validation")
+        bar.close()
+        acc.wait_for_everyone()
+
+    def _log(self, pending: list[dict[str, Any]], bar: tqdm) -> None:
+        """The logged steps' losses and metrics as numbers (one wait for the device), appended to loss.csv;
+        `TrainingError` naming the first step whose loss is not finite and the last complete checkpoint."""
+        rows = []
+        for row in pending:
+            row = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in row.items()}
+            if not math.isfinite(row["loss"]):
+                self._write(rows)
                 last = self.checkpoints.latest()
                 kept = (
                     f"the last complete checkpoint, {last}, is kept"
                     if last
                     else "no checkpoint was written yet"
                 )
-                raise TrainingError(f"the loss became {mean_loss} at step {self.step + 1}; {kept}")
-            if cfg.max_grad_norm:
-                acc.clip_grad_norm_(self._params, cfg.max_grad_norm)
-            self.optimizer.step()
-            if not self.optimizer.step_was_skipped:  # fp16: the scaler skips steps with inf gradients
-                self.lr_schedule.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if after_step is not None:
-                after_step()
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            if acc.is_main_process:
-                row = {"step": self.step, "loss": mean_loss, "lr": self.lr_schedule.get_last_lr()[0]}
-                append_csv(
-                    self.out / "loss.csv", {**row, **(metrics() if metrics else {}), "time": time.time()}
-                )
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.checkpoints.save(self.step)
-            at_validation = cfg.validate_every and self.step % cfg.validate_every == 0
-            if validate is not None and (at_validation or self.step == cfg.steps):
-                on_main(acc, lambda: validate(self.step), "validation")
-        bar.close()
-        acc.wait_for_everyone()
+                raise TrainingError(f"the loss became {row['loss']} at step {row['step']}; {kept}")
+            rows.append(row)
+        self._write(rows)
+        if rows:
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        if rows and self.accelerator.is_main_process:
+            append_csv(self.out / "loss.csv", rows)
 
     def _on_device(self, obj: Any) -> None:
         if hasattr(obj, "to") and not isinstance(obj, torch.nn.Module):
@@ -326,6 +352,34 @@ class TrainLoop:
         return str(target)
 
 
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """`batch` with every tensor in it (in tuples, lists, dicts and dataclasses) on `device`, copied without
+    waiting where the source is pinned; the loss functions' own `.to(device)` then cost nothing."""
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple | list):
+        return type(batch)(_to_device(x, device) for x in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: _to_device(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch)})  # fmt: skip
+    return batch
+
+
+@contextlib.contextmanager
+def _fixed_shapes(device: torch.device):
+    """cuDNN's autotuner for the training steps, whose shapes never change (restored afterwards)."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" or previous
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     """An Accelerator that also runs several CPU processes (gloo) when the machine has no GPU.
 
@@ -342,14 +396,16 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     )
 
 
-def append_csv(path: Path, row: dict) -> None:
+def append_csv(path: Path, rows: dict | list[dict]) -> None:
+    """Append one row or several (one open and write) to a CSV file, with a header when it is new."""
+    rows = [rows] if isinstance(rows, dict) else rows
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         if new:
             writer.writeheader()
-        writer.writerow(row)
+        writer.writerows(rows)
 
 
 def truncate_csv(path: Path, step: int) -> None:

@@ -14,7 +14,7 @@ from sdlab.images import make_grid, save_png
 from sdlab.loading import load_pipeline
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
-from sdlab.training.data import LatentData, diffusion_loss, encode_text, noise_and_timesteps
+from sdlab.training.data import CaptionTokens, LatentData, diffusion_loss, encode_text, noise_and_timesteps
 from sdlab.training.loop import TrainConfig, TrainLoop
 
 
@@ -105,11 +105,11 @@ def draw_captioned(loop: TrainLoop, data: LatentData, num_train_timesteps: int, 
 
 
 def rows_loss(
-    batch: CaptionBatch, rows: slice, unet, noise_scheduler: DDPMScheduler, tokenizer, text_encoder,
+    batch: CaptionBatch, rows: slice, unet, noise_scheduler: DDPMScheduler, tokens: CaptionTokens, text_encoder,
     snr_gamma: float | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The mean diffusion loss of `rows` of `batch` (a scalar)."""
-    embeds = encode_text(tokenizer, text_encoder, batch.captions[rows])
+    embeds = encode_text(tokens, text_encoder, batch.captions[rows])
     return diffusion_loss(
         unet,
         noise_scheduler,
@@ -127,11 +127,12 @@ def caption_objective(
     """`TrainLoop.run`'s (draw, loss) for training on captioned images."""
     noise_scheduler = training_noise_scheduler(pipe)
     timesteps = noise_scheduler.config.num_train_timesteps
+    tokens = CaptionTokens(pipe.tokenizer)
 
     def draw(step: int) -> CaptionBatch:
         return draw_captioned(loop, data, timesteps, cfg.caption_dropout)
 
     def loss(batch: CaptionBatch, rows: slice) -> torch.Tensor:
-        return rows_loss(batch, rows, unet, noise_scheduler, pipe.tokenizer, text_encoder, cfg.snr_gamma)
+        return rows_loss(batch, rows, unet, noise_scheduler, tokens, text_encoder, cfg.snr_gamma)
 
     return draw, loss

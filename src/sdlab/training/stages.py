@@ -27,7 +27,7 @@ from sdlab.loading.tokenizer import clip_tokenizer
 from sdlab.pipeline import Pipeline
 from sdlab.training.checkpoints import Stream
 from sdlab.training.contrastive import contrastive_pretrain
-from sdlab.training.data import diffusion_loss, encode_text
+from sdlab.training.data import CaptionTokens, diffusion_loss, encode_text
 from sdlab.training.loop import TrainLoop, append_csv, truncate_csv
 
 if TYPE_CHECKING:
@@ -117,9 +117,10 @@ def train_unet(
     unet = cfg.architecture.unet()
     text_encoder = text_encoder if text_encoder is not None else cfg.architecture.text_encoder()
     tokenizer = clip_tokenizer()
+    tokens = CaptionTokens(tokenizer)
     noise_scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
-    ema_unet = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
-    ema_text = EMAModel(text_encoder.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+    ema_unet = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, foreach=True)
+    ema_text = EMAModel(text_encoder.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, foreach=True)
     unet.train()
     text_encoder.train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -140,7 +141,7 @@ def train_unet(
 
     def loss(batch, rows: slice) -> torch.Tensor:
         latents, texts, noise, t = batch
-        embeds = encode_text(tokenizer, text_p, texts[rows])
+        embeds = encode_text(tokens, text_p, texts[rows])
         return diffusion_loss(
             unet_p, noise_scheduler, latents[rows], embeds, noise[rows], t[rows], cfg.snr_gamma
         ).mean()

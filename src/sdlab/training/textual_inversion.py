@@ -20,7 +20,7 @@ from sdlab.datasets import load_pixels, read_folder
 from sdlab.embeddings import add_tokens, save_embedding, token_names
 from sdlab.errors import InputError
 from sdlab.options import option
-from sdlab.training.data import LatentData
+from sdlab.training.data import CaptionTokens, LatentData
 from sdlab.training.loop import TrainLoop
 from sdlab.training.recipe import (
     CaptionBatch,
@@ -107,6 +107,7 @@ def textual_inversion(cfg: TextualInversionConfig) -> Path:
     noise_scheduler = training_noise_scheduler(pipe)
 
     timesteps = noise_scheduler.config.num_train_timesteps
+    tokens = CaptionTokens(pipe.tokenizer)  # after the new tokens were added
 
     def template(words: str) -> str:
         return loop.rng.py.choice(templates).format(words)
@@ -115,7 +116,7 @@ def textual_inversion(cfg: TextualInversionConfig) -> Path:
         return draw_captioned(loop, data, timesteps, template=template if templates is not None else None)
 
     def loss(batch: CaptionBatch, rows: slice) -> torch.Tensor:
-        return rows_loss(batch, rows, pipe.unet, noise_scheduler, pipe.tokenizer, text_encoder, cfg.snr_gamma)
+        return rows_loss(batch, rows, pipe.unet, noise_scheduler, tokens, text_encoder, cfg.snr_gamma)
 
     @torch.no_grad()
     def restore_other_rows() -> None:

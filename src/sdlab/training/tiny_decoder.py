@@ -108,7 +108,7 @@ def distill_decoder(cfg: DecoderDistillConfig) -> Path:
     fixed = torch.Generator().manual_seed(cfg.seed + 1)  # the same 16 validation latents at every validation
     pick = torch.randperm(len(pixels), generator=fixed)[:16]
     val_latents = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=fixed) - shift) * scale
-    last: dict[str, float] = {}
+    last: dict[str, torch.Tensor] = {}
 
     def draw(step: int) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=loop.rng.torch)
@@ -122,7 +122,7 @@ def distill_decoder(cfg: DecoderDistillConfig) -> Path:
         with torch.no_grad():
             decoded = teacher.decode(latents / scale + shift).sample.clamp(-1, 1)
         decoder, encoder = model(latents, decoded, x, encoded)
-        last.update(decoder_mse=decoder.item(), encoder_mse=encoder.item())
+        last.update(decoder_mse=decoder.detach(), encoder_mse=encoder.detach())  # read when the loop logs
         return decoder + encoder
 
     def validate(step: int) -> None:

@@ -21,17 +21,25 @@ TheRegistry = Annotated[ModelRegistry, Depends(registry)]
 def get_options(r: TheRegistry) -> OptionsResponse:
     item = model_item(r, r.find_model())
     return OptionsResponse(
-        sd_model_checkpoint=item.title, sd_checkpoint_hash=item.sha256, sd_checkpoints_limit=r.cache_size
+        sd_model_checkpoint=item.title,
+        sd_checkpoint_hash=item.sha256,
+        sd_checkpoints_limit=r.cache_size,
+        sdlab_compile=r.compile,
     )
 
 
 @router.post("/options")
 def set_options(options: dict[str, Any], r: TheRegistry) -> SetOptionsResponse:
-    """Set `sd_model_checkpoint` (loads it) and `sd_checkpoints_limit`; any other option is `ignored`."""
+    """Set `sd_model_checkpoint` (loads it), `sd_checkpoints_limit` and `sdlab_compile` (compile models as
+    they load: slow first calls, faster later ones); any other option is `ignored`."""
     ignored = {}
     for key, value in options.items():
         if key == "sd_model_checkpoint":
             r.set_current(value)
+        elif key == "sdlab_compile":
+            if not isinstance(value, bool):
+                raise InputError(f"sdlab_compile must be true or false, got {value!r}")
+            r.compile = value
         elif key == "sd_checkpoints_limit":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
                 raise InputError(f"sd_checkpoints_limit must be an integer from 1 to 16, got {value!r}")
