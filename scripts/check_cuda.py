@@ -174,15 +174,16 @@ def training(report: dict, old_src: str | None) -> None:
         if label == "before" and not src:
             continue
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "bench_train.json"
             done = subprocess.run(
                 [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--device", DEVICE, "--steps", S["train_steps"],
-                 "--label", label, "--out", out.name], env=env, capture_output=True, text=True,
+                 "--label", label, "--out", str(out)], env=env, capture_output=True, text=True,
             )  # fmt: skip
             if done.returncode:
                 runs[label] = {"error": done.stdout[-500:] + done.stderr[-1500:]}
                 continue
-            runs[label] = json.loads(Path(out.name).read_text())[-1]["stages"]
+            runs[label] = json.loads(out.read_text())[-1]["stages"]
     report["training"] = runs
 
 

@@ -27,6 +27,13 @@ from sdlab.errors import InputError
 FORMATS = ("PNG", "JPEG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "PPM", "TGA")
 _FORMAT_NAMES = "PNG, JPEG, WebP, AVIF, GIF, BMP, TIFF, PPM or TGA"
 
+
+def _readable_formats() -> list[str]:
+    """`FORMATS` that this Pillow can open (AVIF came with Pillow 11.2; older ones open the rest)."""
+    Image.init()
+    return [name for name in FORMATS if name in Image.OPEN]
+
+
 # Modes PNG can hold as they are; anything else is converted to RGB before saving.
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
@@ -205,7 +212,7 @@ def _open_checked(source: Path | bytes, what: str, max_pixels: int) -> Iterator[
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we refuse both.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(file, formats=FORMATS)
+            image = Image.open(file, formats=_readable_formats())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{label} is refused as a decompression bomb ({e}); downscale it first.") from e
     except UnidentifiedImageError as e:

@@ -77,13 +77,17 @@ def run_eval(opts: EvalOptions) -> dict:
             tmp.write_text(markdown(report))
         print(markdown(report))
     for name in sweeps:
-        caption = f"{sweep_settings(name, sampling)} {opts.sweep_per_digit * 10} images per point."
+        caption = (
+            f"{sweep_settings(name, sampling)} {opts.sweep_per_digit * 10} images per point; the model's guidance "
+            "interval and deep cache only at its own sampler, steps and CFG, as `sdlab generate` applies them."
+        )
         if name == "fast":
             caption = (
                 f"Stage 1: {opts.sweep_per_digit * 10} images and 50 sevens per setting; stage 2: the best "
                 "that met the accuracy and negative-prompt targets, at 1,000 images and 100 sevens."
             )
-        sweep = SWEEPS[name](pipe, judge, opts.sweep_per_digit, **sampling)
+        # only what was asked: each point resolves the model's recommendation as `generate` would for it
+        sweep = SWEEPS[name](pipe, judge, opts.sweep_per_digit, **asked.package())
         if main:
             for path in write_sweep(sweep, out, caption):
                 print(path)

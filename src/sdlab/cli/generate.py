@@ -21,7 +21,7 @@ from sdlab.service import GenerationRequest, LoraRef, ModelRegistry, RequestResu
 def load_model(opts: ModelOptions) -> Pipeline:
     return load_pipeline(
         opts.model, device=opts.device, dtype=opts.dtype, allow_pickle=opts.allow_pickle, config=opts.config,
-        compile=opts.compile,
+        compile=getattr(opts, "compile", False),  # generate, replay and eval have --compile; info does not
     )  # fmt: skip
 
 

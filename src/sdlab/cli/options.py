@@ -30,14 +30,14 @@ class ModelOptions:
     config: str | None = option(
         None, "diffusers config folder describing a non-standard single-file checkpoint"
     )
-    compile: bool = option(
-        False, "compile the UNet and VAE decoder with torch.compile (CUDA graphs too on a GPU): the first call "
-        "of each size compiles (minutes on a CPU), later ones run faster",
-    )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class NetworkOptions(ModelOptions):
+    compile: bool = option(
+        False, "compile the UNet and VAE decoder with torch.compile (CUDA graphs too on a GPU): the first call "
+        "of each size compiles (minutes on a CPU), later ones run faster",
+    )  # fmt: skip
     lora_dir: str | None = option(
         None, "folder of LoRAs that prompts name as <lora:NAME:WEIGHT> (A1111's models/Lora)", metavar="DIR"
     )
@@ -101,6 +101,7 @@ class EvalOptions(ModelOptions):
     guidance_interval: tuple[float, float | None] | None = same_as(SamplingParams, "guidance_interval")
     deep_cache: int | None = same_as(SamplingParams, "deep_cache")
     vae_decoder: str | None = same_as(GenerationRequest, "vae_decoder")
+    compile: bool = same_as(NetworkOptions, "compile")
     sweep: str | None = option(
         None, "also run sweeps, comma-separated: guidance, strength, schedulers, guide, fast, or all"
     )

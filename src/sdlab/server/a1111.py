@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sdlab.errors import InputError
-from sdlab.outputs import interval_text
+from sdlab.metadata import parse_parameters
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler
 from sdlab.service import GenerationRequest, RequestResult
 from sdlab.service.request import a1111_fields
@@ -213,14 +213,8 @@ def info(result: RequestResult, request: GenerationRequest, ignored: dict[str, A
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": first.get("strength"),
-        "extra_generation_params": {
-            k: v
-            for k, v in {
-                "Guidance interval": interval_text(first.get("guidance_interval")),
-                "Deep cache": first.get("deep_cache"),
-            }.items()
-            if v
-        },
+        # sdlab's settings as the infotext has them: written when on, or when leaving them out turns them on
+        "extra_generation_params": _extra_parameters(result.images[0].infotext) if result.images else {},
         "index_of_first_image": 0,
         "infotexts": [g.infotext for g in result.images],
         "styles": [],
@@ -234,6 +228,15 @@ def info(result: RequestResult, request: GenerationRequest, ignored: dict[str, A
         "interrupted": result.extra.get("interrupted"),
         "stopped_at_step": [r.get("stopped_at_step") for r in recipes],
     }
+
+
+def _extra_parameters(infotext: str) -> dict[str, Any]:
+    """sdlab's own infotext settings (the extension fields), as A1111's `extra_generation_params`."""
+    _, _, settings = parse_parameters(infotext)
+    extras = {key: settings[key] for key in ("Guidance interval", "Deep cache") if key in settings}
+    if "Deep cache" in extras:
+        extras["Deep cache"] = int(extras["Deep cache"])
+    return extras
 
 
 def echo(body: BaseModel, result: RequestResult) -> dict[str, Any]:

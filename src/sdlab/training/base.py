@@ -39,7 +39,7 @@ from sdlab.digits.classifier import accuracy, train_classifier
 from sdlab.digits.data import to_pixels, train_test_split
 from sdlab.errors import InputError
 from sdlab.loading.folder import save_folder
-from sdlab.options import option
+from sdlab.options import option, same_as
 from sdlab.sampling.params import SamplingParams
 from sdlab.training.checkpoints import CheckpointManager, run_options
 from sdlab.training.data import encode_dataset
@@ -103,6 +103,7 @@ class BaseTrainConfig:
     )
     keep_checkpoints: int = option(2, "complete checkpoints to keep per stage", "--checkpoints-total-limit")
     mixed_precision: str = option("no", "no, fp16 or bf16 (accelerate's mixed precision)")
+    log_every: int = same_as(TrainConfig, "log_every")
     half: bool = option(True, "store the final weights in float16 (the shipped model is small)")
     guidance_scale: float = option(
         1.5, "recommended CFG written to the model's sdlab.json (best FID at accuracy >= 0.99 in the sweep)"
@@ -251,6 +252,7 @@ def stage_configs(cfg: BaseTrainConfig, resume: bool) -> dict[str, TrainConfig]:
             optimizer=cfg.optimizer, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints, validate_every=0,
             mixed_precision=cfg.mixed_precision, resume="latest" if resume and has_checkpoint else None,
+            log_every=cfg.log_every,
         )  # fmt: skip
         config = TrainConfig(**{**common, **changes})
         config.check()

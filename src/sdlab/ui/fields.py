@@ -22,7 +22,7 @@ from sdlab.outputs import interval_text
 from sdlab.sampling.params import MAX_SEED, SamplingParams, parse_guidance_interval
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, scheduler_name_from_config
 from sdlab.service import GenerationRequest
-from sdlab.service.worker import QueueFull, Worker
+from sdlab.service.worker import Worker
 
 SAMPLERS = [spec.a1111 for spec in SCHEDULERS.values()]
 MODELS_OWN = "the model's"  # deep cache and guidance interval: the recommendation's (at its settings)
@@ -30,7 +30,7 @@ DEEP_CACHE_CHOICES = [MODELS_OWN, "1 (off)", "2", "3", "4"]
 # the order of the values a tab's fields give its event handlers
 FIELD_ORDER = ("prompt", "negative", "model", "sampler", "steps", "cfg", "width", "height", "seed",
                "batch_count", "batch_size", "interval", "deep_cache")  # fmt: skip
-FOLLOWS_MODEL = ("sampler", "steps", "cfg", "width", "height", "recommended")
+FOLLOWS_MODEL = ("sampler", "steps", "cfg", "width", "height", "recommended", "interval", "deep_cache")
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,24 @@ class ModelSettings:
 
     @classmethod
     def of(cls, worker: Worker, name: str | None) -> ModelSettings:
-        """The settings of model `name` (None: the current one), loaded on the worker if need be."""
-
-        def read(w: Worker) -> ModelSettings:
-            pipe = w.registry.pipeline(w.registry.find_model(name))
-            p = SamplingParams().resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config))
-            return cls(SCHEDULERS[p.scheduler].a1111, p.num_inference_steps, p.guidance_scale, pipe.default_size,
-                       describe(p))  # fmt: skip
-
+        """The settings of model `name` (None: the current one), loaded if need be (the registry's lock, not
+        the worker's queue: a page load never waits behind a generation). A model that cannot be loaded
+        gives sdlab's fallbacks, with its sentence in `text`."""
+        registry = worker.registry
         try:
-            return worker.run(read)
-        except (InputError, QueueFull) as err:
-            raise gr.Error(str(err)) from None
+            pipe = registry.pipeline(registry.find_model(name))
+        except InputError as err:
+            p = SamplingParams().resolve(SamplingParams(), "pndm")
+            return cls(
+                SCHEDULERS[p.scheduler].a1111, p.num_inference_steps, p.guidance_scale, 512, f"⚠ {err}"
+            )
+        p = SamplingParams().resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config))
+        return cls(SCHEDULERS[p.scheduler].a1111, p.num_inference_steps, p.guidance_scale, pipe.default_size,
+                   describe(p))  # fmt: skip
 
     def values(self) -> tuple:
-        """The `FOLLOWS_MODEL` fields' values."""
-        return self.sampler, self.steps, self.cfg, self.size, self.size, self.text
+        """The `FOLLOWS_MODEL` fields' values: the model's settings, its speed-ups left to it."""
+        return self.sampler, self.steps, self.cfg, self.size, self.size, self.text, "", MODELS_OWN
 
 
 def describe(p: SamplingParams) -> str:
@@ -140,8 +142,12 @@ def request_from(values: tuple) -> GenerationRequest:
     """The request a tab's fields (in `FIELD_ORDER`) make; `gr.Error` with one sentence for a bad one."""
     named = dict(zip(FIELD_ORDER, values, strict=True))
     seed = int(named["seed"]) if named["seed"] is not None else -1
-    cache = named["deep_cache"]
+    cache = str(named["deep_cache"] or MODELS_OWN).strip()
     try:
+        if cache != MODELS_OWN and not cache.split(" ")[0].isdigit():
+            raise InputError(
+                f"deep cache must be {MODELS_OWN!r} or a whole number of steps (1: off), got {cache!r}"
+            )
         return GenerationRequest(
             prompt=named["prompt"] or "",
             negative_prompt=named["negative"] or None,
@@ -150,7 +156,7 @@ def request_from(values: tuple) -> GenerationRequest:
             num_inference_steps=int(named["steps"]),
             guidance_scale=float(named["cfg"]),
             guidance_interval=parse_guidance_interval(named["interval"].strip() or None),
-            deep_cache=None if cache in (None, MODELS_OWN) else int(cache.split()[0]),
+            deep_cache=None if cache == MODELS_OWN else int(cache.split()[0]),
             width=int(named["width"]),
             height=int(named["height"]),
             seed=random.SystemRandom().randrange(MAX_SEED // 2) if seed < 0 else seed,

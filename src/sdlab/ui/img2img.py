@@ -10,6 +10,7 @@ import gradio as gr
 import numpy as np
 import PIL.Image
 
+from sdlab.sampling.params import DEFAULT_STRENGTH
 from sdlab.service.worker import Worker
 from sdlab.ui.fields import ModelSettings, request_from, sampling_fields
 from sdlab.ui.results import OutputFolder, result_area, watch
@@ -30,7 +31,7 @@ def build(worker: Worker, models: list[str], settings: ModelSettings, files: Out
         )
     with gr.Row():
         strength = gr.Slider(
-            0.01, 1.0, value=0.6, step=0.01, label="Denoising strength", elem_id="i2i-strength"
+            0.01, 1.0, value=DEFAULT_STRENGTH, step=0.01, label="Denoising strength", elem_id="i2i-strength"
         )
         inpaint = gr.Checkbox(False, label="Inpaint the drawn (or uploaded) mask", elem_id="i2i-inpaint")
         mask_blur = gr.Slider(0, 64, value=0, step=1, label="Mask blur (px)")
