@@ -15,9 +15,9 @@ os.environ.setdefault("SDLAB_CACHE_DIR", tempfile.mkdtemp(prefix="sdlab-test-cac
 os.environ.setdefault("SDLAB_DTYPE", "float32")  # SDLAB_DTYPE=bfloat16 pytest: crashes in bf16 show
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from sdlab.loading.tokenizer import clip_tokenizer
+from sdlab.loading.tokenizer import OPEN_CLIP_PAD_TOKEN, clip_tokenizer
 from sdlab.pipeline import Pipeline
 
 # SD 1.5's noise schedule (its scheduler/scheduler_config.json), the config every sampler is built from.
@@ -96,6 +96,86 @@ def tiny_pipeline(in_channels: int = 4, seed: int = 0, **unet_config) -> Pipelin
     )
 
 
+# SDXL's scheduler config (stable-diffusion-xl-base-1.0's scheduler/scheduler_config.json)
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+
+def tiny_sdxl_pipeline(in_channels: int = 4, seed: int = 0, refiner: bool = False) -> Pipeline:
+    """SDXL in miniature, at the sizes of diffusers' own SDXL pipeline tests: a UNet with "text_time"
+    conditioning (8-wide size embeddings), a CLIP text model (width 32) and an OpenCLIP-like one with a
+    32-wide projection (width 48, so cross-attention is 80 wide; diffusers' single-file loader tells the two
+    apart by width), over the real CLIP vocabulary. `refiner` keeps the
+    second encoder alone and conditions on an aesthetic score (5 size ids) instead of a target size."""
+    torch.manual_seed(seed)
+    ids = 5 if refiner else 6
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=ids * 8 + 32,
+        cross_attention_dim=48 if refiner else 80,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        scaling_factor=0.13025,
+    )
+    torch.manual_seed(seed)
+    text_encoder = None if refiner else tiny_text_encoder()
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            hidden_size=48, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5, vocab_size=49408,
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=0, hidden_act="gelu", projection_dim=32,
+        )
+    )  # fmt: skip
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        if module is not None:
+            module.eval()
+    return Pipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=None if refiner else clip_tokenizer(),
+        scheduler_config=dict(SDXL_SCHEDULER),
+        name="tiny-sdxl-refiner" if refiner else "tiny-sdxl",
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=clip_tokenizer(pad_token=OPEN_CLIP_PAD_TOKEN),
+        force_zeros_for_empty_prompt=not refiner,
+    )
+
+
 SDLAB_SOURCE = str(Path(__file__).resolve().parents[1] / "src" / "sdlab")
 
 
@@ -136,6 +216,18 @@ def tiny() -> Pipeline:
 @pytest.fixture(scope="session")
 def tiny_inpaint() -> Pipeline:
     return tiny_pipeline(in_channels=9, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl() -> Pipeline:
+    return tiny_sdxl_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory, tiny_sdxl) -> Path:
+    from sdlab.loading.folder import save_folder
+
+    return save_folder(tiny_sdxl, tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
 
 @pytest.fixture(scope="session")

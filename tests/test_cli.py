@@ -13,6 +13,7 @@ import pytest
 from sdlab.cli.main import main
 from sdlab.images import read_png_text
 from sdlab.metadata import parse_parameters
+from sdlab.outputs import read_recipe
 
 FAST = ["--steps", "3", "--height", "32", "--width", "32"]
 
@@ -103,6 +104,38 @@ def test_info_describes_the_model(capsys, tiny_dir):
             and digits["resolution"] == 32
         )
         assert digits["tiny_decoder"] == "vae_tiny" and info["tiny_decoder"] is None  # shipped, and not
+    assert info["family"] == digits["family"] == "sd1" and "text_encoder_2" not in info
+
+
+def test_info_describes_an_sdxl_model(capsys, tiny_sdxl_dir):
+    code, stdout, _ = run(capsys, "info", tiny_sdxl_dir)
+    assert code == 0
+    assert "family          SDXL (CLIP and OpenCLIP bigG text encoders; size conditioning)" in stdout
+    code, stdout, _ = run(capsys, "info", tiny_sdxl_dir, "--json")
+    info = json.loads(stdout)
+    assert info["family"] == "sdxl" and info["unet"]["cross_attention_dim"] == 80
+    assert info["text_encoder"]["hidden_size"] == 32 and info["text_encoder_2"]["hidden_size"] == 48
+    assert info["text_encoder_2"]["projection_dim"] == 32
+
+
+def test_generate_with_sdxl_from_the_cli(capsys, tmp_path, tiny_sdxl_dir):
+    """SDXL's settings as flags, recorded in the PNG, and the image replays exactly."""
+    out = tmp_path / "xl.png"
+    args = ("generate", "a red cube", "--model", tiny_sdxl_dir, "--steps", 2, "--seed", 3, "-o", out)
+    code, _, stderr = run(
+        capsys, *args, "--original-size", "64,48", "--clip-skip", 1, "--crops-coords-top-left", "2,0"
+    )
+    assert code == 0, stderr
+    recipe = read_recipe(out)
+    assert (
+        recipe["original_size"] == [64, 48] and recipe["target_size"] == [32, 32] and recipe["clip_skip"] == 1
+    )
+    assert "Clip skip: 2" in read_png_text(out)["parameters"]  # A1111 counts the layer read
+    code, _, stderr = run(capsys, "replay", out, "-o", tmp_path / "again.png")
+    assert code == 0, stderr
+    assert np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(tmp_path / "again.png")))
+    code, _, stderr = run(capsys, *args, "--original-size", "64")
+    assert code == 2 and "--original-size must be two integers H,W (pixels), got '64'" in stderr
 
 
 @pytest.mark.parametrize(

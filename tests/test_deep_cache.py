@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sdlab.errors import InputError
+from sdlab.sampling.conditioning import Conditioning
 from sdlab.sampling.deep_cache import DeepCache
 from sdlab.sampling.loop import generate
 from sdlab.sampling.params import SamplingParams
@@ -20,9 +21,9 @@ def test_a_cached_step_on_the_same_input_is_the_full_pass(tiny):
     t = torch.tensor(300)
     cache = DeepCache(tiny.unet, 3)
     with torch.no_grad():
-        full = cache(0, x, t, text)
-        cached = cache(1, x, t, text)  # shallow path on the features kept a moment ago
-        other = cache(2, x + 1, t, text)
+        full = cache(0, x, t, Conditioning(text))
+        cached = cache(1, x, t, Conditioning(text))  # shallow path on the features kept a moment ago
+        other = cache(2, x + 1, t, Conditioning(text))
         exact = tiny.unet(x + 1, t, encoder_hidden_states=text).sample
     assert torch.allclose(cached, full, atol=1e-5)
     assert not torch.allclose(other, exact, atol=1e-3)  # deep features of another input: an approximation
@@ -71,9 +72,25 @@ def test_the_shallow_path_covers_a_last_up_block_with_cross_attention():
     x, text = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 77, 64, generator=g)
     cache = DeepCache(unet, 2)
     with torch.no_grad():
-        full = cache(0, x, torch.tensor(600), text)
-        cached = cache(1, x, torch.tensor(600), text)
+        full = cache(0, x, torch.tensor(600), Conditioning(text))
+        cached = cache(1, x, torch.tensor(600), Conditioning(text))
     assert cache.cached_passes == 1 and torch.allclose(cached, full, atol=1e-5)
+
+
+def test_the_shallow_path_adds_sdxls_pooled_text_and_size_embedding(tiny_sdxl):
+    """On the same input, a cached SDXL step equals the full pass only if the shallow path's time
+    embedding carries the added (pooled text + size ids) embedding as the UNet's does."""
+    g = torch.Generator().manual_seed(0)
+    text, pooled = torch.randn(2, 77, 80, generator=g), torch.randn(2, 32, generator=g)
+    ids = torch.tensor([[32.0, 32, 0, 0, 32, 32], [64, 48, 4, 2, 32, 32]])
+    x = torch.randn(2, 4, 16, 16, generator=g)
+    cache = DeepCache(tiny_sdxl.unet, 2)
+    with torch.no_grad():
+        full = cache(0, x, torch.tensor(500), Conditioning(text, pooled, ids))
+        cached = cache(1, x, torch.tensor(500), Conditioning(text, pooled, ids))
+        other_sizes = cache(1, x, torch.tensor(500), Conditioning(text, pooled, ids.flip(0)))
+    assert cache.cached_passes == 2 and torch.allclose(cached, full, atol=1e-5)
+    assert not torch.allclose(other_sizes, full, atol=1e-4)  # the size ids reach the shallow path
 
 
 def test_a_bad_interval_is_one_sentence(tiny):

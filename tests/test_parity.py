@@ -38,7 +38,8 @@ def reference(cls, pipe, scheduler: str, seed: int, **kwargs) -> torch.Tensor:
         requires_safety_checker=False,
     )
     ref.set_progress_bar_config(disable=True)
-    n = len(kwargs["prompt"]) * kwargs.get("num_images_per_prompt", 1)
+    rows = len(kwargs["prompt_embeds"]) if kwargs.get("prompt") is None else len(kwargs["prompt"])
+    n = rows * kwargs.get("num_images_per_prompt", 1)
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
     return ref(**kwargs, generator=generators, output_type="pt").images
 
@@ -186,7 +187,8 @@ def raw_reference(cls, pipe, scheduler: str, seed: int, **kwargs) -> torch.Tenso
     ref = cls(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
               scheduler=raw, safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
     ref.set_progress_bar_config(disable=True)
-    n = len(kwargs["prompt"]) * kwargs.get("num_images_per_prompt", 1)
+    rows = len(kwargs["prompt_embeds"]) if kwargs.get("prompt") is None else len(kwargs["prompt"])
+    n = rows * kwargs.get("num_images_per_prompt", 1)
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
     return ref(**kwargs, generator=generators, output_type="pt").images
 
@@ -268,7 +270,7 @@ def test_a_guidance_distilled_unet_matches_diffusers_lcm_pipeline():
     ("config", "message"),
     [
         (dict(num_class_embeds=10), "this UNet expects class labels"),
-        (dict(addition_embed_type="text_time"), "this UNet expects added conditioning"),
+        (dict(addition_embed_type="image"), "this UNet expects added conditioning of type .image."),
     ],
 )
 def test_a_unet_needing_conditioning_sdlab_does_not_give_is_refused(config, message):
@@ -321,3 +323,19 @@ def test_an_lcm_lora_through_lora_and_the_lcm_scheduler_matches_diffusers(tiny, 
         ours, plain = np.asarray(a) / 255.0, np.asarray(b) / 255.0
     assert np.abs(ours - theirs).mean() < 2 / 255  # 8-bit PNG against diffusers' floats
     assert np.abs(ours - plain).mean() > 10 * TOL  # the LoRA changed the image
+
+
+def test_clip_skip_reads_an_earlier_layer_through_the_final_norm(tiny):
+    """SD 1.x `clip_skip` k: hidden_states[-(k + 1)] through the final layer norm, as diffusers'
+    `encode_prompt` and A1111's "Clip skip: k + 1". (diffusers 0.42's own path fails on transformers >= 5.6,
+    whose CLIPTextModel has no `text_model`; the embeddings are given to it instead.)"""
+    ids = tiny.tokenizer(PROMPTS[:1], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = tiny.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        embeds = tiny.text_encoder.final_layer_norm(hidden)
+    kwargs = dict(num_inference_steps=3, guidance_scale=1.0, height=32, width=32)
+    ours = generate(tiny, PROMPTS[0], **kwargs, clip_skip=1, scheduler="euler", seed=6)
+    theirs = reference(StableDiffusionPipeline, tiny, "euler", 6, prompt=None, prompt_embeds=embeds, **kwargs)
+    default = generate(tiny, PROMPTS[0], **kwargs, scheduler="euler", seed=6)
+    assert (ours.pixels - theirs).abs().mean() < TOL
+    assert (ours.pixels - default.pixels).abs().mean() > 10 * TOL

@@ -130,7 +130,7 @@ def test_plain_prompt_gives_exactly_the_plain_text_encoder_output(tiny):
     ).input_ids
     with torch.no_grad():
         expected = tiny.text_encoder(ids)[0]
-    assert torch.equal(encode_prompts(tiny.tokenizer, tiny.text_encoder, [prompt]), expected)
+    assert torch.equal(encode_prompts(tiny.tokenizer, tiny.text_encoder, [prompt]).hidden, expected)
 
 
 def test_long_prompt_is_chunked_into_windows_of_77(tiny):
@@ -143,7 +143,7 @@ def test_long_prompt_is_chunked_into_windows_of_77(tiny):
     all_ids = tiny.tokenizer(prompt, add_special_tokens=False).input_ids
     assert tokens.ids[0, 1:76].tolist() == all_ids[:75]  # nothing lost between chunks
     assert tokens.ids[1, 1:76].tolist() == all_ids[75:150]
-    embeds = encode_prompts(tiny.tokenizer, tiny.text_encoder, [prompt, "short"])
+    embeds = encode_prompts(tiny.tokenizer, tiny.text_encoder, [prompt, "short"]).hidden
     assert embeds.shape == (2, 77 * tokens.ids.shape[0], 32)
 
 
@@ -154,8 +154,8 @@ def test_break_starts_a_new_chunk_and_nothing_else_does(tiny):
 
 
 def test_weights_change_only_the_weighted_tokens_direction(tiny):
-    plain = encode_prompts(tiny.tokenizer, tiny.text_encoder, ["a red cat"])
-    weighted = encode_prompts(tiny.tokenizer, tiny.text_encoder, ["a (red:1.5) cat"])
+    plain = encode_prompts(tiny.tokenizer, tiny.text_encoder, ["a red cat"]).hidden
+    weighted = encode_prompts(tiny.tokenizer, tiny.text_encoder, ["a (red:1.5) cat"]).hidden
     assert not torch.equal(plain, weighted)
     assert torch.isclose(plain.mean(), weighted.mean(), atol=1e-6)  # A1111 keeps the mean
     # tokens: bos, a, red, cat -> "red" (position 2) scaled 1.5x relative to the others

@@ -22,7 +22,7 @@ from diffusers.loaders.single_file_utils import (
     convert_open_clip_checkpoint,
 )
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from sdlab.errors import InputError
 from sdlab.loading import export, single_file
@@ -272,21 +272,32 @@ def meta_components(name: str):
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-    return unet, vae, text_encoder
+        text_encoder = text_encoder_2 = None
+        if (folder / "text_encoder").is_dir():
+            text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+        if (folder / "text_encoder_2").is_dir():
+            text_encoder_2 = CLIPTextModelWithProjection(
+                CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
+            )
+    return unet, vae, text_encoder, text_encoder_2
 
 
-def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def count(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-# The published sizes; the text encoders are worked out by hand in the test below.
+# The published sizes (UNet, VAE, text encoder, SDXL's second text encoder); the text encoders are worked
+# out by hand in the test below.
 SIZES = {
-    "sd15": (859_520_964, 83_653_863, 123_060_480),
-    "sd15-inpaint": (859_535_364, 83_653_863, 123_060_480),  # conv_in takes 9 channels: + 5 * 320 * 3 * 3
-    "sd2": (865_910_724, 83_653_863, 340_387_840),
-    "sd2-v": (865_910_724, 83_653_863, 340_387_840),
-    "sd2-inpaint": (865_925_124, 83_653_863, 340_387_840),
+    "sd15": (859_520_964, 83_653_863, 123_060_480, 0),
+    "sd15-inpaint": (859_535_364, 83_653_863, 123_060_480, 0),  # conv_in takes 9 channels: + 5 * 320 * 3 * 3
+    "sd2": (865_910_724, 83_653_863, 340_387_840, 0),
+    "sd2-v": (865_910_724, 83_653_863, 340_387_840, 0),
+    "sd2-inpaint": (865_925_124, 83_653_863, 340_387_840, 0),
+    "sdxl": (2_567_463_684, 83_653_863, 123_060_480, 694_659_840),
+    "sdxl-inpaint": (2_567_478_084, 83_653_863, 123_060_480, 694_659_840),  # + 5 * 320 * 3 * 3
+    # the refiner's UNet as its config (SGM's sd_xl_refiner.yaml: 384 channels x 1, 2, 4, 4, depth 4) builds it
+    "sdxl-refiner": (2_259_526_660, 83_653_863, 0, 694_659_840),
 }
 
 
@@ -305,21 +316,27 @@ def test_text_encoder_sizes_from_first_principles() -> None:
 
     assert transformer(768, 3072, 12) == SIZES["sd15"][2]  # OpenAI CLIP ViT-L/14 text tower
     assert transformer(1024, 4096, 23) == SIZES["sd2"][2]  # OpenCLIP ViT-H/14, last of 24 layers dropped
+    projection = 1280 * 1280  # no bias
+    assert transformer(1280, 5120, 32) + projection == SIZES["sdxl"][3]  # OpenCLIP ViT-bigG/14, all 32 layers
 
 
 @pytest.mark.parametrize("name", MODEL_TYPES)
 def test_exported_layout_matches_diffusers_converters(name: str) -> None:
-    unet, vae, text_encoder = meta_components(name)
-    original = original_state_dict(unet, vae, text_encoder)
-    if text_encoder.config.hidden_act == "gelu":
-        text = convert_open_clip_checkpoint(text_encoder, original)
-    else:
-        text = convert_ldm_clip_checkpoint(original)
+    unet, vae, text_encoder, text_encoder_2 = meta_components(name)
+    original = original_state_dict(unet, vae, text_encoder, text_encoder_2)
     back = {
         unet: convert_ldm_unet_checkpoint(original, unet.config),
         vae: convert_ldm_vae_checkpoint(original, vae.config),
-        text_encoder: {k.removeprefix("text_model."): v for k, v in text.items()},
     }
+    if text_encoder_2 is not None:  # SDXL: bigG is embedder 1, or 0 in the refiner
+        prefix = f"conditioner.embedders.{0 if text_encoder is None else 1}.model."
+        back[text_encoder_2] = convert_open_clip_checkpoint(text_encoder_2, original, prefix=prefix)
+    if text_encoder is not None and text_encoder.config.hidden_act == "gelu":
+        text = convert_open_clip_checkpoint(text_encoder, original)
+        back[text_encoder] = {k.removeprefix("text_model."): v for k, v in text.items()}
+    elif text_encoder is not None:
+        text = convert_ldm_clip_checkpoint(original)
+        back[text_encoder] = {k.removeprefix("text_model."): v for k, v in text.items()}
     for module, converted in back.items():
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         assert {k: tuple(v.shape) for k, v in converted.items()} == expected
@@ -333,6 +350,9 @@ def test_exported_layout_matches_diffusers_converters(name: str) -> None:
         ("sd2", "sd2-v"),
         ("sd2-v", "sd2-v"),
         ("sd2-inpaint", "sd2-inpaint"),
+        ("sdxl", "sdxl"),
+        ("sdxl-inpaint", "sdxl-inpaint"),
+        ("sdxl-refiner", "sdxl-refiner"),
     ],
 )
 def test_detect_model_type(name: str, expected: str) -> None:
@@ -343,10 +363,10 @@ def test_detect_model_type(name: str, expected: str) -> None:
 def test_detect_rejects_other_models() -> None:
     with pytest.raises(InputError, match="no Stable Diffusion UNet"):
         detect_model_type({"lora_unet_down.alpha": torch.ones(1)})
-    sdxl = original_state_dict(*meta_components("sd15"))
-    sdxl["conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"] = torch.ones(1)
-    with pytest.raises(InputError, match="xl_base"):
-        detect_model_type(sdxl)
+    playground = original_state_dict(*meta_components("sdxl"))  # SDXL's keys, with an EDM latent space
+    playground["edm_mean"] = torch.ones(1, 4, 1, 1)
+    with pytest.raises(InputError, match="looks like Playground v2.5"):
+        detect_model_type(playground)
 
 
 @pytest.mark.parametrize(("is_v", "expected"), [(True, "sd2-v"), (False, "sd2")])

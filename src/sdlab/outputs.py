@@ -92,6 +92,8 @@ def _infotext_value(name: str, value: Any) -> object:
     if name == "guidance_interval":
         lo, hi = value
         return f"{float(lo)!r} to {'inf' if hi is None else repr(float(hi))}"
+    if name == "clip_skip":  # A1111 counts the layer read: "Clip skip: 1" is the last, diffusers' 0
+        return value + 1
     return value
 
 
@@ -187,6 +189,8 @@ def _parse_infotext_value(name: str, text: str) -> Any:
     if name == "guidance_interval":
         lo, _, hi = text.partition(" to ")
         return [float(lo), None if hi == "inf" else float(hi)]
+    if name == "clip_skip":
+        return int(text) - 1
     return int(text) if name in ("deep_cache", "num_inference_steps") else float(text)
 
 

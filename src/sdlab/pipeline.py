@@ -1,7 +1,14 @@
-"""`Pipeline`: the four Stable Diffusion components held together, and nothing else.
+"""`Pipeline`: the Stable Diffusion components held together, and nothing else.
 
-A pipeline is data: the text encoder and its tokenizer, the VAE, the UNet, and the scheduler config
+A pipeline is data: the text encoder(s) and tokenizer(s), the VAE, the UNet, and the scheduler config
 the model was trained with. Sampling lives in `sdlab.sampling`, loading in `sdlab.loading`.
+
+Families, as the UNet and encoders say (`family`):
+    sd1            one CLIP text encoder (ViT-L, 768 wide, in SD 1.5; QuickGELU), 512 px
+    sd2            one OpenCLIP text encoder (ViT-H, 1024 wide; exact GELU), 512 or 768 px
+    sdxl           CLIP ViT-L and OpenCLIP ViT-bigG with projection (`text_encoder_2`), the UNet also
+                   conditioned on bigG's pooled embedding and on sizes ("text_time"), 1024 px
+    sdxl-refiner   bigG only (`text_encoder` None), conditioned on an aesthetic score instead of a target size
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from sdlab.sampling.params import SamplingParams
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from sdlab.sampling.loop import GenerationResult
 
@@ -25,14 +32,20 @@ if TYPE_CHECKING:
 class Pipeline:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel | None  # None only for the SDXL refiner
+    tokenizer: CLIPTokenizer | None
     scheduler_config: dict[str, Any]
     source: str = ""  # the path it was loaded from
     name: str = ""  # a short name for metadata (A1111's "Model:")
     # the model's recommended sampling package (its folder's sdlab.json), applied where a call gives none
     recommended: SamplingParams = field(default_factory=lambda: SamplingParams())
     compiled: str | None = None  # how `compile` compiled the UNet and VAE decoder ("inductor", ...), or None
+    # SDXL: the second text encoder (OpenCLIP bigG with its projection) and its tokenizer (pads with "!")
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+    # SDXL: an empty negative prompt is all zeros, embeddings and pooled (diffusers' model_index flag; A1111
+    # does the same for SDXL). Refiners were trained without it.
+    force_zeros_for_empty_prompt: bool = True
     _hash: str | None = field(default=None, repr=False)
 
     @property
@@ -42,6 +55,30 @@ class Pipeline:
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
+
+    @property
+    def is_sdxl(self) -> bool:
+        """SDXL base, inpainting or refiner: a UNet with the pooled-text and size conditioning ("text_time")."""
+        return self.unet.config.get("addition_embed_type") == "text_time"
+
+    @property
+    def requires_aesthetics_score(self) -> bool:
+        """The SDXL refiner: its size conditioning ends with an aesthetic score, not a target size."""
+        return self.is_sdxl and self.text_encoder is None
+
+    @property
+    def family(self) -> str:
+        """ "sd1", "sd2", "sdxl" or "sdxl-refiner" (see the module docstring)."""
+        if self.is_sdxl:
+            return "sdxl-refiner" if self.requires_aesthetics_score else "sdxl"
+        return "sd2" if self.text_encoder.config.hidden_act == "gelu" else "sd1"  # OpenCLIP: exact GELU
+
+    @property
+    def text_encoders(self) -> list[tuple[CLIPTokenizer, CLIPTextModel]]:
+        """(tokenizer, encoder) of each text encoder the model has, in the order their embeddings are
+        concatenated: one for SD 1.x/2.x and the refiner, two for SDXL."""
+        pairs = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
+        return [(tokenizer, encoder) for tokenizer, encoder in pairs if encoder is not None]
 
     @property
     def vae_scale_factor(self) -> int:
@@ -59,9 +96,13 @@ class Pipeline:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Pipeline:
         kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in self.modules():
             module.to(**kwargs)
         return self
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The networks: UNet, VAE and each text encoder."""
+        return [self.unet, self.vae, *(encoder for _, encoder in self.text_encoders)]
 
     def compile(self, *, cuda_graphs: bool = False, backend: str | None = None) -> Pipeline:
         """Compile the UNet and the VAE decoder in place with `torch.compile`, and return self.

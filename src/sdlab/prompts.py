@@ -168,14 +168,50 @@ def _multi_vector_ids(tokenizer: CLIPTokenizer) -> dict[int, list[int]]:
     return expansions
 
 
+@dataclass
+class TextEmbeddings:
+    """One text encoder's output for a batch of prompts.
+
+    `hidden` (B, 77 * chunks, D): the chosen layer's hidden states, chunks concatenated on the sequence axis.
+    `pooled` (B, P): the projected pooled embedding of each prompt's first chunk, for encoders with a
+    projection (SDXL's OpenCLIP bigG, whose pooled embedding conditions the UNet); else None.
+    """
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+def hidden_layer(family: str, clip_skip: int) -> tuple[int | None, bool]:
+    """(index into the encoder's hidden states, or None for its last layer; whether the final layer norm
+    is applied) for a model family and `clip_skip`, the number of layers skipped from the family's own
+    layer, in diffusers' meaning (A1111's "Clip skip: N" is clip_skip N - 1).
+
+    SD 1.x/2.x read the last layer, after the final layer norm; clip_skip k reads hidden_states[-(k + 1)]
+    through that norm (diffusers' `StableDiffusionPipeline.encode_prompt`, A1111's `CLIP_stop_at_last_layers`).
+    SDXL reads the penultimate layer without the norm; clip_skip k reads hidden_states[-(k + 2)] of both
+    encoders (diffusers' `StableDiffusionXLPipeline.encode_prompt`)."""
+    if family.startswith("sdxl"):
+        return -(clip_skip + 2), False
+    return (None, True) if clip_skip == 0 else (-(clip_skip + 1), True)
+
+
 @torch.no_grad()
 def encode_prompts(
-    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str], num_chunks: int | None = None
-) -> torch.Tensor:
-    """Text embeddings (batch, 77 * chunks, dim) for `prompts`, all padded to the same chunk count.
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    prompts: list[str],
+    num_chunks: int | None = None,
+    *,
+    layer: int | None = None,
+    final_norm: bool = True,
+) -> TextEmbeddings:
+    """Text embeddings for `prompts`, all padded to the same chunk count (see `TextEmbeddings`).
 
-    Weighted tokens scale their embedding vectors, then the whole embedding is rescaled to keep its
-    original mean, as A1111 does, so that emphasis doesn't change the overall magnitude.
+    `layer` None reads the last layer (with its final layer norm); a negative index reads that hidden
+    state, through the final layer norm if `final_norm` (see `hidden_layer`). Weighted tokens scale
+    their embedding vectors, then the whole embedding is rescaled to keep its original mean, as A1111
+    does per text encoder, so that emphasis doesn't change the overall magnitude. The pooled embedding
+    is not weighted (A1111: it comes from the first chunk as encoded).
     """
     tokens = [tokenize_prompt(tokenizer, p) for p in prompts]
     num_chunks = max([num_chunks or 1] + [t.ids.shape[0] for t in tokens])
@@ -187,8 +223,17 @@ def encode_prompts(
     mask = None
     if getattr(text_encoder.config, "use_attention_mask", False):
         mask = (ids != tokenizer.pad_token_id).long()
-    hidden = text_encoder(ids, attention_mask=mask)[0]  # (batch * chunks, 77, dim)
-    hidden = hidden.view(len(prompts), num_chunks * ids.shape[1], -1)
+    out = text_encoder(ids, attention_mask=mask, output_hidden_states=layer is not None)
+    if layer is None:
+        hidden = out.last_hidden_state  # (batch * chunks, 77, dim)
+    else:
+        hidden = out.hidden_states[layer]
+        if final_norm:
+            hidden = _text_model(text_encoder).final_layer_norm(hidden)
+    hidden = hidden.reshape(len(prompts), num_chunks * ids.shape[1], -1)
+    pooled = getattr(out, "text_embeds", None)  # CLIPTextModelWithProjection: (batch * chunks, P)
+    if pooled is not None:
+        pooled = pooled.view(len(prompts), num_chunks, -1)[:, 0]
 
     for i, t in enumerate(tokens):
         if t.weighted:
@@ -198,7 +243,12 @@ def encode_prompts(
             ratio = original_mean / hidden[i].mean()
             if 0.5 < ratio < 2:  # a mean near zero (untrained encoders) would make the ratio explode
                 hidden[i] = hidden[i] * ratio
-    return hidden
+    return TextEmbeddings(hidden, pooled)
+
+
+def _text_model(text_encoder: torch.nn.Module) -> torch.nn.Module:
+    """The module holding `final_layer_norm` (transformers >= 5.6 flattened `CLIPTextModel`)."""
+    return getattr(text_encoder, "text_model", text_encoder)
 
 
 def _pad_chunks(tokens: TokenChunks, empty: TokenChunks, num_chunks: int) -> TokenChunks:

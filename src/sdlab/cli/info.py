@@ -14,14 +14,41 @@ from sdlab.loading.decoder import TINY_FOLDER
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.schedulers import scheduler_name_from_config
 
+FAMILY_NAMES = {
+    "sd1": "SD 1.x (one CLIP text encoder)",
+    "sd2": "SD 2.x (one OpenCLIP text encoder)",
+    "sdxl": "SDXL (CLIP and OpenCLIP bigG text encoders; size conditioning)",
+    "sdxl-refiner": "SDXL refiner (OpenCLIP bigG text encoder; aesthetic-score conditioning)",
+}
+
 
 def describe(pipe: Pipeline) -> dict:
+    """What `sdlab info` prints: the family, sizes, scheduler, recommendation and each component's shape."""
+
     def params(module) -> int:
         return sum(p.numel() for p in module.parameters())
 
-    unet, vae, te = pipe.unet.config, pipe.vae.config, pipe.text_encoder.config
+    def text_encoder(tokenizer, encoder) -> dict:
+        return {
+            "parameters": params(encoder),
+            "hidden_size": encoder.config.hidden_size,
+            "layers": encoder.config.num_hidden_layers,
+            "vocab_size": len(tokenizer),
+            "max_length": tokenizer.model_max_length,
+        }
+
+    unet, vae = pipe.unet.config, pipe.vae.config
+    encoders = {}
+    if pipe.text_encoder is not None:
+        encoders["text_encoder"] = text_encoder(pipe.tokenizer, pipe.text_encoder)
+    if pipe.text_encoder_2 is not None:  # SDXL's OpenCLIP bigG, with its pooled projection
+        encoders["text_encoder_2"] = {
+            **text_encoder(pipe.tokenizer_2, pipe.text_encoder_2),
+            "projection_dim": pipe.text_encoder_2.config.projection_dim,
+        }
     return {
         "model": pipe.source,
+        "family": pipe.family,  # sd1, sd2, sdxl or sdxl-refiner
         "model_hash": pipe.model_hash(),
         "resolution": pipe.default_size,
         "latent_shape": [vae.latent_channels, unet.sample_size, unet.sample_size],
@@ -44,13 +71,7 @@ def describe(pipe: Pipeline) -> dict:
             "block_out_channels": list(vae.block_out_channels),
             "scaling_factor": vae.scaling_factor,
         },
-        "text_encoder": {
-            "parameters": params(pipe.text_encoder),
-            "hidden_size": te.hidden_size,
-            "layers": te.num_hidden_layers,
-            "vocab_size": len(pipe.tokenizer),
-            "max_length": pipe.tokenizer.model_max_length,
-        },
+        **encoders,
     }
 
 
@@ -60,6 +81,7 @@ def run_info(opts: InfoOptions) -> dict:
         print(json.dumps(info, indent=2))
         return info
     print(f"model           {info['model']}  (hash {info['model_hash']})")
+    print(f"family          {FAMILY_NAMES[info['family']]}")
     print(
         f"resolution      {info['resolution']}x{info['resolution']} px, latents {'x'.join(map(str, info['latent_shape']))}"
     )
@@ -68,7 +90,9 @@ def run_info(opts: InfoOptions) -> dict:
         recommended = ", ".join(f"{k} {v}" for k, v in info["recommended_sampling"].items())
         print(f"recommended     {recommended} (sdlab.json; sdlab's defaults for this model)")
     print(f"dtype           {info['dtype']}")
-    for name in ("unet", "vae", "text_encoder"):
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if name not in info:
+            continue
         part = info[name]
         rest = ", ".join(f"{k} {v}" for k, v in part.items() if k != "parameters")
         print(f"{name:<15} {part['parameters'] / 1e6:.2f} M parameters; {rest}")

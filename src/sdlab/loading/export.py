@@ -10,6 +10,10 @@ Layout of the file:
     first_stage_model.*                VAE  (ldm AutoencoderKL names; mid-block attention as 1x1 convs)
     cond_stage_model.transformer.*     OpenAI CLIP text model (SD 1.x), transformers names
     cond_stage_model.model.*           OpenCLIP text tower (SD 2.x), open_clip names, q/k/v fused
+    conditioner.embedders.0.transformer.*   SDXL: CLIP ViT-L, transformers names
+    conditioner.embedders.1.model.*         SDXL: OpenCLIP bigG, open_clip names, with `text_projection`
+    conditioner.embedders.0.model.*         the SDXL refiner's bigG (its only text encoder)
+(SDXL's UNet adds `label_emb.0.0` / `label_emb.0.2`, diffusers' `add_embedding.linear_1` / `linear_2`.)
 
 SD 2.x files written here hold the 23 text layers diffusers keeps; the unused 24th layer and the
 `text_projection` of the original OpenCLIP model are not part of a `Pipeline` and are not written.
@@ -29,7 +33,7 @@ from sdlab.errors import InputError
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from sdlab.pipeline import Pipeline
 
@@ -50,6 +54,11 @@ _UNET_TOP = {
     "conv_norm_out.bias": "out.0.bias",
     "conv_out.weight": "out.2.weight",
     "conv_out.bias": "out.2.bias",
+    # SDXL's added embedding (pooled text and size ids); `unet_conversion_map` of the SDXL script
+    "add_embedding.linear_1.weight": "label_emb.0.0.weight",
+    "add_embedding.linear_1.bias": "label_emb.0.0.bias",
+    "add_embedding.linear_2.weight": "label_emb.0.2.weight",
+    "add_embedding.linear_2.bias": "label_emb.0.2.bias",
 }
 # ResBlock sub-layers: `unet_conversion_map_resnet`.
 _UNET_RESNET = {
@@ -90,7 +99,9 @@ def save_single_file(pipeline: Pipeline, path: str | Path, *, dtype: torch.dtype
     if not path.parent.is_dir():
         raise InputError(f"Output folder {path.parent} does not exist.")
 
-    state_dict = original_state_dict(pipeline.unet, pipeline.vae, pipeline.text_encoder)
+    state_dict = original_state_dict(
+        pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.text_encoder_2
+    )
     tensors = {}
     for key, tensor in state_dict.items():
         tensor = tensor.detach().to("cpu")
@@ -104,14 +115,29 @@ def save_single_file(pipeline: Pipeline, path: str | Path, *, dtype: torch.dtype
 
 
 def original_state_dict(
-    unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel | None,
+    text_encoder_2: CLIPTextModelWithProjection | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All three components' weights under their original single-file keys (works on meta tensors too)."""
+    """All components' weights under their original single-file keys (works on meta tensors too).
+
+    With `text_encoder_2` (SDXL) the text encoders go under `conditioner.embedders.*`, as SDXL's original
+    files (and A1111's and ComfyUI's saves) hold them; `text_encoder` is None for the refiner."""
     state_dict: dict[str, torch.Tensor] = {}
     for key, value in unet_to_original(unet.state_dict(), unet.config).items():
         state_dict[UNET_PREFIX + key] = value
     for key, value in vae_to_original(vae.state_dict(), vae.config).items():
         state_dict[VAE_PREFIX + key] = value
+    if text_encoder_2 is not None:
+        embedder = 0
+        if text_encoder is not None:
+            for key, value in clip_to_original(text_encoder.state_dict()).items():
+                state_dict["conditioner.embedders.0.transformer." + key] = value
+            embedder = 1
+        for key, value in open_clip_to_original(text_encoder_2.state_dict()).items():
+            state_dict[f"conditioner.embedders.{embedder}.model." + key] = value
+        return state_dict
     text_state_dict = text_encoder.state_dict()
     if is_open_clip(text_encoder):
         for key, value in open_clip_to_original(text_state_dict).items():
@@ -224,10 +250,14 @@ def clip_to_original(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def open_clip_to_original(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers CLIPTextModel keys -> open_clip text-tower keys, with q/k/v fused into `in_proj`."""
+    """transformers CLIPTextModel(WithProjection) keys -> open_clip text-tower keys, with q/k/v fused into
+    `in_proj`, and the projection as open_clip's `text_projection` (transposed)."""
     out: dict[str, torch.Tensor] = {}
     fused: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
+        if key == "text_projection.weight":  # SDXL's bigG: open_clip keeps the (width, projection) matrix
+            out["text_projection"] = value.T
+            continue
         key = key.removeprefix("text_model.")
         if key in _OPEN_CLIP_TOP:
             out[_OPEN_CLIP_TOP[key]] = value

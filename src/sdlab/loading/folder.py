@@ -1,4 +1,8 @@
-"""Loading a diffusers-format model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+"""Loading a diffusers-format model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+
+SDXL folders add text_encoder_2/ and tokenizer_2/; the refiner has those in place of text_encoder/ and
+tokenizer/. model_index.json's `force_zeros_for_empty_prompt` is kept (diffusers' SDXL pipelines' flag).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,16 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdlab.atomic import atomic_path
 from sdlab.errors import InputError
-from sdlab.loading.tokenizer import clip_tokenizer
+from sdlab.loading.tokenizer import OPEN_CLIP_PAD_TOKEN, clip_tokenizer
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.params import SamplingParams
 
-COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
+COMPONENTS = ("unet", "vae", "scheduler")  # and text_encoder/, text_encoder_2/ or both
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 SDLAB_FILE = "sdlab.json"  # optional: {"sampling": {"guidance_scale": 3.0, "num_inference_steps": 30}}
 PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "pytorch_model.bin")
 
@@ -50,15 +55,26 @@ def load_folder(path: Path, *, allow_pickle: bool = False, dtype: torch.dtype = 
     for name in COMPONENTS:
         if not (path / name).is_dir():
             raise InputError(f"model folder {path} has no {name}/ subfolder; is it a Stable Diffusion model?")
-    for name in ("unet", "vae", "text_encoder"):
+    encoders = [name for name in TEXT_ENCODERS if (path / name).is_dir()]
+    if not encoders:
+        raise InputError(
+            f"model folder {path} has no text_encoder/ subfolder; is it a Stable Diffusion model?"
+        )
+    for name in ("unet", "vae", *encoders):
         _check_weights(path / name, allow_pickle)
+    index = _model_index(path)
     common = {"local_files_only": True, "dtype": dtype, "use_safetensors": not allow_pickle or None}
+    text = {"local_files_only": True, "use_safetensors": common["use_safetensors"]}
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **common)
-        text_encoder = CLIPTextModel.from_pretrained(
-            path / "text_encoder", local_files_only=True, use_safetensors=common["use_safetensors"]
-        ).to(dtype)
+        text_encoder = text_encoder_2 = None
+        if "text_encoder" in encoders:
+            text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **text).to(dtype)
+        if "text_encoder_2" in encoders:
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", **text).to(
+                dtype
+            )
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:
         raise InputError(f"cannot load the model in {path}: {_first_line(err)}") from err
     scheduler_file = path / "scheduler" / "scheduler_config.json"
@@ -66,19 +82,40 @@ def load_folder(path: Path, *, allow_pickle: bool = False, dtype: torch.dtype = 
         scheduler_config = json.loads(scheduler_file.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(f"cannot read {scheduler_file}: {_first_line(err)}") from err
-    for module in (unet, vae, text_encoder):
-        module.eval()
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        if module is not None:
+            module.eval()
     _correct_old_unet_config(unet)
+    # diffusers' defaults where model_index.json leaves it out: the base pipeline zeros, img2img does not
+    force_zeros = index.get(
+        "force_zeros_for_empty_prompt", index.get("_class_name") != "StableDiffusionXLImg2ImgPipeline"
+    )
     return Pipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=_tokenizer(path / "tokenizer"),
+        tokenizer=_tokenizer(path / "tokenizer") if text_encoder is not None else None,
         scheduler_config=dict(scheduler_config),
         source=str(path),
         name=path.name,
         recommended=_recommended(path / SDLAB_FILE),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=_tokenizer(path / "tokenizer_2", OPEN_CLIP_PAD_TOKEN)
+        if text_encoder_2 is not None
+        else None,
+        force_zeros_for_empty_prompt=bool(force_zeros),
     )
+
+
+def _model_index(path: Path) -> dict:
+    file = path / "model_index.json"
+    try:
+        index = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read {file}: {_first_line(err)}") from err
+    if not isinstance(index, dict):
+        raise InputError(f"{file} must hold a JSON object")
+    return index
 
 
 def _recommended(file: Path) -> SamplingParams:
@@ -94,14 +131,15 @@ def _recommended(file: Path) -> SamplingParams:
     return SamplingParams.recommendation(settings, str(file))
 
 
-def _tokenizer(folder: Path) -> CLIPTokenizer:
-    """The folder's own tokenizer when it has one, else the CLIP tokenizer shipped with sdlab."""
+def _tokenizer(folder: Path, pad_token: str | None = None) -> CLIPTokenizer:
+    """The folder's own tokenizer when it has one, else the CLIP tokenizer shipped with sdlab (padding
+    with `pad_token`, default CLIP's end-of-text; SDXL's second tokenizer pads with "!")."""
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         try:
             return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as err:
             raise InputError(f"cannot load the tokenizer in {folder}: {_first_line(err)}") from err
-    return clip_tokenizer()
+    return clip_tokenizer() if pad_token is None else clip_tokenizer(pad_token=pad_token)
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
@@ -143,37 +181,54 @@ def save_folder(
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.mkdir()
-        for name in ("unet", "vae", "text_encoder"):
+        names = ("unet", "vae", *(name for name in TEXT_ENCODERS if getattr(pipe, name) is not None))
+        for name in names:
             module = getattr(pipe, name)
             if weights_dtype is not None and module.dtype != weights_dtype:
                 module = copy.deepcopy(module).to(weights_dtype)
             module.save_pretrained(tmp / name, safe_serialization=safe_serialization)
-        config_file = tmp / "text_encoder" / "config.json"
-        config = json.loads(config_file.read_text())
-        for key in ("dtype", "torch_dtype"):
-            if key in config:
-                config[key] = str(pipe.text_encoder.dtype).removeprefix("torch.")
-        config_file.write_text(json.dumps(config, indent=2) + "\n")
-        pipe.tokenizer.save_pretrained(tmp / "tokenizer")
+        for name in names[2:]:
+            config_file = tmp / name / "config.json"
+            config = json.loads(config_file.read_text())
+            for key in ("dtype", "torch_dtype"):
+                if key in config:
+                    config[key] = str(getattr(pipe, name).dtype).removeprefix("torch.")
+            config_file.write_text(json.dumps(config, indent=2) + "\n")
+            tokenizer = "tokenizer" + name.removeprefix("text_encoder")
+            getattr(pipe, tokenizer).save_pretrained(tmp / tokenizer)
         scheduler_cls = pipe.scheduler_config.get("_class_name", "PNDMScheduler")
         scheduler = getattr(diffusers, scheduler_cls).from_config(pipe.scheduler_config)
         scheduler.save_pretrained(tmp / "scheduler")
         index = {
-            "_class_name": "StableDiffusionInpaintPipeline"
-            if pipe.is_inpainting_unet
-            else "StableDiffusionPipeline",
+            "_class_name": _pipeline_class(pipe),
             "_diffusers_version": diffusers.__version__,
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
             "scheduler": ["diffusers", scheduler_cls],
-            "text_encoder": ["transformers", type(pipe.text_encoder).__name__],
-            "tokenizer": ["transformers", type(pipe.tokenizer).__name__],
             "unet": ["diffusers", type(pipe.unet).__name__],
             "vae": ["diffusers", type(pipe.vae).__name__],
         }
+        for name in names[2:]:
+            tokenizer = "tokenizer" + name.removeprefix("text_encoder")
+            index[name] = ["transformers", type(getattr(pipe, name)).__name__]
+            index[tokenizer] = ["transformers", type(getattr(pipe, tokenizer)).__name__]
+        if pipe.is_sdxl:
+            index["force_zeros_for_empty_prompt"] = pipe.force_zeros_for_empty_prompt
+            index["requires_aesthetics_score"] = pipe.requires_aesthetics_score
+        else:
+            index.update(
+                feature_extractor=[None, None], requires_safety_checker=False, safety_checker=[None, None]
+            )
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         if pipe.recommended.package():
             sdlab = {"sampling": pipe.recommended.to_json()}
             (tmp / SDLAB_FILE).write_text(json.dumps(sdlab, indent=2) + "\n")
     return path
+
+
+def _pipeline_class(pipe: Pipeline) -> str:
+    """The diffusers pipeline class that loads the folder: SD or SDXL, text-to-image or inpainting (the
+    refiner's is image-to-image)."""
+    if pipe.is_sdxl:
+        if pipe.requires_aesthetics_score:
+            return "StableDiffusionXLImg2ImgPipeline"
+        return "StableDiffusionXLInpaintPipeline" if pipe.is_inpainting_unet else "StableDiffusionXLPipeline"
+    return "StableDiffusionInpaintPipeline" if pipe.is_inpainting_unet else "StableDiffusionPipeline"

@@ -1,10 +1,13 @@
-"""Loading a single-file Stable Diffusion 1.x / 2.x checkpoint (CompVis / A1111 layout) into a `Pipeline`.
+"""Loading a single-file Stable Diffusion 1.x / 2.x / SDXL checkpoint (CompVis / A1111 / ComfyUI layout).
 
 diffusers does the key conversion (`from_single_file`, `create_diffusers_clip_model_from_ldm`); sdlab picks
 the architecture config, which it ships in `loading/configs/<name>/` so that nothing is fetched from a hub.
 
 How the config is chosen when `config` is not given:
-    - key shapes decide SD 1.x vs 2.x and inpainting (diffusers' `infer_diffusers_model_type`);
+    - SDXL's UNet has an added embedding (`label_emb`); its refiner keeps OpenCLIP bigG as embedder 0
+      (`conditioner.embedders.0.model.*`) where the base keeps CLIP ViT-L there and bigG as embedder 1,
+      and a UNet-only file tells them apart by the added embedding's width (2816 base, 2560 refiner);
+    - otherwise key shapes decide SD 1.x vs 2.x and inpainting (diffusers' `infer_diffusers_model_type`);
     - an SD 2.x UNet alone does not say whether it predicts epsilon (2.x-base, 512 px) or v (2.x-768).
       `detect_model_type` answers "sd2-v", the common case (2.1-768), and `load_single_file` then runs
       A1111's test (`predicts_v`: one UNet call at t=999 on a constant input) and switches to "sd2" when
@@ -33,25 +36,28 @@ from diffusers.loaders.single_file_utils import (
     infer_diffusers_model_type,
     is_open_clip_model,
 )
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdlab.errors import InputError
 from sdlab.loading.checkpoint import read_state_dict
-from sdlab.loading.tokenizer import clip_tokenizer
+from sdlab.loading.tokenizer import OPEN_CLIP_PAD_TOKEN, clip_tokenizer
 from sdlab.pipeline import Pipeline
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
-MODEL_TYPES = ("sd15", "sd15-inpaint", "sd2", "sd2-v", "sd2-inpaint")
-_CONFIG_FILES = (
-    "unet/config.json",
-    "vae/config.json",
-    "text_encoder/config.json",
-    "scheduler/scheduler_config.json",
-)
+MODEL_TYPES = ("sd15", "sd15-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-inpaint", "sdxl-refiner")
+_CONFIG_FILES = ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+_TEXT_CONFIGS = ("text_encoder/config.json", "text_encoder_2/config.json")  # one or both
 # diffusers' model types -> sdlab's shipped configs; "v2" is refined by `predicts_v` at load time.
 _FROM_DIFFUSERS = {"v1": "sd15", "inpainting": "sd15-inpaint", "v2": "sd2-v", "inpainting_v2": "sd2-inpaint"}
 _UNET_PROBE_KEY = "model.diffusion_model.input_blocks.0.0.weight"
-OPEN_CLIP_PAD_TOKEN = "!"  # SD 2.x was trained with OpenCLIP's tokenizer, which pads with "!" (id 0)
+_SDXL_PROBE_KEY = "model.diffusion_model.label_emb.0.0.weight"  # SDXL's added (pooled text + size) embedding
+_SDXL_REFINER_ADDED_WIDTH = 2560  # 5 size ids x 256 + bigG's 1280; the base has 6 x 256 + 1280 = 2816
+# SDXL's text encoders in the file: CLIP ViT-L (transformers names) and OpenCLIP bigG (open_clip names)
+SDXL_EMBEDDERS = {
+    "text_encoder": "conditioner.embedders.0.transformer.",
+    "text_encoder_2": "conditioner.embedders.1.model.",
+}
+SDXL_REFINER_EMBEDDERS = {"text_encoder_2": "conditioner.embedders.0.model."}
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +69,22 @@ def detect_model_type(state_dict: dict[str, torch.Tensor], *, source: str = "The
     """
     if _UNET_PROBE_KEY not in state_dict:
         raise InputError(f"{source} has no Stable Diffusion UNet weights (no {_UNET_PROBE_KEY}).")
+    if "edm_mean" in state_dict:  # SDXL's architecture with an EDM schedule and a normalised latent space
+        raise InputError(
+            f"{source} looks like Playground v2.5 (an EDM model with SDXL's architecture); sdlab loads SD 1.x, "
+            "2.x and SDXL checkpoints, not its EDM schedule"
+        )
+    if _SDXL_PROBE_KEY in state_dict:
+        refiner = SDXL_REFINER_EMBEDDERS["text_encoder_2"] + "positional_embedding" in state_dict
+        if not any(k.startswith("conditioner.") for k in state_dict):  # a UNet-only file
+            refiner = state_dict[_SDXL_PROBE_KEY].shape[1] == _SDXL_REFINER_ADDED_WIDTH
+        if refiner:
+            return "sdxl-refiner"
+        return "sdxl-inpaint" if state_dict[_UNET_PROBE_KEY].shape[1] == 9 else "sdxl"
     diffusers_type = infer_diffusers_model_type(state_dict)
     if diffusers_type not in _FROM_DIFFUSERS:
         raise InputError(
-            f"{source} looks like a {diffusers_type!r} model; sdlab loads SD 1.x and 2.x checkpoints "
+            f"{source} looks like a {diffusers_type!r} model; sdlab loads SD 1.x, 2.x and SDXL checkpoints "
             f"({', '.join(MODEL_TYPES)}), or pass config= a diffusers folder that describes it."
         )
     return _FROM_DIFFUSERS[diffusers_type]
@@ -111,9 +129,11 @@ def load_single_file(
         unet = _load_component(UNet2DConditionModel, "unet", state_dict, cfg_dir, path, dtype)
     _release(state_dict, "model.", "model_ema.")  # the UNet's source tensors, and the EMA copy no one loads
 
-    # 3. VAE and text encoder
+    # 3. VAE and text encoder(s)
     vae = _load_component(AutoencoderKL, "vae", state_dict, cfg_dir, path, dtype)
     _release(state_dict, "first_stage_model.")
+    if (cfg_dir / "text_encoder_2").is_dir():
+        return _sdxl_pipeline(path, state_dict, cfg_dir, unet, vae, dtype)
     text_encoder = _load_component(CLIPTextModel, "text_encoder", state_dict, cfg_dir, path, dtype)
 
     # 4. Tokenizer and scheduler config
@@ -123,17 +143,54 @@ def load_single_file(
         tokenizer = clip_tokenizer(pad_token=OPEN_CLIP_PAD_TOKEN)
     else:
         tokenizer = clip_tokenizer()
-    scheduler_config = json.loads((cfg_dir / "scheduler" / "scheduler_config.json").read_text())
-
     return Pipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        scheduler_config=scheduler_config,
+        scheduler_config=_scheduler_config(cfg_dir),
         source=str(path),
         name=path.stem,
     )
+
+
+def _sdxl_pipeline(
+    path: Path, state_dict: dict[str, torch.Tensor], cfg_dir: Path, unet: Any, vae: Any, dtype: torch.dtype
+) -> Pipeline:
+    """The rest of an SDXL file: its text encoders, each read from its own embedder's keys only (in a tiny
+    or unusual model both may have one width, where diffusers' detection would take CLIP-L for bigG)."""
+    refiner = not (cfg_dir / "text_encoder").is_dir()
+    embedders = SDXL_REFINER_EMBEDDERS if refiner else SDXL_EMBEDDERS
+    encoders: dict[str, Any] = {"text_encoder": None}
+    for name, prefix in embedders.items():
+        own = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+        cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+        encoders[name] = _load_component(cls, name, own, cfg_dir, path, dtype)
+        _release(state_dict, prefix)
+    index_file = cfg_dir / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    return Pipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=encoders["text_encoder"],
+        tokenizer=None if refiner else _config_tokenizer(cfg_dir / "tokenizer", None),
+        scheduler_config=_scheduler_config(cfg_dir),
+        source=str(path),
+        name=path.stem,
+        text_encoder_2=encoders["text_encoder_2"],
+        tokenizer_2=_config_tokenizer(cfg_dir / "tokenizer_2", OPEN_CLIP_PAD_TOKEN),
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", not refiner)),
+    )
+
+
+def _config_tokenizer(folder: Path, pad_token: str | None) -> CLIPTokenizer:
+    if folder.is_dir():
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    return clip_tokenizer() if pad_token is None else clip_tokenizer(pad_token=pad_token)
+
+
+def _scheduler_config(cfg_dir: Path) -> dict[str, Any]:
+    return json.loads((cfg_dir / "scheduler" / "scheduler_config.json").read_text())
 
 
 def _release(state_dict: dict[str, torch.Tensor], *prefixes: str) -> None:
@@ -165,6 +222,8 @@ def _resolve_config(config: str | Path) -> Path:
             f"config {str(config)!r} is neither a folder nor a shipped config ({', '.join(MODEL_TYPES)})."
         )
     missing = [name for name in _CONFIG_FILES if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in _TEXT_CONFIGS):
+        missing.append(" or ".join(_TEXT_CONFIGS))
     if missing:
         raise InputError(f"Config folder {folder} lacks {', '.join(missing)}.")
     return folder
@@ -178,11 +237,16 @@ def _load_component(
     path: Path,
     dtype: torch.dtype,
 ) -> Any:
-    what = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder"}[subfolder]
+    what = {
+        "unet": "UNet",
+        "vae": "VAE",
+        "text_encoder": "text encoder",
+        "text_encoder_2": "second text encoder",
+    }[subfolder]
     where = cfg_dir / subfolder
     with _without_cast_warning():
         try:
-            if cls is CLIPTextModel:
+            if cls in (CLIPTextModel, CLIPTextModelWithProjection):
                 # torch_dtype: without it each weight is cast to the empty model's float32 first. Its final
                 # cast fails on weights the file lacks (left on the meta device): caught below, and named.
                 model = create_diffusers_clip_model_from_ldm(
@@ -230,7 +294,7 @@ def _missing_weights(
     cls: Any, subfolder: str, state_dict: dict[str, torch.Tensor], cfg_dir: Path
 ) -> list[str]:
     """The UNet or VAE weights diffusers' key converter finds no value for in `state_dict`."""
-    if cls is CLIPTextModel:
+    if cls in (CLIPTextModel, CLIPTextModelWithProjection):
         return []  # its loader leaves missing weights on the meta device; `_load_component` reports them
     try:
         config = cls.load_config(cfg_dir, subfolder=subfolder, local_files_only=True)

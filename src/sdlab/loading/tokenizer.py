@@ -7,6 +7,9 @@ from pathlib import Path
 from transformers import CLIPTokenizer
 
 CLIP_TOKENIZER_DIR = Path(__file__).parent / "clip_tokenizer"
+OPEN_CLIP_PAD_TOKEN = (
+    "!"  # SD 2.x and SDXL's bigG were trained with OpenCLIP's tokenizer, which pads with "!" (id 0)
+)
 
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>", model_max_length: int = 77) -> CLIPTokenizer:

@@ -15,10 +15,15 @@ a full pass whenever the batch differs from the kept one.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from diffusers import UNet2DConditionModel
 
 from sdlab.errors import InputError
+
+if TYPE_CHECKING:
+    from sdlab.sampling.conditioning import Conditioning
 
 
 def check_interval(interval: object, what: str = "deep_cache") -> int:
@@ -32,18 +37,22 @@ def check_interval(interval: object, what: str = "deep_cache") -> int:
 class DeepCache:
     """The UNet's forward with deep-feature reuse every `interval` steps (1: every step runs whole).
 
-    `cache(step, sample, t, encoder_hidden_states, timestep_cond)` returns the noise prediction like
+    `cache(step, sample, t, conditioning, timestep_cond)` returns the noise prediction like
     `UNet2DConditionModel(...).sample`: (B, C, h, w) in the UNet's dtype. A full pass keeps the features
     through a forward pre-hook that lives only for that pass; the UNet is left as it was.
 
-    Raises `InputError` for an interval below 1 or a UNet this shortcut does not cover (class or added
-    embeddings, as SDXL has)."""
+    Raises `InputError` for an interval below 1 or a UNet this shortcut does not cover (class embeddings,
+    or added embeddings other than SDXL's "text_time", which the shallow path adds to the time embedding
+    as the UNet does)."""
 
     def __init__(self, unet: UNet2DConditionModel, interval: int) -> None:
         check_interval(interval, "deep cache interval")
         cfg = unet.config
-        if unet.class_embedding is not None or cfg.addition_embed_type is not None or cfg.center_input_sample:
-            raise InputError("deep cache covers SD 1.x/2.x UNets (no class or added embeddings)")
+        added = cfg.addition_embed_type not in (None, "text_time")
+        if unet.class_embedding is not None or added or cfg.center_input_sample:
+            raise InputError(
+                "deep cache covers SD 1.x/2.x and SDXL UNets (no class or other added embeddings)"
+            )
         self.unet = unet
         self.interval = interval
         self.block = unet.up_blocks[-1]
@@ -61,7 +70,7 @@ class DeepCache:
         step: int,
         sample: torch.Tensor,
         t: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        conditioning: Conditioning,
         timestep_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         kept = self._kept
@@ -69,19 +78,22 @@ class DeepCache:
             hook = self.block.resnets[-1].register_forward_pre_hook(self._keep)
             try:  # the module's own forward: eager also where the UNet was compiled (the hook reads inside it)
                 out = self.unet.forward(
-                    sample, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
-                    return_dict=False,
-                )[0]  # fmt: skip
+                    sample, t, **conditioning.unet_kwargs(), timestep_cond=timestep_cond, return_dict=False
+                )[0]
             finally:
                 hook.remove()
             self.full_passes += 1
             return out
         self.cached_passes += 1
-        return self._shallow(kept, sample, t, encoder_hidden_states, timestep_cond)
+        return self._shallow(kept, sample, t, conditioning, timestep_cond)
 
-    def _shallow(self, kept, sample, t, encoder_hidden_states, timestep_cond) -> torch.Tensor:
+    def _shallow(self, kept, sample, t, conditioning: Conditioning, timestep_cond) -> torch.Tensor:
         unet = self.unet
+        encoder_hidden_states = conditioning.embeds
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=t), timestep_cond)
+        if conditioning.pooled is not None:  # SDXL: the pooled text and size embedding, as the UNet adds it
+            kwargs = conditioning.unet_kwargs()
+            emb = emb + unet.get_aug_embed(emb, encoder_hidden_states, kwargs["added_cond_kwargs"])
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
         skip = unet.conv_in(sample)

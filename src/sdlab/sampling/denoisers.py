@@ -3,8 +3,9 @@
 As k-diffusion and ComfyUI wrap their model (`CFGDenoiser`, `model_sampling`), the loop sees one
 callable, `denoiser(sample, t, step) -> Prediction`, and never the branches inside it:
 
-    UNetModel            the UNet with the call's conditioning (text, LCM's guidance embedding, the
-                         inpainting UNet's extra channels), run whole or through a `DeepCache`
+    UNetModel            the UNet with the call's conditioning (text, SDXL's pooled text and sizes,
+                         LCM's guidance embedding, the inpainting UNet's extra channels), run whole or
+                         through a `DeepCache`
     ClassifierFreeGuidance   two branches where the step is guided, one elsewhere (`sampling.guidance`)
     GradientGuidance     moves the prediction along a score's gradient (`sampling.gradient_guidance`)
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sdlab.sampling.conditioning import Conditioning
 from sdlab.sampling.deep_cache import DeepCache
 
 
@@ -34,12 +36,15 @@ class Prediction:
 
 
 class UNetModel:
-    """`model(x, t, step, encoder_hidden_states) -> UNet output` for a batch of any size.
+    """`model(x, t, step, conditioning) -> UNet output` for a batch of any size (`conditioning` has as
+    many rows as `x`: `sampling.conditioning.Conditioning`).
 
     - `timestep_cond` (B, D): the guidance-scale embedding a guidance-distilled (LCM) UNet takes;
     - `inpainting` (mask (B, 1, h, w), masked-image latents (B, 4, h, w)): the extra input channels of a
       9-channel inpainting UNet, repeated when guidance doubles the batch;
-    - `deep_cache` > 1 runs the UNet through `DeepCache` (whole every N calls, shallow in between)."""
+    - `deep_cache` > 1 runs the UNet through `DeepCache` (whole every N calls, shallow in between);
+    - `keep_outputs` copies each output: a UNet compiled with CUDA graphs writes every call's output into
+      the same buffer, and multistep samplers (PNDM, DPM++, UniPC) keep earlier outputs."""
 
     def __init__(
         self,
@@ -48,14 +53,16 @@ class UNetModel:
         timestep_cond: torch.Tensor | None = None,
         inpainting: tuple[torch.Tensor, torch.Tensor] | None = None,
         deep_cache: int = 1,
+        keep_outputs: bool = False,
     ) -> None:
         self.unet = unet
+        self.keep_outputs = keep_outputs
         self.timestep_cond = timestep_cond
         self.inpainting = inpainting
         self.cache = DeepCache(unet, deep_cache) if deep_cache > 1 else None
 
     def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, step: int, encoder_hidden_states: torch.Tensor
+        self, x: torch.Tensor, t: torch.Tensor, step: int, conditioning: Conditioning
     ) -> torch.Tensor:
         if self.inpainting is not None:
             repeat = x.shape[0] // self.inpainting[0].shape[0]
@@ -64,7 +71,6 @@ class UNetModel:
         if cond is not None and cond.shape[0] != x.shape[0]:
             cond = torch.cat([cond] * (x.shape[0] // cond.shape[0]))
         if self.cache is not None:
-            return self.cache(step, x, t, encoder_hidden_states, cond)
-        return self.unet(
-            x, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=cond, return_dict=False
-        )[0]
+            return self.cache(step, x, t, conditioning, cond)
+        out = self.unet(x, t, **conditioning.unet_kwargs(), timestep_cond=cond, return_dict=False)[0]
+        return out.clone() if self.keep_outputs else out

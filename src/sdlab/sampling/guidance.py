@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sdlab.sampling.conditioning import Conditioning
 from sdlab.sampling.denoisers import Prediction, UNetModel
 from sdlab.sampling.gradient_guidance import alpha_bar_at
 from sdlab.sampling.latents import guided_noise, rescale_guided_noise
@@ -54,32 +55,32 @@ def planned_unet_evaluations(
 
 
 class ClassifierFreeGuidance:
-    """`denoiser(sample, t, step) -> Prediction`: the UNet on the prompt embeddings `cond` (B, L, D), and
-    where `guided[step]`, also on `uncond` (B, L, D) in the same batch, mixed by `guided_noise` (and
+    """`denoiser(sample, t, step) -> Prediction`: the UNet on the prompts' conditioning `cond` (B rows), and
+    where `guided[step]`, also on the negative prompts' `uncond` (B rows) in the same batch, mixed by `guided_noise` (and
     rescaled by `guidance_rescale`, Lin et al. 2023). Counts UNet evaluations per image."""
 
     def __init__(
         self,
         model: UNetModel,
-        cond: torch.Tensor,
-        uncond: torch.Tensor | None,
+        cond: Conditioning,
+        uncond: Conditioning | None,
         guidance_scale: float,
         guided: list[bool],
         guidance_rescale: float = 0.0,
     ) -> None:
         self.model, self.cond, self.uncond = model, cond, uncond
-        self.embeds = None if uncond is None else torch.cat([uncond, cond])
+        self.both = None if uncond is None else Conditioning.cat([uncond, cond])
         self.guidance_scale, self.guidance_rescale = guidance_scale, guidance_rescale
         self.guided = guided
         self.evaluations = 0
 
     def __call__(self, sample: torch.Tensor, t: torch.Tensor, step: int) -> Prediction:
-        if self.embeds is None or not self.guided[step]:
+        if self.both is None or not self.guided[step]:
             self.evaluations += 1
             noise = self.model(sample, t, step, self.cond)
             return Prediction(noise, sample, noise)
         self.evaluations += 2
-        uncond, cond = self.model(torch.cat([sample] * 2), t, step, self.embeds).chunk(2)
+        uncond, cond = self.model(torch.cat([sample] * 2), t, step, self.both).chunk(2)
         noise = guided_noise(uncond, cond, self.guidance_scale)
         if self.guidance_rescale > 0:
             noise = rescale_guided_noise(noise, cond, self.guidance_rescale)

@@ -7,6 +7,8 @@ that image generated alone, and a seed gives the same noise on every device.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from diffusers import AutoencoderKL
@@ -34,18 +36,35 @@ def start_step(num_inference_steps: int, strength: float) -> int:
     return max(num_inference_steps - init, 0)
 
 
+@contextmanager
+def full_precision_vae(vae: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The VAE, in float32 for the duration where it is float16 and its config says `force_upcast`
+    (SDXL's original VAE overflows in float16 and draws black or NaN images), as diffusers' SDXL
+    pipelines do; the fp16-fix VAE (force_upcast false) stays in float16. Other VAEs pass through."""
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield vae
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
 @torch.no_grad()
 def encode_images(
     vae: AutoencoderKL, images: torch.Tensor, generators: list[torch.Generator]
 ) -> torch.Tensor:
-    """Images in [-1, 1] (batch, 3, H, W) -> scaled latents, sampling each posterior with its own generator."""
-    latents = [
-        vae.encode(images[i : i + 1]).latent_dist.sample(generator=generators[i])
-        for i in range(len(generators))
-    ]
+    """Images in [-1, 1] (batch, 3, H, W) -> scaled latents in the images' dtype, sampling each posterior
+    with its own generator (in float32 where `full_precision_vae` upcasts)."""
+    with full_precision_vae(vae):
+        latents = [
+            vae.encode(images[i : i + 1].to(vae.dtype)).latent_dist.sample(generator=generators[i])
+            for i in range(len(generators))
+        ]
     latents = torch.cat(latents)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
+    return ((latents - shift) * vae.config.scaling_factor).to(images.dtype)
 
 
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 
 from sdlab.errors import InputError
-from sdlab.prompts import count_chunks, encode_prompts
+from sdlab.sampling.conditioning import encode_conditioning
 from sdlab.sampling.denoisers import UNetModel
 from sdlab.sampling.gradient_guidance import GradientGuidance, GradientGuide, alpha_bar_at
 from sdlab.sampling.guidance import ClassifierFreeGuidance, guided_steps, uses_guidance
@@ -31,6 +31,7 @@ from sdlab.sampling.inputs import InitImage, output_size, prepare_init, prepare_
 from sdlab.sampling.latents import (
     decode_latents,
     encode_images,
+    full_precision_vae,
     generators_for,
     guidance_scale_embedding,
     initial_noise,
@@ -134,6 +135,8 @@ def generate(
     `InputError` (a ValueError) with one sentence for a bad argument.
     """
     # 1. Check inputs and apply the model's recommendation
+    if isinstance(prompt, SamplingParams) and (negative_prompt is not None or params):
+        raise TypeError("generate takes a SamplingParams alone, or its fields as arguments, not both")
     p = prompt if isinstance(prompt, SamplingParams) else SamplingParams(prompt, negative_prompt, **params)
     p = p.resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config))
     check_unet_conditioning(pipe.unet)
@@ -144,10 +147,14 @@ def generate(
     seeds = seeds_for(p.seed, len(prompts))
     generators = generators_for(seeds)
     p = p.replace(height=height, width=width, seed=seeds)
+    if pipe.is_sdxl:  # SDXL's size conditioning, recorded as it ran
+        p = p.replace(
+            original_size=p.original_size or (height, width), target_size=p.target_size or (height, width)
+        )
 
     # 2. Encode the prompts; the unconditional branch is the negative prompt (or "")
     do_cfg = uses_guidance(pipe.unet, p.guidance_scale)
-    cond, uncond = encode_texts(pipe, prompts, negatives if do_cfg else None)
+    cond, uncond = encode_conditioning(pipe, p, prompts, negatives if do_cfg else None)
 
     # 3. Timesteps: image-to-image skips the first (1 - strength) of the schedule
     sched = make_scheduler(p.scheduler, pipe.scheduler_config, inpainting=p.mask_image is not None)
@@ -171,7 +178,8 @@ def generate(
     # 6. The denoiser: the UNet with this call's conditioning, wrapped in guidance and the guide
     inpainting = None if masked_latents is None else (mask, masked_latents)
     timestep_cond = _guidance_embedding(pipe, p.guidance_scale, len(prompts))
-    unet = UNetModel(pipe.unet, timestep_cond=timestep_cond, inpainting=inpainting, deep_cache=p.deep_cache)
+    unet = UNetModel(pipe.unet, timestep_cond=timestep_cond, inpainting=inpainting, deep_cache=p.deep_cache,
+                     keep_outputs="cudagraphs" in (pipe.compiled or ""))  # fmt: skip
     guided = guided_steps(sched.alphas_cumprod, timesteps, p.guidance_interval)
     cfg = ClassifierFreeGuidance(unet, cond, uncond, p.guidance_scale, guided, p.guidance_rescale)
     prediction_type = sched.config.get("prediction_type", "epsilon")
@@ -195,8 +203,8 @@ def generate(
             break
 
     # 8. Decode
-    decoder = pipe.vae if vae_decoder is None else vae_decoder
-    pixels = processor.postprocess(decode_latents(decoder, latents.to(decoder.dtype)), output_type="pt")
+    with full_precision_vae(pipe.vae if vae_decoder is None else vae_decoder) as decoder:
+        pixels = processor.postprocess(decode_latents(decoder, latents.to(decoder.dtype)), output_type="pt")
     return GenerationResult(
         images=processor.numpy_to_pil(processor.pt_to_numpy(pixels)),
         pixels=pixels.float().cpu(), latents=latents, seeds=seeds, prompts=prompts, negative_prompts=negatives,
@@ -246,20 +254,6 @@ def _stops(callback: StepCallback, i: int, total: int, t: torch.Tensor, latents:
     return False
 
 
-def encode_texts(
-    pipe: Pipeline, prompts: list[str], negatives: list[str] | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(prompt embeddings (B, L, D), negative-prompt embeddings or None) in the model's dtype; each
-    distinct text is encoded once and repeated, as diffusers does: -n 16 is one encoder pass, not 32."""
-    texts = prompts + (negatives or [])
-    distinct = list(dict.fromkeys(texts))
-    chunks = count_chunks(pipe.tokenizer, distinct)
-    encoded = encode_prompts(pipe.tokenizer, pipe.text_encoder, distinct, chunks).to(pipe.dtype)
-    cond = encoded[[distinct.index(t) for t in prompts]]
-    uncond = None if negatives is None else encoded[[distinct.index(n) for n in negatives]]
-    return cond, uncond
-
-
 def _prompts(p: SamplingParams) -> tuple[list[str], list[str]]:
     """The prompt and negative prompt of every image of the batch (each prompt num_images_per_prompt times)."""
     prompts = [p.prompt] if isinstance(p.prompt, str) else list(p.prompt)
@@ -307,24 +301,25 @@ def _guidance_embedding(pipe: Pipeline, guidance_scale: float, batch_size: int) 
 def check_unet_conditioning(unet: Any) -> None:
     """Refuse, with one sentence, a UNet that needs conditioning the loop does not supply.
 
-    Supplied: text embeddings, and the guidance-scale embedding of guidance-distilled (LCM) UNets.
-    Not supplied: class labels (SD's x4 upscaler, unCLIP) and added embeddings (SDXL's text_time).
+    Supplied: text embeddings, SDXL's pooled text and size embeddings ("text_time"), and the
+    guidance-scale embedding of guidance-distilled (LCM) UNets.
+    Not supplied: class labels (SD's x4 upscaler, unCLIP) and other added embeddings (Kandinsky's, IP's).
     """
     config = unet.config
     if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
         raise InputError(
             f"this UNet expects class labels (class_embed_type {config.get('class_embed_type')!r}), as SD's x4 "
-            "upscaler and unCLIP do; sdlab generates with SD 1.x/2.x text-to-image UNets"
+            "upscaler and unCLIP do; sdlab generates with SD 1.x/2.x and SDXL text-to-image UNets"
         )
-    if config.get("addition_embed_type") is not None:
+    if config.get("addition_embed_type") not in (None, "text_time"):
         raise InputError(
-            f"this UNet expects added conditioning (addition_embed_type {config.get('addition_embed_type')!r}, "
-            "e.g. SDXL's text_time); sdlab generates with SD 1.x/2.x text-to-image UNets"
+            f"this UNet expects added conditioning of type {config.get('addition_embed_type')!r}; sdlab generates "
+            "with SD 1.x/2.x and SDXL text-to-image UNets"
         )
     if config.get("encoder_hid_dim_type") is not None:
         raise InputError(
             f"this UNet projects its conditioning itself (encoder_hid_dim_type "
-            f"{config.get('encoder_hid_dim_type')!r}); sdlab generates with SD 1.x/2.x text-to-image UNets"
+            f"{config.get('encoder_hid_dim_type')!r}); sdlab generates with SD 1.x/2.x and SDXL text-to-image UNets"
         )
 
 

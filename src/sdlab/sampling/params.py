@@ -40,10 +40,18 @@ MAX_STEPS = 10_000
 FALLBACK_STEPS = 30
 FALLBACK_GUIDANCE_SCALE = 7.5
 EVERY_STEP = (0.0, None)  # a guidance interval that guides every step
+DEFAULT_STRENGTH = 0.8  # image-to-image's share of the schedule re-run (diffusers' default); inpainting: 1
 # the model's recommendation: the base settings, and the approximations tuned for them
 PACKAGE_BASE = ("scheduler", "num_inference_steps", "guidance_scale")
 PACKAGE_APPROXIMATIONS = ("guidance_interval", "deep_cache")
 PACKAGE = PACKAGE_BASE + PACKAGE_APPROXIMATIONS
+# SDXL's micro-conditioning (pixels, (height, width) / (top, left)); the negative ones default to the positive
+SDXL_PAIRS = (
+    "original_size", "crops_coords_top_left", "target_size",
+    "negative_original_size", "negative_crops_coords_top_left", "negative_target_size",
+)  # fmt: skip
+SDXL_ONLY = (*SDXL_PAIRS, "aesthetic_score", "negative_aesthetic_score")
+MAX_CONDITIONING_SIZE = 16_384  # pixels: SDXL saw original sizes up to about 4096; beyond 4x that is a typo
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,37 @@ class SamplingParams:
         None, "inpainting mask, white = repaint, same size as the init image", "--mask", type=str
     )
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
+    clip_skip: int = option(
+        0, "text-encoder layers to skip before the one the model reads (diffusers' clip_skip; A1111's "
+        "'Clip skip' is this + 1)", infotext="Clip skip",
+    )  # fmt: skip
+    # SDXL's micro-conditioning: what the UNet is told about the training image's size and crop
+    original_size: tuple[int, int] | None = option(
+        None, "SDXL: the size (H,W) the UNet is told the image had before cropping (default: the output "
+        "size); smaller values look like upscaled low-resolution images", metavar="H,W", type=lambda t: parse_pair(t, "original_size"),
+    )  # fmt: skip
+    crops_coords_top_left: tuple[int, int] = option(
+        (0, 0), "SDXL: the crop's top-left corner (TOP,LEFT) the UNet is told; (0,0) centres the subject",
+        metavar="TOP,LEFT", type=lambda t: parse_pair(t, "crops_coords_top_left"),
+    )  # fmt: skip
+    target_size: tuple[int, int] | None = option(
+        None, "SDXL: the size (H,W) the UNet is told to draw at (default: the output size)", metavar="H,W",
+        type=lambda t: parse_pair(t, "target_size"),
+    )  # fmt: skip
+    negative_original_size: tuple[int, int] | None = option(
+        None, "SDXL: original_size for the negative branch (default: original_size); small values steer "
+        "away from low-resolution looks", metavar="H,W", type=lambda t: parse_pair(t, "negative_original_size"),
+    )  # fmt: skip
+    negative_crops_coords_top_left: tuple[int, int] | None = option(
+        None, "SDXL: crops_coords_top_left for the negative branch (default: crops_coords_top_left)",
+        metavar="TOP,LEFT", type=lambda t: parse_pair(t, "negative_crops_coords_top_left"),
+    )  # fmt: skip
+    negative_target_size: tuple[int, int] | None = option(
+        None, "SDXL: target_size for the negative branch (default: target_size)", metavar="H,W",
+        type=lambda t: parse_pair(t, "negative_target_size"),
+    )  # fmt: skip
+    aesthetic_score: float = option(6.0, "SDXL refiner: the aesthetic score (0-10) to draw at")
+    negative_aesthetic_score: float = option(2.5, "SDXL refiner: the aesthetic score of the negative branch")
 
     def replace(self, **changes: Any) -> SamplingParams:
         return dataclasses.replace(self, **changes)
@@ -146,6 +185,11 @@ class SamplingParams:
                 raise InputError(f"{name} {value} is larger than the maximum of {MAX_SIDE} pixels")
         check_int("num_images_per_prompt (--num-images)", self.num_images_per_prompt, 1, None)
         check_number("eta", self.eta, low=0, high=1)
+        check_int("clip_skip (--clip-skip)", self.clip_skip, 0, 48, unit="0: the model's own layer")
+        for name in SDXL_PAIRS:
+            check_pair(name, getattr(self, name), crop="crops" in name)
+        check_number("aesthetic_score", self.aesthetic_score, low=0, high=10)
+        check_number("negative_aesthetic_score", self.negative_aesthetic_score, low=0, high=10)
         if self.mask_image is not None and self.init_image is None:
             raise InputError("a mask needs an init image to inpaint; pass init_image (--init-image) too")
         if self.strength is not None:
@@ -185,7 +229,7 @@ class SamplingParams:
         package["guidance_interval"] = _interval(package["guidance_interval"])
         strength = self.strength
         if strength is None and self.init_image is not None:
-            strength = 1.0 if self.mask_image is not None else 0.8
+            strength = 1.0 if self.mask_image is not None else DEFAULT_STRENGTH
         return self.replace(**package, strength=strength).validate()
 
     def package(self) -> dict[str, Any]:
@@ -208,8 +252,9 @@ class SamplingParams:
         """The settings of a PNG recipe (`recipe()`, plus prompt and seed); unknown keys are left out."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in recipe.items() if k in known}
-        if values.get("guidance_interval") is not None:
-            values["guidance_interval"] = tuple(values["guidance_interval"])
+        for name in ("guidance_interval", *SDXL_PAIRS):  # JSON keeps tuples as lists
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     @classmethod
@@ -258,6 +303,38 @@ def parse_guidance_interval(text: str | None) -> tuple[float, float | None] | No
         ) from None
     check_guidance_interval((lo, hi))
     return (lo, None if math.isinf(hi) else hi)
+
+
+def parse_pair(text: str, name: str) -> tuple[int, int]:
+    """ "H,W" (or "HxW") -> (h, w) for an SDXL size or crop setting; `InputError` otherwise."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        pair = (int(parts[0]), int(parts[1]))
+    except ValueError:
+        raise InputError(
+            f"--{name.replace('_', '-')} must be two integers H,W (pixels), got {text!r}"
+        ) from None
+    check_pair(name, pair, crop="crops" in name)
+    return pair
+
+
+def check_pair(name: str, value: Any, *, crop: bool = False) -> None:
+    """`InputError` unless `value` is None or two integers in pixels: sizes from 1, crops from 0, at
+    most `MAX_CONDITIONING_SIZE`."""
+    if value is None:
+        return
+    low = 0 if crop else 1
+    ok = isinstance(value, tuple | list) and len(value) == 2
+    ok = ok and all(
+        isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_CONDITIONING_SIZE for v in value
+    )
+    if not ok:
+        what = "(top, left), each from 0" if crop else "(height, width), each from 1"
+        raise InputError(
+            f"{name} must be two integers {what} to {MAX_CONDITIONING_SIZE} pixels, got {value!r}"
+        )
 
 
 def check_guidance_interval(interval: Any) -> tuple[float, float]:
