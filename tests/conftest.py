@@ -258,12 +258,14 @@ def make_lora(pipe: Pipeline, path: Path, seed: int = 0, rank: int = 4) -> Path:
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory, tiny, tiny_dir) -> Path:
-    """An AUTOMATIC1111 data folder: the tiny model in models/Stable-diffusion, a LoRA in models/Lora."""
+def data_dir(tmp_path_factory, tiny, tiny_dir, tiny_sdxl_dir) -> Path:
+    """An AUTOMATIC1111 data folder: the tiny model and the tiny SDXL (tiny-xl) in models/Stable-diffusion,
+    a LoRA in models/Lora."""
     import shutil
 
     root = tmp_path_factory.mktemp("a1111")
     shutil.copytree(tiny_dir, root / "models" / "Stable-diffusion" / "tiny")
+    shutil.copytree(tiny_sdxl_dir, root / "models" / "Stable-diffusion" / "tiny-xl")
     make_lora(tiny, root / "models" / "Lora" / "style.safetensors")
     return root
 

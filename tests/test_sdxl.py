@@ -263,3 +263,156 @@ def test_detects_sdxl_files_by_their_keys():
         pipe = tiny_sdxl_pipeline(in_channels=channels, refiner=refiner)
         keys = original_state_dict(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
         assert detect_model_type(keys) == expected
+
+
+def make_sdxl_lora(pipe, path, *, kohya: bool, rank: int = 4, seed: int = 0):
+    """A LoRA with random weights on `pipe`'s UNet attention and both text encoders' attention, written in
+    diffusers' layout (`unet.`, `text_encoder.`, `text_encoder_2.`) or kohya's SDXL layout (`lora_unet_*`
+    in the original UNet's block names, `lora_te1_*`, `lora_te2_*`, with `.alpha`)."""
+    import copy
+
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from sdlab.loading.export import unet_to_original
+    from sdlab.lora import TEXT_TARGETS, UNET_TARGETS, add_text_encoder_adapter
+
+    torch.manual_seed(seed)
+    unet, te1, te2 = (copy.deepcopy(m) for m in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2))
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS, init_lora_weights=False)
+    )
+    for encoder in (te1, te2):
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TEXT_TARGETS, init_lora_weights=False)
+        add_text_encoder_adapter(encoder, config)
+    layers = [convert_state_dict_to_diffusers(get_peft_model_state_dict(m)) for m in (unet, te1, te2)]
+    layers[1] = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in layers[1].items()}
+    if not kohya:
+        StableDiffusionXLPipeline.save_lora_weights(
+            path.parent, unet_lora_layers=layers[0], text_encoder_lora_layers=layers[1],
+            text_encoder_2_lora_layers=layers[2], weight_name=path.name,
+        )  # fmt: skip
+        return path
+    tensors = {}
+    for prefix, state in zip(("lora_unet_", "lora_te1_", "lora_te2_"), layers, strict=True):
+        for key, value in state.items():
+            module, kind = key.rsplit(".lora.", 1)[0] if ".lora." in key else key.rsplit(".lora_", 1)[0], key
+            if prefix == "lora_unet_":
+                module = next(
+                    iter(unet_to_original({module + ".weight": value}, pipe.unet.config))
+                ).removesuffix(".weight")
+            name = prefix + module.replace(".", "_")
+            updown = "lora_down" if kind.endswith(("lora_A.weight", ".down.weight")) else "lora_up"
+            tensors[f"{name}.{updown}.weight"] = value.contiguous()
+            tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kohya", [False, True])
+def test_lora_matches_diffusers_load_lora_weights(tmp_path, kohya):
+    """An SDXL LoRA on the UNet and both text encoders, in diffusers' layout or kohya's (SGM block names,
+    lora_te1_/lora_te2_), at weight 0.7: the same pixels as diffusers' `load_lora_weights` + `set_adapters`."""
+    from sdlab.lora import load_lora, unload_lora
+
+    pipe = tiny_sdxl_pipeline(seed=4)
+    path = make_sdxl_lora(pipe, tmp_path / "style.safetensors", kohya=kohya)
+    if kohya:
+        from safetensors.torch import load_file
+
+        keys = load_file(path)
+        assert any(k.startswith("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q") for k in keys)
+        assert any(k.startswith("lora_te2_text_model_encoder_layers_0_self_attn_q_proj") for k in keys)
+    kwargs = dict(prompt=PROMPTS[:1], negative_prompt=NEGATIVES[:1], num_inference_steps=3, guidance_scale=5.0,
+                  height=32, width=32)  # fmt: skip
+    before = generate(pipe, **kwargs, scheduler="euler", seed=2)
+    name = load_lora(pipe, path, 0.7)
+    ours = generate(pipe, **kwargs, scheduler="euler", seed=2)
+    other = tiny_sdxl_pipeline(seed=4)
+    ref = StableDiffusionXLPipeline(
+        vae=other.vae, text_encoder=other.text_encoder, text_encoder_2=other.text_encoder_2,
+        tokenizer=other.tokenizer, tokenizer_2=other.tokenizer_2, unet=other.unet,
+        scheduler=make_scheduler("euler", other.scheduler_config), add_watermarker=False,
+    )  # fmt: skip
+    ref.set_progress_bar_config(disable=True)
+    ref.load_lora_weights(str(path), adapter_name="style")
+    ref.set_adapters(["style"], [0.7])
+    theirs = ref(**kwargs, generator=[torch.Generator().manual_seed(2)], output_type="pt").images
+    assert (ours.pixels - before.pixels).abs().mean() > 10 * TOL  # the LoRA changes the image
+    assert (ours.pixels - theirs).abs().mean() < TOL
+    unload_lora(pipe, name)
+    assert torch.equal(generate(pipe, **kwargs, scheduler="euler", seed=2).pixels, before.pixels)
+
+
+def test_an_sdxl_embedding_teaches_both_encoders(tmp_path, tiny_sdxl):
+    """{"clip_l": (K, 32), "clip_g": (K, 48)}: each encoder gets its own vectors under one token, and the
+    prompt equals one whose token embeddings were set by hand; an SD 1.x embedding is refused."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from sdlab.embeddings import load_embedding
+    from sdlab.service.networks import extra_networks
+
+    g = torch.Generator().manual_seed(0)
+    vectors = {"clip_l": torch.randn(2, 32, generator=g), "clip_g": torch.randn(2, 48, generator=g)}
+    save_file(vectors, str(tmp_path / "sparkle.safetensors"))
+    p = SamplingParams(height=32, width=32, original_size=(32, 32), target_size=(32, 32))
+    with extra_networks(tiny_sdxl, embeddings=[(tmp_path / "sparkle.safetensors", None)]) as pipe:
+        cond, _ = encode_conditioning(pipe, p, ["a sparkle cat"], None)
+        by_hand = copy.deepcopy(pipe)
+    for tokenizer, encoder, key in ((by_hand.tokenizer, by_hand.text_encoder, "clip_l"),
+                                    (by_hand.tokenizer_2, by_hand.text_encoder_2, "clip_g")):  # fmt: skip
+        ids = tokenizer.convert_tokens_to_ids(["sparkle", "sparkle_1"])
+        assert torch.equal(encoder.get_input_embeddings().weight[ids], vectors[key])
+    assert len(tiny_sdxl.tokenizer) == len(tiny_sdxl.tokenizer_2) == 49408  # restored after the request
+    plain, _ = encode_conditioning(tiny_sdxl, p, ["a sparkle cat"], None)
+    assert not torch.allclose(cond.embeds, plain.embeds)
+    save_file({"emb_params": torch.randn(1, 32)}, str(tmp_path / "old.safetensors"))
+    with pytest.raises(
+        InputError, match="is an SD 1.x/2.x embedding .one set of vectors., and this model is sdxl"
+    ):
+        load_embedding(copy.deepcopy(tiny_sdxl), tmp_path / "old.safetensors")
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_turbo_style_run_is_one_unet_call_per_step_and_matches_diffusers(tiny_sdxl, steps):
+    """SDXL-Turbo's card: Euler a, trailing timesteps (A1111's "SGM Uniform"), guidance 0. One UNet call a
+    step, and diffusers' pipeline with the scheduler so configured gives the same pixels."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    calls = []
+    hook = tiny_sdxl.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        ours = generate(tiny_sdxl, PROMPTS[0], num_inference_steps=steps, guidance_scale=0.0, scheduler="euler_a",
+                        timestep_spacing="trailing", seed=6)  # fmt: skip
+    finally:
+        hook.remove()
+    assert calls == [1] * steps and ours.unet_evaluations == steps
+    ref = StableDiffusionXLPipeline(
+        vae=tiny_sdxl.vae, text_encoder=tiny_sdxl.text_encoder, text_encoder_2=tiny_sdxl.text_encoder_2,
+        tokenizer=tiny_sdxl.tokenizer, tokenizer_2=tiny_sdxl.tokenizer_2, unet=tiny_sdxl.unet, add_watermarker=False,
+        scheduler=EulerAncestralDiscreteScheduler.from_config(tiny_sdxl.scheduler_config, timestep_spacing="trailing"),
+    )  # fmt: skip
+    ref.set_progress_bar_config(disable=True)
+    theirs = ref(PROMPTS[0], num_inference_steps=steps, guidance_scale=0.0, height=32, width=32,
+                 generator=[torch.Generator().manual_seed(6)], output_type="pt").images  # fmt: skip
+    assert (ours.pixels - theirs).abs().mean() < TOL
+    leading = generate(
+        tiny_sdxl, PROMPTS[0], num_inference_steps=steps, guidance_scale=0.0, scheduler="euler_a", seed=6
+    )
+    assert (ours.pixels - leading.pixels).abs().mean() > 10 * TOL  # the spacing reached the scheduler
+
+
+def test_trailing_spacing_is_a1111s_sgm_uniform_in_the_infotext(tmp_path, tiny_sdxl):
+    from sdlab.images import read_png_text
+    from sdlab.outputs import parameters_recipe, save_result
+
+    result = generate(tiny_sdxl, "a cat", num_inference_steps=2, guidance_scale=0.0, scheduler="euler_a",
+                      timestep_spacing="trailing", seed=1)  # fmt: skip
+    (path,) = save_result(result, tmp_path / "turbo.png", tiny_sdxl)
+    text = read_png_text(path)["parameters"]
+    assert "Sampler: Euler a, Schedule type: SGM Uniform" in text
+    recipe = parameters_recipe(text, "turbo.png")
+    assert recipe["scheduler"] == "euler_a" and recipe["timestep_spacing"] == "trailing"

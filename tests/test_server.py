@@ -82,6 +82,27 @@ def test_txt2img_img2img_and_inpainting_equal_the_cli(api, capsys, tmp_path):
     assert defaults.info["ignored"] == {"inpainting_fill": 0, "inpaint_full_res": True}
 
 
+def test_an_sdxl_model_through_the_api_equals_the_cli(api, server, capsys, tmp_path, data_dir):
+    """Switch to an SDXL model for one request and through /options; the model's own size where the request
+    gives none; the same pixels as `sdlab generate` on the same folder."""
+    body = {"prompt": "a red cube", "negative_prompt": "blurry", "seed": 5, "steps": 3, "cfg_scale": 4.0,
+            "sampler_name": "Euler", "override_settings": {"sd_model_checkpoint": "tiny-xl"}}  # fmt: skip
+    made = requests.post(f"{server}/sdapi/v1/txt2img", json=body, timeout=120)
+    assert made.status_code == 200, made.text
+    info = json.loads(made.json()["info"])
+    assert info["sd_model_name"] == "tiny-xl" and (info["width"], info["height"]) == (32, 32)
+    image = PIL.Image.open(io.BytesIO(base64.b64decode(made.json()["images"][0])))
+    folder = data_dir / "models" / "Stable-diffusion" / "tiny-xl"
+    cli = cli_image(capsys, tmp_path, "xl", "a red cube", "--negative-prompt", "blurry", "--seed", 5, "--steps", 3,
+                    "--cfg", 4.0, "--scheduler", "euler", "--model", folder)  # fmt: skip
+    assert np.array_equal(np.asarray(image.convert("RGB")), cli)
+    api.set_options({"sd_model_checkpoint": "tiny-xl"})
+    try:
+        assert api.txt2img(prompt="a cat", seed=3, steps=2).info["sd_model_name"] == "tiny-xl"
+    finally:
+        api.util_set_model("digits")
+
+
 def test_setting_the_model_png_info_and_lora_tags(api, server):
     api.util_set_model("tiny")
     try:
@@ -113,7 +134,7 @@ def test_setting_the_model_png_info_and_lora_tags(api, server):
 
     names = {s["name"] for s in api.get_samplers()}
     assert {"Euler a", "DDIM", "PLMS", "LMS", "DPM++ 2M"} <= names
-    assert [m["model_name"] for m in api.get_sd_models()] == ["digits", "tiny"]
+    assert [m["model_name"] for m in api.get_sd_models()] == ["digits", "tiny", "tiny-xl"]
     assert [lora["name"] for lora in api.get_loras()] == ["style"]
     assert api.get_memory()["ram"]["total"] > 0
     response = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "sampler_name": "Euler Fancy"})

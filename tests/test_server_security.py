@@ -148,7 +148,12 @@ def test_auth_is_required_when_set_and_never_echoed(tmp_path, data_dir):
         assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Basic")
         assert requests.get(url + "/sdapi/v1/sd-models", auth=("bob", secret), timeout=30).status_code == 401
         ok = requests.get(url + "/sdapi/v1/sd-models", auth=("alice", secret), timeout=30)
-        assert ok.status_code == 200 and [m["model_name"] for m in ok.json()] == ["digits", "tiny", "other"]
+        assert ok.status_code == 200 and [m["model_name"] for m in ok.json()] == [
+            "digits",
+            "tiny",
+            "tiny-xl",
+            "other",
+        ]
         schema = requests.get(url + "/openapi.json", auth=("alice", secret), timeout=30).json()
         for path, methods in schema["paths"].items():
             if "get" in methods and "{" not in path:

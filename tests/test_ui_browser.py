@@ -155,12 +155,22 @@ def test_a_batch_fits_the_gallery_and_the_fields_follow_the_model(page):
         assert box["height"] >= 96 and box["y"] + box["height"] <= gallery["y"] + gallery["height"] + 1
     # another model: its own settings (the tiny test model recommends nothing: sdlab's fallbacks)
     page.locator("#t2i-model input").click()
-    page.get_by_role("option", name="tiny").click()
+    page.get_by_role("option", name="tiny", exact=True).click()
     page.wait_for_function("document.querySelector('#t2i-steps input[type=number]').value === '30'")
     assert page.input_value("#t2i-cfg input[type=number]") == "7.5"
     assert page.input_value("#t2i-sampler input") == "PLMS"
+    # an SDXL model: its own sampler (Euler, from its scheduler config) and size, and it generates
     page.locator("#t2i-model input").click()
-    page.get_by_role("option", name="digits").click()
+    page.get_by_role("option", name="tiny-xl", exact=True).click()
+    page.wait_for_function("document.querySelector('#t2i-sampler input').value === 'Euler'")
+    assert page.input_value("#t2i-width input[type=number]") == "32"
+    set_number(page, "t2i-steps", 2)
+    set_number(page, "t2i-batch-size", 1)
+    page.click("#t2i-generate")
+    page.wait_for_selector("#t2i-progress :text('done: 1 image')", timeout=120_000)
+    assert page.locator("#t2i-gallery img").count() == 1
+    page.locator("#t2i-model input").click()
+    page.get_by_role("option", name="digits", exact=True).click()
     page.wait_for_function("document.querySelector('#t2i-steps input[type=number]').value === '6'")
 
 

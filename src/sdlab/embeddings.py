@@ -3,7 +3,9 @@
 - diffusers format (`learned_embeds.safetensors`, written by diffusers' example and by sdlab):
   {"<token>": tensor (K, D) or (D,)};
 - AUTOMATIC1111 format: `name.safetensors` holding {"emb_params": tensor (K, D)}, or a `.pt` pickle
-  with {"string_to_param": {"*": tensor}} (only with allow_pickle, and then weights_only).
+  with {"string_to_param": {"*": tensor}} (only with allow_pickle, and then weights_only);
+- SDXL (A1111, ComfyUI, diffusers' `textual_inversion_sdxl.py`): {"clip_l": (K, 768), "clip_g": (K, 1280)},
+  one set of vectors per text encoder, both under one token (the refiner takes `clip_g` alone).
 
 A K-vector token "<t>" becomes K tokens "<t>", "<t>_1", ... "<t>_{K-1}"; wherever the tokenizer finds
 "<t>" in a prompt, `sdlab.prompts.tokenize_prompt` puts all K in its place, as diffusers'
@@ -28,31 +30,41 @@ def token_names(token: str, k: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, k)]
 
 
-def add_tokens(pipe: Pipeline, token: str, vectors: torch.Tensor) -> list[int]:
-    """Add `token` (K vectors) to the tokenizer and the text encoder's embedding table; returns the new ids."""
+SDXL_KEYS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}  # an SDXL embedding's vectors, by encoder
+
+
+def add_tokens(
+    pipe: Pipeline, token: str, vectors: torch.Tensor, *, encoder: str = "text_encoder"
+) -> list[int]:
+    """Add `token` (K vectors, (K, D)) to the tokenizer and embedding table of `encoder` ("text_encoder",
+    or SDXL's "text_encoder_2"); returns the new ids. `InputError` for a width that does not fit."""
+    tokenizer = "tokenizer" + encoder.removeprefix("text_encoder")
+    text_encoder, tokenizer = getattr(pipe, encoder), getattr(pipe, tokenizer)
     vectors = vectors.reshape(-1, vectors.shape[-1])
-    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    width = text_encoder.get_input_embeddings().weight.shape[1]
     if vectors.shape[1] != width:
         raise InputError(
             f"the embedding for {token} has vectors of width {vectors.shape[1]}, but this model's text encoder "
             f"has width {width} (an embedding trained for another model family?)"
         )
     names = token_names(token, len(vectors))
-    if any(name in pipe.tokenizer.get_added_vocab() for name in names):
+    if any(name in tokenizer.get_added_vocab() for name in names):
         raise InputError(f"the tokenizer already has a token {token!r}; choose another name")
     # whole words only: an embedding named "sq" must not cut "square" into "sq" + "uare"
-    pipe.tokenizer.add_tokens([AddedToken(name, single_word=True) for name in names])
-    ids = pipe.tokenizer.convert_tokens_to_ids(names)
-    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    tokenizer.add_tokens([AddedToken(name, single_word=True) for name in names])
+    ids = tokenizer.convert_tokens_to_ids(names)
+    text_encoder.resize_token_embeddings(len(tokenizer))
     with torch.no_grad():
-        weight = pipe.text_encoder.get_input_embeddings().weight
+        weight = text_encoder.get_input_embeddings().weight
         weight[ids] = vectors.to(weight.device, weight.dtype)
     return ids
 
 
-def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> tuple[str, torch.Tensor]:
-    """(token, vectors (K, D)) from a diffusers or A1111 embedding file; an A1111 token is the file's stem,
-    as A1111 names it."""
+def read_embedding(
+    path: str | Path, *, allow_pickle: bool = False
+) -> tuple[str, torch.Tensor | dict[str, torch.Tensor]]:
+    """(token, vectors (K, D)) from a diffusers or A1111 embedding file, or (token, {"clip_l": (K, 768),
+    "clip_g": (K, 1280)}) from an SDXL one; an A1111 or SDXL token is the file's stem, as A1111 names it."""
     path = Path(path)
     if path.suffix == ".safetensors":
         tensors = read_state_dict(path)
@@ -60,6 +72,8 @@ def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> tuple[str
         raise InputError(f"embedding file {path} does not exist")
     else:  # A1111 .pt embeddings nest their tensor in dicts, which read_state_dict would drop
         tensors = read_pickle(path, allow_pickle=allow_pickle)
+    if set(SDXL_KEYS) & set(tensors):  # SDXL: a set of vectors per text encoder
+        return path.stem, {k: v for k, v in tensors.items() if k in SDXL_KEYS}
     if "emb_params" in tensors:  # A1111 safetensors
         return path.stem, tensors["emb_params"]
     if "string_to_param" in tensors:  # A1111 .pt
@@ -74,10 +88,27 @@ def read_embedding(path: str | Path, *, allow_pickle: bool = False) -> tuple[str
 def load_embedding(
     pipe: Pipeline, path: str | Path, *, token: str | None = None, allow_pickle: bool = False
 ) -> str:
-    """Teach `pipe` the word stored in `path` (optionally under another name); returns the token to write."""
+    """Teach `pipe` the word stored in `path` (optionally under another name); returns the token to write.
+
+    An SDXL embedding teaches each text encoder its own vectors. `InputError` for an embedding of another
+    family (SD 1.x/2.x vectors on SDXL, or the other way round) or of the wrong width."""
     name, vectors = read_embedding(path, allow_pickle=allow_pickle)
-    add_tokens(pipe, token or name, vectors.float())
-    return token or name
+    token = token or name
+    if isinstance(vectors, dict) != pipe.is_sdxl:
+        kind = "an SDXL embedding (clip_l and clip_g vectors)" if isinstance(vectors, dict) else (
+            "an SD 1.x/2.x embedding (one set of vectors)"
+        )  # fmt: skip
+        raise InputError(f"{path} is {kind}, and this model is {pipe.family}")
+    if isinstance(vectors, dict):
+        for key, encoder in SDXL_KEYS.items():
+            if getattr(pipe, encoder) is None:
+                continue  # the refiner has bigG alone
+            if key not in vectors:
+                raise InputError(f"{path} lacks the {key} vectors this SDXL model's {encoder} needs")
+            add_tokens(pipe, token, vectors[key].float(), encoder=encoder)
+    else:
+        add_tokens(pipe, token, vectors.float())
+    return token
 
 
 def save_embedding(path: str | Path, token: str, vectors: torch.Tensor, *, a1111: bool = False) -> Path:

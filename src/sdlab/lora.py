@@ -1,7 +1,9 @@
 """LoRA files: low-rank adapters for the UNet and text encoder, in the format diffusers and A1111 share.
 
-Loading goes through diffusers' own LoRA loader (`StableDiffusionLoraLoaderMixin`), which also
-converts kohya/A1111 files; saving writes `pytorch_lora_weights.safetensors` exactly as diffusers'
+Loading goes through diffusers' own LoRA loaders (`StableDiffusionLoraLoaderMixin`, and for SDXL
+`StableDiffusionXLLoraLoaderMixin`), which also convert kohya/A1111 files: SD 1.x's `lora_unet_*` /
+`lora_te_*`, and SDXL's `lora_unet_*` in the original UNet's block names (`input_blocks_4_1_...`, mapped
+by the UNet's config), `lora_te1_*` (CLIP ViT-L) and `lora_te2_*` (OpenCLIP bigG); saving writes `pytorch_lora_weights.safetensors` exactly as diffusers'
 training examples do, so `StableDiffusionPipeline.load_lora_weights` reads what sdlab trains.
 """
 
@@ -34,28 +36,40 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
 
 
 def load_lora(pipe: Pipeline, path: str | Path, weight: float = 1.0, *, allow_pickle: bool = False) -> str:
-    """Add the LoRA in `path` to `pipe`'s UNet (and text encoder, if the file has layers for it) at `weight`.
+    """Add the LoRA in `path` to `pipe`'s UNet (and text encoders, where the file has layers for them)
+    at `weight`. Several LoRAs stack; each keeps its own weight. Returns the adapter's name.
 
-    Several LoRAs stack; each keeps its own weight.
-    """
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
+    Raises `InputError` for a file that is not a LoRA for this model (the model is left as it was)."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
     path = Path(path)
     tensors = read_state_dict(path, allow_pickle=allow_pickle)  # safetensors; pickles only weights_only
-    taken = {*_weights(pipe.unet), *_weights(pipe.text_encoder)}
+    taken = {name for module in _modules(pipe) for name in _weights(module)}
     name = next(f"lora{i}-{path.stem}" for i in range(len(taken) + 1) if f"lora{i}-{path.stem}" not in taken)
     try:
-        state, alphas = Loader.lora_state_dict(dict(tensors))  # also converts kohya/A1111 keys
+        if pipe.is_sdxl:  # also maps kohya's SDXL block names by the UNet's config
+            loader = StableDiffusionXLLoraLoaderMixin
+            state, alphas = loader.lora_state_dict(dict(tensors), unet_config=pipe.unet.config)
+        else:
+            loader = StableDiffusionLoraLoaderMixin
+            state, alphas = loader.lora_state_dict(dict(tensors))  # also converts kohya/A1111 keys
+        encoders = [
+            (n, getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n) is not None
+        ]
         unet_keys = [k for k in state if k.startswith("unet.")]
-        text_keys = [k for k in state if k.startswith("text_encoder.")]
-        if not unet_keys and not text_keys:
+        text_keys = {n: [k for k in state if k.startswith(n + ".")] for n, _ in encoders}
+        others = sorted({k.split(".")[0] for k in state} - {"unet", *text_keys})
+        if others:
+            raise ValueError(f"it has layers for {others[0]}, which this {pipe.family} model does not have")
+        if not unet_keys and not any(text_keys.values()):
             raise ValueError("it has no unet. or text_encoder. layers")
         if unet_keys:
-            Loader.load_lora_into_unet(state, alphas, unet=pipe.unet, adapter_name=name)
+            loader.load_lora_into_unet(state, alphas, unet=pipe.unet, adapter_name=name)
             _activate(pipe.unet, name, weight)
-        if text_keys:
-            _load_into_text_encoder(state, alphas, pipe.text_encoder, name)
-            _activate(pipe.text_encoder, name, weight)
+        for prefix, encoder in encoders:
+            if text_keys[prefix]:
+                _load_into_text_encoder(state, alphas, encoder, name, prefix)
+                _activate(encoder, name, weight)
     except (ValueError, KeyError, IndexError, RuntimeError) as err:
         _discard(pipe, name)  # a file that failed half-way leaves no layers behind
         if isinstance(err, torch.OutOfMemoryError):
@@ -75,7 +89,7 @@ def unload_lora(pipe: Pipeline, name: str) -> None:
     """
     from diffusers.utils.peft_utils import delete_adapter_layers, recurse_remove_peft_layers
 
-    for module in (pipe.unet, pipe.text_encoder):
+    for module in _modules(pipe):
         weights = _weights(module)
         if name not in weights:
             continue
@@ -87,12 +101,17 @@ def unload_lora(pipe: Pipeline, name: str) -> None:
         else:
             recurse_remove_peft_layers(module)
             for attribute in ("peft_config", "_hf_peft_config_loaded"):
-                if hasattr(module, attribute):
+                if attribute in vars(module):  # set on the instance (transformers keeps a class default)
                     delattr(module, attribute)
 
 
+def _modules(pipe: Pipeline) -> list[torch.nn.Module]:
+    """The modules a LoRA can adapt: the UNet and each text encoder."""
+    return [pipe.unet, *(encoder for _, encoder in pipe.text_encoders)]
+
+
 def _discard(pipe: Pipeline, name: str) -> None:
-    for module in (pipe.unet, pipe.text_encoder):
+    for module in _modules(pipe):
         if name in getattr(module, "peft_config", {}) and name not in _weights(module):
             module._sdlab_lora_weights = {**_weights(module), name: 0.0}
     unload_lora(pipe, name)
@@ -106,22 +125,22 @@ def add_text_encoder_adapter(text_encoder: torch.nn.Module, config, name: str = 
 
 
 def _load_into_text_encoder(
-    state: dict, alphas: dict | None, text_encoder: torch.nn.Module, name: str
+    state: dict, alphas: dict | None, text_encoder: torch.nn.Module, name: str, prefix: str = "text_encoder"
 ) -> None:
-    """diffusers' `_load_lora_into_text_encoder`, with peft injecting the layers instead of transformers."""
+    """diffusers' `_load_lora_into_text_encoder` for the layers under `prefix` ("text_encoder" or SDXL's
+    "text_encoder_2"), with peft injecting the layers instead of transformers."""
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
     from diffusers.utils.peft_utils import _create_lora_config
     from peft import set_peft_model_state_dict
 
-    state = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
+    prefix += "."
+    state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     state = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state))
     if not hasattr(text_encoder, "text_model"):  # transformers 5 flattened CLIPTextModel
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
     ranks = {k: v.shape[1] for k, v in state.items() if k.endswith("lora_B.weight")}
     if alphas:
-        alphas = {
-            k.removeprefix("text_encoder."): v for k, v in alphas.items() if k.startswith("text_encoder.")
-        }
+        alphas = {k.removeprefix(prefix): v for k, v in alphas.items() if k.startswith(prefix)}
     config = _create_lora_config(state, alphas or None, None, ranks, is_unet=False)
     add_text_encoder_adapter(text_encoder, config, name)
     result = set_peft_model_state_dict(text_encoder, state, adapter_name=name)

@@ -19,7 +19,12 @@ from sdlab.metadata import format_parameters, parse_parameters
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.loop import GenerationResult
 from sdlab.sampling.params import EVERY_STEP, PACKAGE_BASE, SamplingParams, neutral
-from sdlab.sampling.schedulers import a1111_sampler, resolve_sampler, scheduler_name_from_config
+from sdlab.sampling.schedulers import (
+    a1111_sampler,
+    resolve_sampler,
+    schedule_spacing,
+    scheduler_name_from_config,
+)
 from sdlab.version import __version__
 
 
@@ -55,7 +60,7 @@ def infotext(r: dict, pipe: Pipeline | None = None) -> str:
     off where leaving it out would turn it on: an A1111 client that re-posts the infotext's steps,
     sampler and CFG scale to a model whose recommendation includes it (`pipe.recommended`) gets the
     same image."""
-    sampler, schedule = a1111_sampler(r["scheduler"])
+    sampler, schedule = a1111_sampler(r["scheduler"], r.get("timestep_spacing"))
     settings: dict[str, object] = {
         "Steps": r["num_inference_steps"],
         "Sampler": sampler,
@@ -164,6 +169,7 @@ def parameters_recipe(text: str, where: str) -> dict:
             "guidance_scale": float(s["CFG scale"]),
             # old A1111 wrote "DPM++ 2M Karras", 1.9+ writes "DPM++ 2M" and "Schedule type: Karras"
             "scheduler": resolve_sampler(s.get("Sampler", "PLMS"), s.get("Schedule type")),
+            "timestep_spacing": schedule_spacing(s.get("Schedule type")),  # SGM Uniform: trailing
             "width": width,
             "height": height,
         }

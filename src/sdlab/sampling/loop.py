@@ -157,7 +157,8 @@ def generate(
     cond, uncond = encode_conditioning(pipe, p, prompts, negatives if do_cfg else None)
 
     # 3. Timesteps: image-to-image skips the first (1 - strength) of the schedule
-    sched = make_scheduler(p.scheduler, pipe.scheduler_config, inpainting=p.mask_image is not None)
+    sched = make_scheduler(p.scheduler, pipe.scheduler_config, inpainting=p.mask_image is not None,
+                           timestep_spacing=p.timestep_spacing)  # fmt: skip
     sched.set_timesteps(p.num_inference_steps, device=pipe.device)
     first = start_step(p.num_inference_steps, p.strength) if init is not None else 0
     timesteps = sched.timesteps[first * sched.order :]

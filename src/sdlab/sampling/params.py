@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdlab.errors import InputError
 from sdlab.options import option
-from sdlab.sampling.schedulers import SCHEDULERS
+from sdlab.sampling.schedulers import SCHEDULERS, TIMESTEP_SPACINGS
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -73,6 +73,11 @@ class SamplingParams:
     scheduler: str | None = option(
         None, "sampler (default: the model's own)", choices=list(SCHEDULERS), metavar="NAME"
     )
+    timestep_spacing: str | None = option(
+        None, "how the steps spread over the noise schedule (diffusers' timestep_spacing): leading, linspace, "
+        "or trailing, A1111's 'SGM Uniform', which SDXL-Turbo and Lightning prescribe (default: the model's)",
+        choices=list(TIMESTEP_SPACINGS),
+    )  # fmt: skip
     num_inference_steps: int | None = option(
         None, "denoising steps (default: the model's, else 30)", "--steps", a1111="steps", infotext="Steps"
     )
@@ -166,6 +171,10 @@ class SamplingParams:
                 )
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if self.timestep_spacing is not None and self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise InputError(
+                f"unknown timestep_spacing {self.timestep_spacing!r}; choose one of: {', '.join(TIMESTEP_SPACINGS)}"
+            )
         check_int("num_inference_steps (--steps)", self.num_inference_steps, 1, MAX_STEPS, optional=True)
         check_number("guidance_scale (--guidance-scale)", self.guidance_scale, optional=True)
         check_number("guidance_rescale", self.guidance_rescale, low=0, high=1)

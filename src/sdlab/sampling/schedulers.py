@@ -44,13 +44,23 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
 }
 
 
-# A1111 1.9+'s "Schedule type"; Uniform is the timestep spacing the model's config gives, as automatic
-SCHEDULE_TYPES = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
+# A1111 1.9+'s "Schedule type"; Uniform is the timestep spacing the model's config gives, as automatic;
+# SGM Uniform is diffusers' "trailing" spacing (the last step at t = 999), which SDXL-Turbo and Lightning use
+SCHEDULE_TYPES = {
+    "automatic": "Automatic",
+    "uniform": "Uniform",
+    "karras": "Karras",
+    "sgm_uniform": "SGM Uniform",
+}
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")  # diffusers' `timestep_spacing`
 SAMPLER_ALIASES = {name: [name, f"k_{name}"] for name in SCHEDULERS}
 
 
-def make_scheduler(name: str, config: dict[str, Any], *, inpainting: bool = False) -> SchedulerMixin:
-    """A fresh scheduler `name` (see `SCHEDULERS`) on the noise schedule of `config`.
+def make_scheduler(
+    name: str, config: dict[str, Any], *, inpainting: bool = False, timestep_spacing: str | None = None
+) -> SchedulerMixin:
+    """A fresh scheduler `name` (see `SCHEDULERS`) on the noise schedule of `config`, spacing its steps
+    as `timestep_spacing` says where given ("leading", "linspace", "trailing"), else as `config` does.
 
     The corrections diffusers' Stable Diffusion pipelines make to their scheduler's config when they
     are built apply here too (`StableDiffusionPipeline.__init__` and its img2img/inpaint siblings):
@@ -73,6 +83,12 @@ def make_scheduler(name: str, config: dict[str, Any], *, inpainting: bool = Fals
         "solver_order",
     }
     base = {k: v for k, v in config.items() if k in accepted}
+    if timestep_spacing is not None:
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise InputError(
+                f"unknown timestep_spacing {timestep_spacing!r}; use {', '.join(TIMESTEP_SPACINGS)}"
+            )
+        base["timestep_spacing"] = timestep_spacing
     scheduler = cls.from_config({**base, **spec.overrides})
     corrections = {}
     if scheduler.config.get("steps_offset", 1) != 1:
@@ -101,13 +117,21 @@ def scheduler_name_from_config(config: dict[str, Any]) -> str:
     return "pndm"
 
 
-def a1111_sampler(name: str) -> tuple[str, str | None]:
+def a1111_sampler(name: str, timestep_spacing: str | None = None) -> tuple[str, str | None]:
     """(Sampler, Schedule type) as AUTOMATIC1111 1.9+ writes them: "dpmpp_2m_karras" -> ("DPM++ 2M", "Karras");
-    a sampler on its own schedule has no schedule type: "euler" -> ("Euler", None)."""
+    trailing spacing is "SGM Uniform"; a sampler on its model's own schedule has no schedule type:
+    "euler" -> ("Euler", None)."""
     sampler = scheduler_spec(name).a1111
     if sampler.endswith(" Karras"):
         return sampler.removesuffix(" Karras"), "Karras"
-    return sampler, None
+    return sampler, SCHEDULE_TYPES["sgm_uniform"] if timestep_spacing == "trailing" else None
+
+
+def schedule_spacing(schedule: str | None) -> str | None:
+    """The `timestep_spacing` an A1111 schedule type asks for: "trailing" for SGM Uniform, else None (the
+    model's own)."""
+    kind = (schedule or "automatic").strip().lower().replace(" ", "_")
+    return "trailing" if kind == "sgm_uniform" else None
 
 
 def resolve_sampler(sampler_name: str | None, schedule: str | None) -> str | None:

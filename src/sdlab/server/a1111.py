@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sdlab.errors import InputError
 from sdlab.metadata import parse_parameters
-from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler
+from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, schedule_spacing
 from sdlab.service import GenerationRequest, RequestResult
 from sdlab.service.request import a1111_fields
 from sdlab.version import __version__
@@ -83,7 +83,9 @@ class Txt2ImgRequest(BaseModel):
     sampler_name: str | None = Field(
         None, description="e.g. 'Euler a', 'DPM++ 2M', 'DDIM'; default: the model's"
     )
-    scheduler: str | None = Field(None, description="schedule type: 'automatic' or 'karras'")
+    scheduler: str | None = Field(
+        None, description="schedule type: 'automatic', 'karras' or 'sgm_uniform' (trailing timesteps)"
+    )
     batch_size: int = 1
     n_iter: int = Field(1, description="batch count: batches run one after another")
     steps: int | None = Field(None, description="default: the model's recommendation")
@@ -147,6 +149,7 @@ def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[Generati
         negative_prompt=body.negative_prompt or None,
         model=overrides.get("sd_model_checkpoint"),
         scheduler=scheduler,
+        timestep_spacing=schedule_spacing(body.scheduler),
         seed=None if body.seed == -1 else body.seed,
         eta=eta if scheduler == "ddim" and eta is not None else 0.0,
     )

@@ -31,12 +31,15 @@ def extra_networks(
     Raises `InputError` for a file that is not a LoRA or an embedding for this model; the model is
     restored before the error leaves the block.
     """
-    tokenizer = pipe.tokenizer
-    vocab_size = pipe.text_encoder.get_input_embeddings().weight.shape[0]
+    encoders = [(t, e) for t, e in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+                if getattr(pipe, e) is not None]  # fmt: skip
+    tokenizers = {t: getattr(pipe, t) for t, _ in encoders}
+    vocab_sizes = {e: getattr(pipe, e).get_input_embeddings().weight.shape[0] for _, e in encoders}
     adapters: list[str] = []
     try:
-        if embeddings:
-            pipe.tokenizer = copy.deepcopy(tokenizer)  # added tokens cannot be taken out of a tokenizer
+        if embeddings:  # added tokens cannot be taken out of a tokenizer
+            for name, tokenizer in tokenizers.items():
+                setattr(pipe, name, copy.deepcopy(tokenizer))
         for path, token in embeddings:
             load_embedding(pipe, path, token=token, allow_pickle=allow_pickle)
         for path, weight in loras:
@@ -47,7 +50,8 @@ def extra_networks(
             for name in reversed(adapters):
                 unload_lora(pipe, name)
         finally:  # the embeddings are restored even if taking a LoRA off failed
-            if pipe.tokenizer is not tokenizer:
-                pipe.tokenizer = tokenizer
-                if pipe.text_encoder.get_input_embeddings().weight.shape[0] != vocab_size:
-                    pipe.text_encoder.resize_token_embeddings(vocab_size)  # keeps rows 0 .. vocab_size - 1
+            for name, encoder in encoders:
+                setattr(pipe, name, tokenizers[name])
+                text_encoder = getattr(pipe, encoder)
+                if text_encoder.get_input_embeddings().weight.shape[0] != vocab_sizes[encoder]:
+                    text_encoder.resize_token_embeddings(vocab_sizes[encoder])  # keeps rows 0 .. size - 1

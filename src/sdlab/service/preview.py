@@ -16,7 +16,7 @@ import PIL.Image
 import torch
 
 from sdlab.pipeline import Pipeline
-from sdlab.sampling.latents import decode_latents
+from sdlab.sampling.latents import decode_latents, full_precision_vae
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class LatentPreview:
         generator = torch.Generator().manual_seed(seed)
         channels = pipe.vae.config.latent_channels
         latents = torch.randn(samples, channels, side, side, generator=generator)
-        pixels = decode_latents(pipe.vae, latents.to(pipe.device, pipe.dtype)).float().cpu()
+        with full_precision_vae(pipe.vae) as vae:  # SDXL's float16 VAE overflows
+            pixels = decode_latents(vae, latents.to(pipe.device, vae.dtype)).float().cpu()
         targets = torch.nn.functional.avg_pool2d((pixels + 1) / 2, pipe.vae_scale_factor)  # (N, 3, s, s)
         x = latents.permute(0, 2, 3, 1).reshape(-1, channels)
         x = torch.cat([x, torch.ones(len(x), 1)], dim=1)

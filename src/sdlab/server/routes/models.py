@@ -70,6 +70,8 @@ def embeddings(r: TheRegistry) -> EmbeddingsResponse:
     for name, path in r.embeddings().items():
         try:
             _, vectors = read_embedding(path, allow_pickle=r.allow_pickle)
+            if isinstance(vectors, dict):  # SDXL: A1111 reports the first encoder's vectors
+                vectors = vectors.get("clip_l", next(iter(vectors.values())))
             if vectors.ndim == 0:
                 raise InputError("not a vector")
         except (InputError, ValueError, TypeError, RuntimeError):  # one bad file does not hide the rest
