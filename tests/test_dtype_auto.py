@@ -34,6 +34,16 @@ def test_auto_picks_bfloat16_only_on_cpus_that_run_it_natively(machine):
     assert loading.resolve_dtype("auto", cpu) == torch.float32
 
 
+def test_bfloat16_asked_for_on_a_cpu_without_it_is_a_warning(machine, caplog):
+    cpu = torch.device("cpu")
+    machine(False)
+    assert loading.resolve_dtype("bfloat16", cpu) == torch.bfloat16  # the choice stands, with a warning
+    assert "runs convolutions hundreds of times slower than float32" in caplog.text
+    caplog.clear()
+    machine(True)
+    assert loading.resolve_dtype("bfloat16", cpu) == torch.bfloat16 and not caplog.text
+
+
 def test_the_digits_model_loads_in_bfloat16_under_auto_on_such_a_cpu(machine):
     machine(True)
     pipe = loading.load_pipeline(device="cpu")

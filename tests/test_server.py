@@ -98,7 +98,10 @@ def test_an_sdxl_model_through_the_api_equals_the_cli(api, server, capsys, tmp_p
     assert np.array_equal(np.asarray(image.convert("RGB")), cli)
     api.set_options({"sd_model_checkpoint": "tiny-xl"})
     try:
-        assert api.txt2img(prompt="a cat", seed=3, steps=2).info["sd_model_name"] == "tiny-xl"
+        assert (
+            api.txt2img(prompt="a cat", seed=3, steps=2, width=32, height=32).info["sd_model_name"]
+            == "tiny-xl"
+        )
     finally:
         api.util_set_model("digits")
 

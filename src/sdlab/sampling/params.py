@@ -76,7 +76,7 @@ class SamplingParams:
     timestep_spacing: str | None = option(
         None, "how the steps spread over the noise schedule (diffusers' timestep_spacing): leading, linspace, "
         "or trailing, A1111's 'SGM Uniform', which SDXL-Turbo and Lightning prescribe (default: the model's)",
-        choices=list(TIMESTEP_SPACINGS),
+        choices=list(TIMESTEP_SPACINGS), metavar="|".join(TIMESTEP_SPACINGS),
     )  # fmt: skip
     num_inference_steps: int | None = option(
         None, "denoising steps (default: the model's, else 30)", "--steps", a1111="steps", infotext="Steps"
