@@ -10,6 +10,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from sdlab.datasets import load_pixels, read_folder
+from sdlab.errors import InputError
 from sdlab.images import make_grid, save_png
 from sdlab.loading import load_pipeline
 from sdlab.options import option
@@ -40,9 +41,17 @@ class RecipeConfig(TrainConfig):
 
 
 def load_base(cfg: RecipeConfig, device: torch.device) -> Pipeline:
-    """The base model in float32 on the training device, every weight frozen (a recipe unfreezes its part)."""
+    """The base model in float32 on the training device, every weight frozen (a recipe unfreezes its part).
+
+    `InputError` for an SDXL model: the recipes condition the UNet on one text encoder and no size ids;
+    SDXL's (two encoders, time ids, after diffusers' `train_dreambooth_lora_sdxl.py`) are not built yet."""
     pipe = load_pipeline(cfg.model, device=device, dtype=torch.float32, allow_pickle=cfg.allow_pickle)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    if pipe.is_sdxl:
+        raise InputError(
+            f"{cfg.model} is an {pipe.family} model; sdlab's teaching recipes train SD 1.x/2.x models so far "
+            "(SDXL generates, loads LoRAs and embeddings, but does not train yet)"
+        )
+    for module in pipe.modules():
         module.requires_grad_(False)
     return pipe
 

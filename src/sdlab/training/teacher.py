@@ -47,7 +47,9 @@ def load_teacher(cfg: TeacherConfig, device: torch.device) -> Pipeline:
     from sdlab.loading import load_pipeline
 
     pipe = load_pipeline(cfg.model, device=device, dtype=torch.float32, allow_pickle=cfg.allow_pickle)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    if pipe.is_sdxl:
+        raise InputError(f"{cfg.model} is an {pipe.family} model; sdlab distils SD 1.x/2.x models so far")
+    for module in pipe.modules():
         module.requires_grad_(False).eval()
     return pipe
 
