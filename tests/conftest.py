@@ -53,6 +53,21 @@ def tiny_text_encoder(hidden_act: str = "quick_gelu") -> CLIPTextModel:
     )
 
 
+def tiny_vae(seed: int = 0, scaling_factor: float = 0.18215) -> AutoencoderKL:
+    """A 2-level VAE (factor 2, 4 latent channels), random but seeded."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        scaling_factor=scaling_factor,
+    )
+
+
 def tiny_pipeline(in_channels: int = 4, seed: int = 0, **unet_config) -> Pipeline:
     """A 2-level UNet, VAE (factor 2) and 5-layer CLIP text model of width 32: random but seeded.
 
@@ -72,16 +87,7 @@ def tiny_pipeline(in_channels: int = 4, seed: int = 0, **unet_config) -> Pipelin
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-    )
+    vae = tiny_vae(seed)
     torch.manual_seed(seed)
     text_encoder = tiny_text_encoder()
     for module in (unet, vae, text_encoder):
@@ -141,17 +147,7 @@ def tiny_sdxl_pipeline(in_channels: int = 4, seed: int = 0, refiner: bool = Fals
         cross_attention_dim=48 if refiner else 80,
         norm_num_groups=8,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        scaling_factor=0.13025,
-    )
+    vae = tiny_vae(seed, scaling_factor=0.13025)  # SDXL's VAE scale
     torch.manual_seed(seed)
     text_encoder = None if refiner else tiny_text_encoder()
     text_encoder_2 = CLIPTextModelWithProjection(
