@@ -247,7 +247,9 @@ def make_lora(pipe: Pipeline, path: Path, seed: int = 0, rank: int = 4) -> Path:
     unet.add_adapter(
         LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS, init_lora_weights=False)
     )
-    saved = save_lora(path.parent / f".{path.stem}", unet)
+    adapted = copy.copy(pipe)
+    adapted.unet = unet
+    saved = save_lora(path.parent / f".{path.stem}", adapted)
     path.parent.mkdir(parents=True, exist_ok=True)
     saved.rename(path)
     return path

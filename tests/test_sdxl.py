@@ -416,14 +416,3 @@ def test_trailing_spacing_is_a1111s_sgm_uniform_in_the_infotext(tmp_path, tiny_s
     assert "Sampler: Euler a, Schedule type: SGM Uniform" in text
     recipe = parameters_recipe(text, "turbo.png")
     assert recipe["scheduler"] == "euler_a" and recipe["timestep_spacing"] == "trailing"
-
-
-def test_training_an_sdxl_model_is_one_sentence_until_it_is_built(
-    capsys, tmp_path, tiny_sdxl_dir, squares_dir
-):
-    from sdlab.cli.main import main
-
-    code = main(["lora", str(squares_dir), "--model", str(tiny_sdxl_dir), "-o", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert code == 2 and "is an sdxl model; sdlab's teaching recipes train SD 1.x/2.x models so far" in err
-    assert "Traceback" not in err

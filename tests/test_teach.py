@@ -14,7 +14,7 @@ from PIL import Image
 
 from sdlab.errors import InputError, TrainingError
 from sdlab.loading import load_pipeline
-from sdlab.training.data import CaptionTokens, LatentData, diffusion_loss, encode_text
+from sdlab.training.data import CaptionEncoder, CaptionTokens, diffusion_loss, encode_text
 from sdlab.training.recipe import training_noise_scheduler
 
 
@@ -26,20 +26,21 @@ def common(tiny_dir, squares_dir, tmp_path, **overrides):
 
 def fixed_loss(pipe, squares_dir, prompt: str = "a bright square") -> float:
     """The diffusion loss on every training image at fixed noise and timesteps: lower = better fit."""
-    from sdlab.datasets import load_pixels, read_folder
+    from sdlab.datasets import read_folder
+    from sdlab.training.recipe import latent_data
 
     items = read_folder(squares_dir, require_captions=False)
-    data = LatentData(load_pixels(items, pipe.default_size), [prompt] * len(items), pipe.vae)
+    data = latent_data(pipe, items, [prompt] * len(items))
     g = torch.Generator().manual_seed(123)
     latents = data._mean * pipe.vae.config.scaling_factor
     losses = []
     with torch.no_grad():
+        cond = CaptionEncoder(pipe)([prompt] * len(latents), data.geometry)
         for _ in range(4):
             noise = torch.randn(latents.shape, generator=g)
             t = torch.randint(100, 900, (len(latents),), generator=g)
-            embeds = encode_text(CaptionTokens(pipe.tokenizer), pipe.text_encoder, [prompt] * len(latents))
             losses.append(
-                diffusion_loss(pipe.unet, training_noise_scheduler(pipe), latents, embeds, noise, t).mean()
+                diffusion_loss(pipe.unet, training_noise_scheduler(pipe), latents, cond, noise, t).mean()
             )
     return float(torch.stack(losses).mean())
 

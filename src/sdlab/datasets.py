@@ -80,6 +80,25 @@ def load_pixels(items: list[CaptionedImage], size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+def crop_geometry(items: list[CaptionedImage], size: int) -> torch.Tensor:
+    """(N, 4) float32: each image's original (height, width) and the top-left corner (top, left) that
+    `load_pixels`' centre crop takes, in pixels of the image resized on its short side to `size`.
+
+    SDXL is trained on these ("micro-conditioning", Podell et al. 2023, section 2.2); as diffusers'
+    `train_dreambooth_lora_sdxl.py` records them for its centre crop."""
+    rows = []
+    for item in items:
+        with Image.open(item.path) as image:  # the header only: read_folder has opened every image already
+            width, height = image.size
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # load_image turns these a quarter
+                width, height = height, width
+        scale = size / min(width, height)
+        top = max(0, round((height * scale - size) / 2))
+        left = max(0, round((width * scale - size) / 2))
+        rows.append([height, width, top, left])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def write_metadata(folder: str | Path, captions: dict[Path, str], *, sidecars: bool = False) -> Path:
     """Write `metadata.jsonl` (and optionally .txt sidecars) for `captions` {image path: caption}."""
     from sdlab.atomic import atomic_path

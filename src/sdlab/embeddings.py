@@ -111,9 +111,13 @@ def load_embedding(
     return token
 
 
-def save_embedding(path: str | Path, token: str, vectors: torch.Tensor, *, a1111: bool = False) -> Path:
-    """diffusers' `learned_embeds.safetensors` layout, or A1111's {"emb_params": ...} with `a1111`."""
+def save_embedding(
+    path: str | Path, token: str, vectors: torch.Tensor | dict[str, torch.Tensor], *, a1111: bool = False
+) -> Path:
+    """diffusers' `learned_embeds.safetensors` layout {token: (K, D)}, or A1111's {"emb_params": (K, D)} with
+    `a1111`; `vectors` {"clip_l": ..., "clip_g": ...} is written as it is (SDXL's layout), float32."""
     tensors = {"emb_params": vectors} if a1111 else {token: vectors}
+    tensors = vectors if isinstance(vectors, dict) else tensors
     with atomic_path(path) as tmp:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
     return Path(path)

@@ -165,27 +165,32 @@ def _activate_all(module: torch.nn.Module, weights: dict[str, float]) -> None:
     module._sdlab_lora_weights = weights
 
 
-def save_lora(folder: str | Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> Path:
-    """`folder/pytorch_lora_weights.safetensors` from peft adapters, as diffusers' LoRA training scripts write it."""
-    from diffusers import StableDiffusionPipeline
+def save_lora(folder: str | Path, pipe: Pipeline, *, text_encoders: bool = False) -> Path:
+    """`folder/pytorch_lora_weights.safetensors` from the peft adapters on `pipe`'s UNet (and with
+    `text_encoders` on its text encoders), as diffusers' LoRA training scripts write it: the keys
+    `unet.*`, `text_encoder.*` and, for SDXL, `text_encoder_2.*` (`StableDiffusionXLPipeline.save_lora_weights`)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import get_peft_model_state_dict
 
-    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    text_layers = None
-    if text_encoder is not None:
-        text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+    def layers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        found = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
         # transformers 5 flattened CLIPTextModel; other tools expect the "text_model." level
-        text_layers = {
-            k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in text_layers.items()
-        }
+        return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in found.items()}
+
+    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    encoders = {}
+    if text_encoders:
+        names = ["text_encoder", "text_encoder_2"] if pipe.is_sdxl else ["text_encoder"]
+        encoders = {f"{name}_lora_layers": layers(getattr(pipe, name)) for name in names}
+    saver = StableDiffusionXLPipeline if pipe.is_sdxl else StableDiffusionPipeline
     target = Path(folder) / "pytorch_lora_weights.safetensors"
     with atomic_path(target) as tmp:  # complete or absent
-        StableDiffusionPipeline.save_lora_weights(
+        saver.save_lora_weights(
             tmp.parent,
             unet_lora_layers=unet_layers,
-            text_encoder_lora_layers=text_layers,
             weight_name=tmp.name,
             safe_serialization=True,
+            **encoders,
         )
     return target

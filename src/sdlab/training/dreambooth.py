@@ -19,22 +19,25 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from sdlab.datasets import METADATA, load_pixels, read_folder, write_metadata
+from sdlab.datasets import METADATA, read_folder, write_metadata
 from sdlab.errors import InputError
 from sdlab.images import save_png
 from sdlab.loading.folder import save_folder
+from sdlab.lora import save_lora
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
-from sdlab.training.data import CaptionTokens, LatentData
+from sdlab.training.data import CaptionEncoder
 from sdlab.training.loop import TrainLoop
 from sdlab.training.lora import add_lora_adapters, trainable_parameters
 from sdlab.training.recipe import (
     CaptionBatch,
     RecipeConfig,
     draw_captioned,
+    latent_data,
     load_base,
     rows_loss,
     save_validation,
+    text_encoders,
     training_noise_scheduler,
 )
 
@@ -51,7 +54,7 @@ class DreamBoothConfig(RecipeConfig):
     class_dir: str | None = option(
         None, "folder of class images (default: OUTPUT/class_images)", "--class-data-dir", metavar="DIR"
     )
-    train_text_encoder: bool = option(False, "train the text encoder too")
+    train_text_encoder: bool = option(False, "train the text encoder too (both, on SDXL)")
     lora: bool = option(False, "train LoRA adapters instead of the full UNet")
     rank: int = option(4, "LoRA rank (with --lora)")
     learning_rate: float = option(5e-5, "learning rate (a few images: a small step keeps the model)", "--lr")
@@ -66,37 +69,26 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
     loop = TrainLoop(cfg)
     pipe = load_base(cfg, loop.accelerator.device)
     items = read_folder(cfg.data, require_captions=False)
-    instance = LatentData(
-        load_pixels(items, cfg.resolution or pipe.default_size),
-        [cfg.instance_prompt] * len(items),
-        pipe.vae,
-        cache=cfg.cache_latents,
-    )
+    size, cache = cfg.resolution, cfg.cache_latents
+    instance = latent_data(pipe, items, [cfg.instance_prompt] * len(items), cache=cache, size=size)
     prior = None
     if cfg.prior_preservation:
         class_dir = Path(cfg.class_dir or loop.out / "class_images")
         class_items = class_images(pipe, cfg.class_prompt, class_dir, cfg.num_class_images, cfg.seed)
-        prior = LatentData(
-            load_pixels(class_items, cfg.resolution or pipe.default_size),
-            [cfg.class_prompt] * len(class_items),
-            pipe.vae,
-            cache=cfg.cache_latents,
-        )
+        prior = latent_data(pipe, class_items, [cfg.class_prompt] * len(class_items), cache=cache, size=size)
 
     if cfg.lora:
         modules = add_lora_adapters(pipe, cfg.rank, cfg.train_text_encoder, cfg.seed)
         params = trainable_parameters(modules)
     else:
-        modules = [pipe.unet] + ([pipe.text_encoder] if cfg.train_text_encoder else [])
+        modules = [pipe.unet] + (text_encoders(pipe) if cfg.train_text_encoder else [])
         for module in modules:
             module.requires_grad_(True).train()
         params = [p for m in modules for p in m.parameters()]
-    prepared = loop.prepare(*modules, params=params, weight_decay=1e-2)
-    unet = prepared[0]
-    text_encoder = prepared[1] if cfg.train_text_encoder else pipe.text_encoder
+    unet, *encoders = loop.prepare(*modules, params=params, weight_decay=1e-2)
     noise_scheduler = training_noise_scheduler(pipe)
     timesteps = noise_scheduler.config.num_train_timesteps
-    tokens = CaptionTokens(pipe.tokenizer)
+    encode = CaptionEncoder(pipe, encoders or text_encoders(pipe), cfg.resolution)
 
     def draw(step: int) -> tuple[CaptionBatch, CaptionBatch | None]:
         batch = draw_captioned(loop, instance, timesteps)
@@ -104,11 +96,9 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
 
     def loss(batches: tuple[CaptionBatch, CaptionBatch | None], rows: slice) -> torch.Tensor:
         batch, prior_batch = batches
-        value = rows_loss(batch, rows, unet, noise_scheduler, tokens, text_encoder, cfg.snr_gamma)
+        value = rows_loss(batch, rows, unet, noise_scheduler, encode, cfg.snr_gamma)
         if prior_batch is not None:  # prior preservation (Ruiz et al. 2023, eq. 2)
-            prior_loss = rows_loss(
-                prior_batch, rows, unet, noise_scheduler, tokens, text_encoder, cfg.snr_gamma
-            )
+            prior_loss = rows_loss(prior_batch, rows, unet, noise_scheduler, encode, cfg.snr_gamma)
             value = value + cfg.prior_loss_weight * prior_loss
         return value
 
@@ -122,9 +112,7 @@ def dreambooth(cfg: DreamBoothConfig) -> Path:
     if cfg.lora:
         out = loop.out / "pytorch_lora_weights.safetensors"
         if loop.accelerator.is_main_process:
-            from sdlab.lora import save_lora
-
-            save_lora(loop.out, pipe.unet, pipe.text_encoder if cfg.train_text_encoder else None)
+            save_lora(loop.out, pipe, text_encoders=cfg.train_text_encoder)
         return out
     out = loop.out / "model"
     if loop.accelerator.is_main_process:

@@ -17,12 +17,19 @@ from sdlab.loading.folder import save_folder
 from sdlab.options import option
 from sdlab.pipeline import Pipeline
 from sdlab.training.loop import TrainLoop
-from sdlab.training.recipe import RecipeConfig, caption_objective, folder_data, load_base, save_validation
+from sdlab.training.recipe import (
+    RecipeConfig,
+    caption_objective,
+    folder_data,
+    load_base,
+    save_validation,
+    text_encoders,
+)
 
 
 @dataclass
 class FinetuneConfig(RecipeConfig):
-    train_text_encoder: bool = option(False, "train the text encoder too")
+    train_text_encoder: bool = option(False, "train the text encoder too (both, on SDXL)")
     ema_decay: float = option(0.999, "EMA decay of the saved weights (0: save the raw weights)")
     half: bool = option(False, "store the result's weights in float16")
 
@@ -32,7 +39,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     loop = TrainLoop(cfg)
     pipe = load_base(cfg, loop.accelerator.device)
     data = folder_data(cfg.data, pipe, cache=cfg.cache_latents, size=cfg.resolution)
-    modules = [pipe.unet] + ([pipe.text_encoder] if cfg.train_text_encoder else [])
+    modules = [pipe.unet] + (text_encoders(pipe) if cfg.train_text_encoder else [])
     for module in modules:
         module.requires_grad_(True).train()
     params = [p for m in modules for p in m.parameters()]
@@ -41,11 +48,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
         if cfg.ema_decay
         else []
     )
-    prepared = loop.prepare(*modules, params=params, weight_decay=1e-2)
-    unet = prepared[0]
-    text_encoder = prepared[1] if cfg.train_text_encoder else pipe.text_encoder
+    unet, *encoders = loop.prepare(*modules, params=params, weight_decay=1e-2)
     loop.register(*emas)
-    draw, loss = caption_objective(loop, cfg, data, pipe, unet, text_encoder)
+    draw, loss = caption_objective(loop, cfg, data, pipe, unet, encoders or text_encoders(pipe))
 
     def after_step() -> None:
         for ema, module in zip(emas, modules, strict=False):  # no EMA: nothing to do
@@ -71,5 +76,6 @@ def averaged(pipe: Pipeline, modules: list[torch.nn.Module], emas: list[EMAModel
     for module, ema in zip(modules, emas, strict=True):
         clone = copy.deepcopy(module).eval()
         ema.copy_to(clone.parameters())
-        setattr(out, "unet" if module is pipe.unet else "text_encoder", clone)
+        name = next(n for n in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, n) is module)
+        setattr(out, name, clone)
     return out

@@ -25,6 +25,7 @@ from sdlab.digits.data import to_gray
 from sdlab.images import make_grid, save_png
 from sdlab.loading.tokenizer import clip_tokenizer
 from sdlab.pipeline import Pipeline
+from sdlab.sampling.conditioning import Conditioning
 from sdlab.training.checkpoints import Stream
 from sdlab.training.contrastive import contrastive_pretrain
 from sdlab.training.data import CaptionTokens, diffusion_loss, encode_text
@@ -141,9 +142,9 @@ def train_unet(
 
     def loss(batch, rows: slice) -> torch.Tensor:
         latents, texts, noise, t = batch
-        embeds = encode_text(tokens, text_p, texts[rows])
+        cond = Conditioning(encode_text(tokens, text_p, texts[rows]))
         return diffusion_loss(
-            unet_p, noise_scheduler, latents[rows], embeds, noise[rows], t[rows], cfg.snr_gamma
+            unet_p, noise_scheduler, latents[rows], cond, noise[rows], t[rows], cfg.snr_gamma
         ).mean()
 
     def after_step() -> None:
