@@ -22,6 +22,7 @@ def load_model(opts: ModelOptions) -> Pipeline:
     return load_pipeline(
         opts.model, device=opts.device, dtype=opts.dtype, allow_pickle=opts.allow_pickle, config=opts.config,
         compile=getattr(opts, "compile", False),  # generate, replay and eval have --compile; info does not
+        vae=opts.vae, text_encoder=opts.text_encoder, text_encoder_2=opts.text_encoder_2,
     )  # fmt: skip
 
 
@@ -36,6 +37,7 @@ def cli_registry(opts: NetworkOptions) -> ModelRegistry:
         allow_pickle=opts.allow_pickle,
         config=opts.config,
         compile=opts.compile,
+        parts={"vae": opts.vae, "text_encoder": opts.text_encoder, "text_encoder_2": opts.text_encoder_2},
     )
 
 

@@ -30,6 +30,18 @@ class ModelOptions:
     config: str | None = option(
         None, "diffusers config folder describing a non-standard single-file checkpoint"
     )
+    vae: str | None = option(
+        None, "a VAE file (A1111's models/VAE, e.g. the SDXL fp16-fix VAE) or diffusers vae/ folder, in place of "
+        "the model's own or where its checkpoint has none", "--vae-path", metavar="FILE",
+    )  # fmt: skip
+    text_encoder: str | None = option(
+        None, "a text encoder file (ComfyUI's models/clip, e.g. clip_l.safetensors) where the checkpoint has none",
+        metavar="FILE",
+    )  # fmt: skip
+    text_encoder_2: str | None = option(
+        None, "SDXL's second text encoder file (ComfyUI's clip_g.safetensors) where the checkpoint has none",
+        metavar="FILE",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,10 @@ class ServeOptions:
         "auto (float16 on CUDA, bfloat16 on CPUs with AVX512-BF16 or AMX, else float32; or $SDLAB_DTYPE), "
         "float32, float16 or bfloat16",
     )
+    vae_path: str | None = option(
+        None, "a VAE file or diffusers vae/ folder every model decodes with, in place of its own (A1111's "
+        "--vae-path), e.g. the SDXL fp16-fix VAE", "--vae", metavar="FILE",
+    )  # fmt: skip
     allow_pickle: bool = option(False, "also list .ckpt/.pt/.bin files, loaded with weights_only")
     compile: bool = option(
         False, "compile each model's UNet and VAE decoder when it loads (torch.compile; CUDA graphs on a "

@@ -35,12 +35,16 @@ def run_serve(opts: ServeOptions) -> None:
     origins = tuple(o.strip() for o in (opts.cors_allow_origins or "").split(",") if o.strip())
 
     # 2. Models by name, from the folders given (A1111's layout under --data-dir)
+    from sdlab.loading.parts import check_parts
+
+    check_parts({"vae": opts.vae_path})  # a missing file stops here, not at the first request
     common = dict(
         device=opts.device,
         dtype=opts.dtype,
         cache_size=opts.checkpoints_limit,
         allow_pickle=opts.allow_pickle,
         compile=opts.compile,
+        parts={"vae": opts.vae_path},
     )
     folders = {
         "ckpt": _dirs(opts.ckpt_dir),

@@ -94,8 +94,15 @@ def load_pipeline(
     allow_pickle: bool = False,
     config: str | Path | None = None,
     compile: bool = False,
+    vae: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    text_encoder_2: str | Path | None = None,
 ) -> Pipeline:
-    """Load a model from a diffusers folder or a single-file SD 1.x/2.x checkpoint, with no network.
+    """Load a model from a diffusers folder or a single-file SD 1.x/2.x/SDXL checkpoint, with no network.
+
+    `vae`, `text_encoder` and `text_encoder_2` (files or diffusers component folders) replace the model's
+    own parts, or supply those its checkpoint lacks (`sdlab.loading.parts`: A1111's models/VAE, ComfyUI's
+    models/vae and models/clip files).
 
     `compile` compiles its UNet and VAE decoder (`Pipeline.compile`; CUDA graphs too on a GPU).
 
@@ -116,12 +123,15 @@ def load_pipeline(
     dtype = resolve_dtype(dtype, device)
     if not path.exists():
         raise InputError(f"model {path} does not exist; give a diffusers folder or a .safetensors checkpoint")
+    from sdlab.loading.parts import check_parts
+
+    parts = check_parts({"vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2})
     if is_diffusers_folder(path):
-        pipe = load_folder(path, allow_pickle=allow_pickle, dtype=dtype)
+        pipe = load_folder(path, allow_pickle=allow_pickle, dtype=dtype, parts=parts)
     elif path.is_file() and is_single_file(path):
         from sdlab.loading.single_file import load_single_file  # its configs and converters only when needed
 
-        pipe = load_single_file(path, config=config, allow_pickle=allow_pickle, dtype=dtype)
+        pipe = load_single_file(path, config=config, allow_pickle=allow_pickle, dtype=dtype, parts=parts)
     elif path.is_dir():
         raise InputError(f"model folder {path} has no model_index.json; is it a diffusers-format model?")
     else:

@@ -46,12 +46,22 @@ def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
 
 
-def load_folder(path: Path, *, allow_pickle: bool = False, dtype: torch.dtype = torch.float32) -> Pipeline:
+def load_folder(
+    path: Path,
+    *,
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+    parts: dict[str, Path] | None = None,
+) -> Pipeline:
     """Each component with its own from_pretrained, offline; safetensors only unless `allow_pickle`.
 
     diffusers and transformers load `.bin` weights with `torch.load(weights_only=True)`; sdlab still
-    refuses them by default, since a pickle is code.
+    refuses them by default, since a pickle is code. `parts` {"vae" | "text_encoder" | "text_encoder_2":
+    file or folder} replace the folder's own (`sdlab.loading.parts`).
     """
+    from sdlab.loading.parts import load_part
+
+    parts = parts or {}
     for name in COMPONENTS:
         if not (path / name).is_dir():
             raise InputError(f"model folder {path} has no {name}/ subfolder; is it a Stable Diffusion model?")
@@ -61,22 +71,30 @@ def load_folder(path: Path, *, allow_pickle: bool = False, dtype: torch.dtype = 
             f"model folder {path} has no text_encoder/ subfolder; is it a Stable Diffusion model?"
         )
     for name in ("unet", "vae", *encoders):
-        _check_weights(path / name, allow_pickle)
+        if name not in parts:
+            _check_weights(path / name, allow_pickle)
     index = _model_index(path)
     common = {"local_files_only": True, "dtype": dtype, "use_safetensors": not allow_pickle or None}
     text = {"local_files_only": True, "use_safetensors": common["use_safetensors"]}
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **common)
+        vae = None if "vae" in parts else AutoencoderKL.from_pretrained(path, subfolder="vae", **common)
         text_encoder = text_encoder_2 = None
-        if "text_encoder" in encoders:
+        if "text_encoder" in encoders and "text_encoder" not in parts:
             text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **text).to(dtype)
-        if "text_encoder_2" in encoders:
+        if "text_encoder_2" in encoders and "text_encoder_2" not in parts:
             text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", **text).to(
                 dtype
             )
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:
         raise InputError(f"cannot load the model in {path}: {_first_line(err)}") from err
+    given = {
+        name: load_part(name, source, path, dtype=dtype, allow_pickle=allow_pickle)
+        for name, source in parts.items()
+    }
+    vae = given.get("vae", vae)
+    text_encoder = given.get("text_encoder", text_encoder)
+    text_encoder_2 = given.get("text_encoder_2", text_encoder_2)
     scheduler_file = path / "scheduler" / "scheduler_config.json"
     try:
         scheduler_config = json.loads(scheduler_file.read_text())

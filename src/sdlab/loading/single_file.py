@@ -40,6 +40,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from sdlab.errors import InputError
 from sdlab.loading.checkpoint import read_state_dict
+from sdlab.loading.parts import FLAGS, load_part
 from sdlab.loading.tokenizer import OPEN_CLIP_PAD_TOKEN, clip_tokenizer
 from sdlab.pipeline import Pipeline
 
@@ -50,6 +51,7 @@ _TEXT_CONFIGS = ("text_encoder/config.json", "text_encoder_2/config.json")  # on
 # diffusers' model types -> sdlab's shipped configs; "v2" is refined by `predicts_v` at load time.
 _FROM_DIFFUSERS = {"v1": "sd15", "inpainting": "sd15-inpaint", "v2": "sd2-v", "inpainting_v2": "sd2-inpaint"}
 _UNET_PROBE_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+_BARE_UNET_KEY = _UNET_PROBE_KEY.removeprefix("model.diffusion_model.")
 _SDXL_PROBE_KEY = "model.diffusion_model.label_emb.0.0.weight"  # SDXL's added (pooled text + size) embedding
 _SDXL_REFINER_ADDED_WIDTH = 2560  # 5 size ids x 256 + bigG's 1280; the base has 6 x 256 + 1280 = 2816
 # SDXL's text encoders in the file: CLIP ViT-L (transformers names) and OpenCLIP bigG (open_clip names)
@@ -105,15 +107,20 @@ def load_single_file(
     config: str | Path | None = None,
     allow_pickle: bool = False,
     dtype: torch.dtype = torch.float32,
+    parts: dict[str, Path] | None = None,
 ) -> Pipeline:
     """Load a single-file SD checkpoint into a `Pipeline` on the CPU.
 
     `config` is a shipped config name (`MODEL_TYPES`) or a diffusers-format folder whose `unet/`, `vae/`,
     `text_encoder/` and `scheduler/` configs describe the checkpoint (and, optionally, a `tokenizer/`).
+    `parts` {"vae" | "text_encoder" | "text_encoder_2": file or folder} are loaded from their own files
+    (`sdlab.loading.parts`) in place of the checkpoint's, which may then lack them.
     """
     # 1. Read the weights and pick the architecture
     path = Path(path)
     state_dict = read_state_dict(path, allow_pickle=allow_pickle, dtype=dtype)  # cast as read: one copy
+    if _BARE_UNET_KEY in state_dict:  # a UNet alone without its prefix, as ComfyUI's models/unet may hold it
+        state_dict = {f"model.diffusion_model.{k}": v for k, v in state_dict.items()}
     if config is None:
         model_type = detect_model_type(state_dict, source=f"Checkpoint {path}")
         cfg_dir = config_dir(model_type)
@@ -129,12 +136,25 @@ def load_single_file(
         unet = _load_component(UNet2DConditionModel, "unet", state_dict, cfg_dir, path, dtype)
     _release(state_dict, "model.", "model_ema.")  # the UNet's source tensors, and the EMA copy no one loads
 
-    # 3. VAE and text encoder(s)
-    vae = _load_component(AutoencoderKL, "vae", state_dict, cfg_dir, path, dtype)
+    # 3. VAE and text encoder(s), from the file or from their own
+    parts = parts or {}
+
+    def component(cls: Any, name: str, weights: dict[str, torch.Tensor]) -> Any:
+        if name in parts:
+            return load_part(name, parts[name], cfg_dir, dtype=dtype, allow_pickle=allow_pickle)
+        if name != "vae" and not any(k.startswith(("cond_stage_model.", "conditioner.")) for k in weights):
+            raise InputError(
+                _absent(path, "second text encoder" if name == "text_encoder_2" else "text encoder", name)
+            )
+        return _load_component(cls, name, weights, cfg_dir, path, dtype)
+
+    if "vae" in parts:
+        _release(state_dict, "first_stage_model.")  # the file's own VAE is replaced: free it first
+    vae = component(AutoencoderKL, "vae", state_dict)
     _release(state_dict, "first_stage_model.")
     if (cfg_dir / "text_encoder_2").is_dir():
-        return _sdxl_pipeline(path, state_dict, cfg_dir, unet, vae, dtype)
-    text_encoder = _load_component(CLIPTextModel, "text_encoder", state_dict, cfg_dir, path, dtype)
+        return _sdxl_pipeline(path, state_dict, cfg_dir, unet, vae, component)
+    text_encoder = component(CLIPTextModel, "text_encoder", state_dict)
 
     # 4. Tokenizer and scheduler config
     if (cfg_dir / "tokenizer").is_dir():
@@ -155,17 +175,18 @@ def load_single_file(
 
 
 def _sdxl_pipeline(
-    path: Path, state_dict: dict[str, torch.Tensor], cfg_dir: Path, unet: Any, vae: Any, dtype: torch.dtype
+    path: Path, state_dict: dict[str, torch.Tensor], cfg_dir: Path, unet: Any, vae: Any, component: Any
 ) -> Pipeline:
     """The rest of an SDXL file: its text encoders, each read from its own embedder's keys only (in a tiny
-    or unusual model both may have one width, where diffusers' detection would take CLIP-L for bigG)."""
+    or unusual model both may have one width, where diffusers' detection would take CLIP-L for bigG).
+    `component(cls, name, weights)` builds one, from the file or from a part given on its own."""
     refiner = not (cfg_dir / "text_encoder").is_dir()
     embedders = SDXL_REFINER_EMBEDDERS if refiner else SDXL_EMBEDDERS
     encoders: dict[str, Any] = {"text_encoder": None}
     for name, prefix in embedders.items():
         own = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
         cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
-        encoders[name] = _load_component(cls, name, own, cfg_dir, path, dtype)
+        encoders[name] = component(cls, name, own)
         _release(state_dict, prefix)
     index_file = cfg_dir / "model_index.json"
     index = json.loads(index_file.read_text()) if index_file.is_file() else {}
@@ -262,7 +283,7 @@ def _load_component(
                     dtype=dtype,  # diffusers >= 0.40 (`torch_dtype` is deprecated)
                 )
         except SingleFileComponentError as e:
-            raise InputError(f"Checkpoint {path} has no {what} weights.") from e
+            raise InputError(_absent(path, what, subfolder)) from e
         except ValueError as e:  # a weight of the wrong shape, or no CLIP model at all
             raise InputError(_does_not_fit(path, what, where, e)) from e
         except (KeyError, RuntimeError, AttributeError, TypeError) as e:
@@ -277,6 +298,15 @@ def _load_component(
         if missing:
             raise InputError(_lacks(path, missing, what, where))
         return model.to(dtype)
+
+
+def _absent(path: Path, what: str, subfolder: str) -> str:
+    if subfolder not in FLAGS:
+        return f"Checkpoint {path} has no {what} weights."
+    return (
+        f"Checkpoint {path} has no {what} weights (saved without them, as ComfyUI and many SDXL fine-tunes are); "
+        f"give them with {FLAGS[subfolder]} FILE."
+    )
 
 
 def _does_not_fit(path: Path, what: str, where: Path, error: Exception) -> str:

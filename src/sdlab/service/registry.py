@@ -67,6 +67,7 @@ class ModelRegistry:
         allow_pickle: bool = False,
         config: str | None = None,
         compile: bool = False,
+        parts: dict[str, str | None] | None = None,
     ) -> None:
         if not isinstance(cache_size, int) or cache_size < 1:
             raise InputError(f"the model cache must hold at least 1 model, got {cache_size!r}")
@@ -75,6 +76,7 @@ class ModelRegistry:
         self.embedding_dirs = _folders(embedding_dirs, "embeddings")
         self.load_kwargs = {
             "device": device, "dtype": dtype, "allow_pickle": allow_pickle, "config": config, "compile": compile,
+            **(parts or {}),
         }  # fmt: skip
         self.cache_size = cache_size
         self.allow_paths = allow_paths
