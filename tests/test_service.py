@@ -116,6 +116,33 @@ def test_the_model_cache_keeps_the_most_recent_n(folders):
     assert registry.cached("tiny") is not first  # it was evicted and loaded anew
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_model_cache_is_bounded_by_the_weights_memory_too(folders, tiny_sdxl_dir, tmp_path, dtype):
+    """Issue 20: an SDXL counts as its size. The estimate read from the files' headers is the loaded
+    weights' size, at the dtype they load in; a model that does not fit beside the others evicts them."""
+    from sdlab.loading.checkpoint import weights_bytes
+    from sdlab.loading.export import save_single_file
+
+    root = tmp_path / "models"
+    shutil.copytree(tiny_sdxl_dir, root / "tiny-xl")
+    shutil.copytree(folders / "models" / "Stable-diffusion" / "tiny", root / "tiny")
+    registry = ModelRegistry([root], cache_size=3, device="cpu", dtype=dtype)
+    xl = registry.pipeline(registry.find_model("tiny-xl"))
+    sd = registry.pipeline(registry.find_model("tiny"))
+    assert registry.loaded() == ["tiny-xl", "tiny"]
+    assert weights_bytes(root / "tiny-xl", getattr(torch, dtype)) == xl.nbytes > 2 * sd.nbytes
+    save_single_file(xl, root / "tiny-xl.safetensors", dtype=torch.float16)  # a float16 file loaded as dtype
+    assert weights_bytes(root / "tiny-xl.safetensors", getattr(torch, dtype)) == xl.nbytes
+    registry.cache_bytes = xl.nbytes + sd.nbytes - 1  # both do not fit: the least recently used goes
+    registry.cache_size, registry._cache = 3, type(registry._cache)()
+    registry.pipeline(registry.find_model("tiny-xl"))
+    registry.pipeline(registry.find_model("tiny"))
+    assert registry.loaded() == ["tiny"]
+    registry.cache_bytes += 1
+    registry.pipeline(registry.find_model("tiny-xl"))
+    assert registry.loaded() == ["tiny", "tiny-xl"]
+
+
 def test_results_are_png_bytes_with_parameters_and_recipe(folders):
     registry = ModelRegistry.from_a1111(folders)
     image = run_request(registry, GenerationRequest("a cat", model="tiny", **FAST)).images[0]

@@ -104,6 +104,12 @@ class Pipeline:
         """The networks: UNet, VAE and each text encoder."""
         return [self.unet, self.vae, *(encoder for _, encoder in self.text_encoders)]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes its networks' weights take, as saved (an SDXL in float32: about 13.9 GB)."""
+        tensors = (t for m in self.modules() for t in m.state_dict().values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def compile(self, *, cuda_graphs: bool = False, backend: str | None = None) -> Pipeline:
         """Compile the UNet and the VAE decoder in place with `torch.compile`, and return self.
 

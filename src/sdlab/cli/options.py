@@ -150,6 +150,10 @@ class ServeOptions:
         None, "folder(s) of textual-inversion embeddings, comma-separated", metavar="DIR"
     )
     checkpoints_limit: int = option(1, "models kept in memory at once (A1111's sd_checkpoints_limit)")
+    checkpoints_memory_gb: float | None = option(
+        None, "most GB of model weights kept in memory; the least recently used go first (default: 70%% of the "
+        "GPU's memory, or of the RAM)", metavar="GB",
+    )  # fmt: skip
     queue_size: int = option(16, "requests that may wait behind the running one; more get HTTP 503")
     max_body_mb: float = option(32.0, "largest request body, MiB (base64 images included)")
     vae_decoder: str | None = option(

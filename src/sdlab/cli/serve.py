@@ -27,6 +27,8 @@ def run_serve(opts: ServeOptions) -> None:
         raise InputError(f"--port must be from 1 to 65535, got {opts.port}")
     if opts.max_body_mb <= 0:
         raise InputError(f"--max-body-mb must be positive, got {opts.max_body_mb}")
+    if opts.checkpoints_memory_gb is not None and not opts.checkpoints_memory_gb > 0:
+        raise InputError(f"--checkpoints-memory-gb must be positive, got {opts.checkpoints_memory_gb}")
     if opts.queue_size < 1:
         raise InputError(f"--queue-size must be at least 1, got {opts.queue_size}")
     hosts = None if opts.listen else set(LOOPBACK_HOSTS)
@@ -42,6 +44,7 @@ def run_serve(opts: ServeOptions) -> None:
         device=opts.device,
         dtype=opts.dtype,
         cache_size=opts.checkpoints_limit,
+        cache_bytes=None if opts.checkpoints_memory_gb is None else int(opts.checkpoints_memory_gb * 1e9),
         allow_pickle=opts.allow_pickle,
         compile=opts.compile,
         parts={"vae": opts.vae_path},

@@ -166,3 +166,41 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     if not tensors:
         raise InputError(f"Checkpoint {path} contains no tensors.")
     return tensors
+
+
+WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def weights_bytes(path: str | Path, dtype: torch.dtype) -> int:
+    """Bytes a model's weights take once loaded in `dtype` (floating-point tensors cast, others as they are),
+    from the safetensors headers alone: nothing is read beyond them. A diffusers folder counts its UNet,
+    VAE and text encoders' files; a pickle, which has no header, counts as its file size."""
+    path = Path(path)
+    files = (
+        [path] if path.is_file() else [f for sub in WEIGHT_FOLDERS for f in sorted((path / sub).glob("*"))]
+    )
+    total = 0
+    for file in files:
+        if file.suffix.lower() in PICKLE_SUFFIXES:
+            total += file.stat().st_size
+        elif file.suffix.lower() in SAFETENSORS_SUFFIXES:
+            total += _safetensors_bytes(file, dtype)
+    return total
+
+
+def _safetensors_bytes(file: Path, dtype: torch.dtype) -> int:
+    """The header: 8 bytes of length, then JSON {name: {"dtype", "shape", "data_offsets"}}."""
+    with file.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if not 0 < length < 100_000_000:
+            return file.stat().st_size
+        header = json.loads(f.read(length))
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        numel = math.prod(entry["shape"])
+        floating = entry["dtype"] in ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+        start, end = entry["data_offsets"]
+        total += numel * dtype.itemsize if floating else end - start
+    return total

@@ -12,6 +12,7 @@ The shipped digits model is always there, as `digits`.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import threading
@@ -21,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sdlab.errors import InputError
-from sdlab.loading import DEFAULT_MODEL, load_pipeline
-from sdlab.loading.checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES
+from sdlab.loading import DEFAULT_MODEL, load_pipeline, resolve_device, resolve_dtype
+from sdlab.loading.checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, weights_bytes
 from sdlab.pipeline import Pipeline
 
 DIGITS = "digits"
@@ -49,7 +52,8 @@ class ModelEntry:
 class ModelRegistry:
     """Named models (loaded lazily, LRU-cached), LoRAs and embeddings from folders.
 
-    `device`/`dtype`/`allow_pickle`/`config` are passed to `sdlab.load_pipeline`. Loading happens on
+    `device`/`dtype`/`allow_pickle`/`config`/`parts` are passed to `sdlab.load_pipeline`. `cache_size` models
+    at most stay loaded, and no more than `cache_bytes` of weights (default: `default_cache_bytes`). Loading happens on
     the caller's thread; `pipeline()` is safe to call from several threads (one loads at a time).
     Raises `InputError` for a folder that does not exist and for a name nothing matches.
     """
@@ -68,9 +72,11 @@ class ModelRegistry:
         config: str | None = None,
         compile: bool = False,
         parts: dict[str, str | None] | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         if not isinstance(cache_size, int) or cache_size < 1:
             raise InputError(f"the model cache must hold at least 1 model, got {cache_size!r}")
+        self.cache_bytes = cache_bytes if cache_bytes is not None else default_cache_bytes(device)
         self.ckpt_dirs = _folders(ckpt_dirs, "checkpoint")
         self.lora_dirs = _folders(lora_dirs, "LoRA")
         self.embedding_dirs = _folders(embedding_dirs, "embeddings")
@@ -201,16 +207,40 @@ class ModelRegistry:
             self.load_kwargs["compile"] = value
 
     def pipeline(self, entry: ModelEntry) -> Pipeline:
-        """The loaded model of `entry`, loading it (and evicting the least recently used) if needed."""
+        """The loaded model of `entry`, loading it if needed. Before a load, the least recently used models
+        are evicted until the cache holds fewer than `cache_size` models and the new one's weights (from its
+        files' headers, at the dtype it loads in) fit beside the rest in `cache_bytes`: an SDXL counts as
+        the 7 GB (float16) or 14 GB (float32) it takes, not as one model like the digits' 11 MB."""
         with self._load_lock:
             if entry.name in self._cache:
                 self._cache.move_to_end(entry.name)
                 return self._cache[entry.name]
-            while len(self._cache) >= self.cache_size:
+            needed = weights_bytes(entry.path, self._dtype())
+            while self._cache and (
+                len(self._cache) >= self.cache_size or self.cached_bytes() + needed > self.cache_bytes
+            ):
                 self._cache.popitem(last=False)  # free memory before loading the next one
+            gc.collect()  # the evicted weights go now, not at the collector's leisure
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             pipe = load_pipeline(entry.path, **self.load_kwargs)
             self._cache[entry.name] = pipe
             return pipe
+
+    def cached_bytes(self) -> int:
+        """Bytes the cached models' weights take."""
+        return sum(pipe.nbytes for pipe in self._cache.values())
+
+    def _dtype(self) -> torch.dtype:
+        return resolve_dtype(self.load_kwargs["dtype"], resolve_device(self.load_kwargs["device"]))
+
+
+def default_cache_bytes(device: str = "auto") -> int:
+    """70% of the memory models load into: the GPU's where models run on one, else the machine's RAM."""
+    where = resolve_device(device)
+    if where.type == "cuda":
+        return int(0.7 * torch.cuda.get_device_properties(where).total_memory)
+    return int(0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def _folders(folders: Iterable[str | Path], what: str) -> list[Path]:
