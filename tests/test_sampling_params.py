@@ -27,7 +27,26 @@ def resolve(**given) -> SamplingParams:
 
 def test_left_out_or_restated_the_recommendation_applies_whole():
     for given in ({}, {"num_inference_steps": 6}, {"guidance_scale": 3.0, "scheduler": "unipc"}):
-        assert {k: getattr(resolve(**given), k) for k in PACKAGE} == RECOMMENDED.package()
+        assert resolve(**given).package() == RECOMMENDED.package()
+        assert resolve(**given).timestep_spacing is None  # the model's scheduler config decides
+
+
+def test_a_preset_replaces_the_models_recommendation_as_a_package():
+    """A few-step model's card settings fill what the call leaves out; a call's own steps keep the rest."""
+    p = resolve(preset="sdxl-lightning-4step")
+    assert p.package() == dict(scheduler="euler", timestep_spacing="trailing", num_inference_steps=4,
+                               guidance_scale=0.0, guidance_interval=EVERY_STEP, deep_cache=1)  # fmt: skip
+    assert resolve(preset="sdxl-lightning-4step", num_inference_steps=8).package() == {
+        **p.package(),
+        "num_inference_steps": 8,
+    }
+    with pytest.raises(InputError, match="unknown preset 'lightning'; choose one of: sdxl-turbo, "):
+        resolve(preset="lightning")
+    spaced = SamplingParams(
+        scheduler="unipc", timestep_spacing="trailing", num_inference_steps=6, deep_cache=2
+    )
+    assert resolve(num_inference_steps=6).deep_cache == 2
+    assert SamplingParams(timestep_spacing="leading").resolve(spaced, "pndm").deep_cache == 1  # a departure
 
 
 @pytest.mark.parametrize(

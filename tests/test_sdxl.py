@@ -416,3 +416,27 @@ def test_trailing_spacing_is_a1111s_sgm_uniform_in_the_infotext(tmp_path, tiny_s
     assert "Sampler: Euler a, Schedule type: SGM Uniform" in text
     recipe = parameters_recipe(text, "turbo.png")
     assert recipe["scheduler"] == "euler_a" and recipe["timestep_spacing"] == "trailing"
+
+
+def test_a_lightning_preset_is_its_cards_settings_from_the_cli(tmp_path, tiny_sdxl, tiny_sdxl_dir):
+    """`--preset sdxl-lightning-4step` (ByteDance's card: Euler, trailing, 4 steps, no CFG) on a model that
+    recommends nothing: four single UNet passes, the pixels of those settings given by hand, and the
+    infotext an A1111 user would type them from."""
+    from sdlab.cli.main import main
+    from sdlab.images import read_png_text
+
+    calls = []
+    hook = tiny_sdxl.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        preset = generate(tiny_sdxl, "a cat", preset="sdxl-lightning-4step", seed=3)
+    finally:
+        hook.remove()
+    assert calls == [1] * 4
+    by_hand = generate(tiny_sdxl, "a cat", scheduler="euler", timestep_spacing="trailing", num_inference_steps=4,
+                       guidance_scale=0.0, seed=3)  # fmt: skip
+    assert torch.equal(preset.pixels, by_hand.pixels)
+    out = tmp_path / "lightning.png"
+    assert main(["generate", "a cat", "--model", str(tiny_sdxl_dir), "--preset", "sdxl-lightning-4step",
+                 "--seed", "3", "-o", str(out)]) == 0  # fmt: skip
+    text = read_png_text(out)["parameters"]
+    assert "Steps: 4, Sampler: Euler, Schedule type: SGM Uniform, CFG scale: 0.0" in text

@@ -49,6 +49,26 @@ def test_final_images_decoded_by_taesd_match_diffusers_with_taesd_as_its_vae(tin
     assert torch.equal(ours.latents, full.latents)  # the same sampling
 
 
+def test_taesdxl_decodes_sdxl_as_diffusers_sdxl_pipeline_with_it_as_its_vae(tiny_sdxl, taesd_dir):
+    """TAESDXL is TAESD's architecture trained on SDXL's latents: `--vae-decoder DIR` decodes an SDXL
+    generation as `StableDiffusionXLPipeline(vae=AutoencoderTiny)` does (scaled latents, no upcast)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    taesdxl = load_vae_decoder(taesd_dir)
+    kwargs = dict(num_inference_steps=3, guidance_scale=5.0, height=32, width=32)
+    ours = generate(tiny_sdxl, PROMPT, **kwargs, scheduler="euler", seed=4, vae_decoder=taesdxl)
+    pipe = StableDiffusionXLPipeline(
+        vae=taesdxl, text_encoder=tiny_sdxl.text_encoder, text_encoder_2=tiny_sdxl.text_encoder_2,
+        tokenizer=tiny_sdxl.tokenizer, tokenizer_2=tiny_sdxl.tokenizer_2, unet=tiny_sdxl.unet,
+        scheduler=make_scheduler("euler", tiny_sdxl.scheduler_config), add_watermarker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(PROMPT, **kwargs, generator=[torch.Generator().manual_seed(4)], output_type="pt").images
+    assert (ours.pixels - theirs).abs().mean() < TOL
+    full = generate(tiny_sdxl, PROMPT, **kwargs, scheduler="euler", seed=4)
+    assert torch.equal(ours.latents, full.latents) and (ours.pixels - full.pixels).abs().mean() > 10 * TOL
+
+
 def test_the_cli_records_the_decoder_and_replay_uses_it(tiny_dir, taesd_dir, tmp_path, capsys):
     from sdlab.cli.main import main
 

@@ -73,7 +73,7 @@ def infotext(r: dict, pipe: Pipeline | None = None) -> str:
     }
     implied = {}
     if pipe is not None:  # what a request with this image's steps, sampler and CFG scale alone would run
-        base = SamplingParams(**{k: r[k] for k in PACKAGE_BASE})
+        base = SamplingParams(**{k: r.get(k) for k in PACKAGE_BASE})
         implied = base.resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config)).recipe()
     for f in fields(SamplingParams):
         key = f.metadata.get("infotext")

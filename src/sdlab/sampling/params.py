@@ -6,10 +6,12 @@ Field names are diffusers' argument names. Each field carries, in its metadata, 
 aliases (`sdlab.options.option`), its AUTOMATIC1111 API field (`a1111`) and its infotext key
 (`infotext`), so the flag, the API mapping, the PNG recipe and the infotext are all read from here.
 
-A model's recommendation (its `sdlab.json`) is a *package*: scheduler, steps and CFG scale, plus the
-approximations that were tuned for exactly those (a guidance interval, a deep cache). `resolve` applies
-it: fields left out take the package's values; and when the caller sets the scheduler, the steps or the
-CFG scale to something else, the approximations are dropped unless the caller asks for them too.
+A model's recommendation (its `sdlab.json`) is a *package*: scheduler, timestep spacing, steps and CFG
+scale, plus the approximations that were tuned for exactly those (a guidance interval, a deep cache).
+`resolve` applies it: fields left out take the package's values; and when the caller sets the scheduler,
+the spacing, the steps or the CFG scale to something else, the approximations are dropped unless the
+caller asks for them too. A `preset` (a few-step model's card settings, `sdlab.sampling.presets`)
+replaces the model's recommendation.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdlab.errors import InputError
 from sdlab.options import option
+from sdlab.sampling.presets import PRESETS
 from sdlab.sampling.schedulers import SCHEDULERS, TIMESTEP_SPACINGS
 
 if TYPE_CHECKING:
@@ -42,7 +45,7 @@ FALLBACK_GUIDANCE_SCALE = 7.5
 EVERY_STEP = (0.0, None)  # a guidance interval that guides every step
 DEFAULT_STRENGTH = 0.8  # image-to-image's share of the schedule re-run (diffusers' default); inpainting: 1
 # the model's recommendation: the base settings, and the approximations tuned for them
-PACKAGE_BASE = ("scheduler", "num_inference_steps", "guidance_scale")
+PACKAGE_BASE = ("scheduler", "timestep_spacing", "num_inference_steps", "guidance_scale")
 PACKAGE_APPROXIMATIONS = ("guidance_interval", "deep_cache")
 PACKAGE = PACKAGE_BASE + PACKAGE_APPROXIMATIONS
 # SDXL's micro-conditioning (pixels, (height, width) / (top, left)); the negative ones default to the positive
@@ -70,6 +73,10 @@ class SamplingParams:
     negative_prompt: str | list[str] | None = option(
         None, "what to steer away from: replaces the empty prompt in guidance", a1111="negative_prompt"
     )
+    preset: str | None = option(
+        None, "a few-step model's card settings (sampler, spacing, steps, CFG) in place of the model's: "
+        + ", ".join(PRESETS), choices=list(PRESETS), metavar="NAME",
+    )  # fmt: skip
     scheduler: str | None = option(
         None, "sampler (default: the model's own)", choices=list(SCHEDULERS), metavar="NAME"
     )
@@ -169,6 +176,8 @@ class SamplingParams:
                     f"got {len(self.negative_prompt)} negative prompts for {len(self.prompt)} prompts; "
                     "give one per prompt, or a single one"
                 )
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InputError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
         if self.timestep_spacing is not None and self.timestep_spacing not in TIMESTEP_SPACINGS:
@@ -224,8 +233,11 @@ class SamplingParams:
 
         Idempotent: resolving resolved parameters changes nothing. Raises `InputError` as `validate`."""
         self.validate()
+        if self.preset is not None:
+            recommended = PRESETS[self.preset].params()
         base = {
             "scheduler": recommended.scheduler or scheduler,
+            "timestep_spacing": recommended.timestep_spacing,  # None: the model's scheduler config
             "num_inference_steps": recommended.num_inference_steps or FALLBACK_STEPS,
             "guidance_scale": _first(recommended.guidance_scale, FALLBACK_GUIDANCE_SCALE),
         }
