@@ -164,14 +164,26 @@ def test_a_batch_fits_the_gallery_and_the_fields_follow_the_model(page):
     page.get_by_role("option", name="tiny-xl", exact=True).click()
     page.wait_for_function("document.querySelector('#t2i-sampler input').value === 'Euler'")
     assert page.input_value("#t2i-width input[type=number]") == "32"
-    set_number(page, "t2i-steps", 2)
+    assert page.locator("#t2i-sdxl").is_visible()  # SDXL's size conditioning, for SDXL models only
+    # a few-step preset sets its card's sampler, schedule type, steps and CFG
+    page.locator("#t2i-conditioning").get_by_text("Conditioning and few-step presets").click()
+    page.locator("#t2i-preset input").click()
+    page.get_by_role("option", name="sdxl-lightning-4step", exact=True).click()
+    page.wait_for_function("document.querySelector('#t2i-schedule input').value === 'SGM Uniform'")
+    assert page.input_value("#t2i-steps input[type=number]") == "4"
+    assert page.input_value("#t2i-cfg input[type=number]") == "0"
+    page.locator("#t2i-sdxl").get_by_text("SDXL size conditioning").click()
+    page.fill("#t2i-original-size :is(textarea, input)", "16,16")
     set_number(page, "t2i-batch-size", 1)
     page.click("#t2i-generate")
     page.wait_for_selector("#t2i-progress :text('done: 1 image')", timeout=120_000)
     assert page.locator("#t2i-gallery img").count() == 1
+    parameters = page.input_value("#t2i-info textarea")
+    assert "Steps: 4, Sampler: Euler, Schedule type: SGM Uniform, CFG scale: 0" in parameters
     page.locator("#t2i-model input").click()
     page.get_by_role("option", name="digits", exact=True).click()
     page.wait_for_function("document.querySelector('#t2i-steps input[type=number]').value === '6'")
+    assert not page.locator("#t2i-sdxl").is_visible()
 
 
 def test_png_info_round_trip_fills_txt2img(page, tmp_path):

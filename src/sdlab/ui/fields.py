@@ -19,18 +19,36 @@ import gradio as gr
 
 from sdlab.errors import InputError
 from sdlab.outputs import interval_text
-from sdlab.sampling.params import MAX_SEED, SamplingParams, parse_guidance_interval
-from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, scheduler_name_from_config
+from sdlab.sampling.params import MAX_SEED, SamplingParams, parse_guidance_interval, parse_pair
+from sdlab.sampling.presets import PRESETS
+from sdlab.sampling.schedulers import (
+    SCHEDULERS,
+    a1111_sampler,
+    resolve_sampler,
+    schedule_spacing,
+    scheduler_name_from_config,
+)
 from sdlab.service import GenerationRequest
 from sdlab.service.worker import Worker
 
-SAMPLERS = [spec.a1111 for spec in SCHEDULERS.values()]
+SAMPLERS = [
+    spec.a1111 for spec in SCHEDULERS.values() if not spec.a1111.endswith(" Karras")
+]  # Karras: a schedule
+SCHEDULES = [
+    "Automatic",
+    "Karras",
+    "SGM Uniform",
+]  # A1111's "Schedule type": the model's, Karras sigmas, trailing
+# SDXL's micro-conditioning fields (SamplingParams names), as "H,W" or "TOP,LEFT" text; empty: the default
+SIZE_FIELDS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size")
 MODELS_OWN = "the model's"  # deep cache and guidance interval: the recommendation's (at its settings)
 DEEP_CACHE_CHOICES = [MODELS_OWN, "1 (off)", "2", "3", "4"]
 # the order of the values a tab's fields give its event handlers
-FIELD_ORDER = ("prompt", "negative", "model", "sampler", "steps", "cfg", "width", "height", "seed",
-               "batch_count", "batch_size", "interval", "deep_cache")  # fmt: skip
-FOLLOWS_MODEL = ("sampler", "steps", "cfg", "width", "height", "recommended", "interval", "deep_cache")
+FIELD_ORDER = ("prompt", "negative", "model", "sampler", "schedule", "steps", "cfg", "width", "height", "seed",
+               "batch_count", "batch_size", "interval", "deep_cache", "clip_skip", *SIZE_FIELDS)  # fmt: skip
+FOLLOWS_MODEL = ("sampler", "schedule", "steps", "cfg", "width", "height", "recommended", "interval", "deep_cache",
+                 "sdxl")  # fmt: skip
+PRESET_NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -38,10 +56,12 @@ class ModelSettings:
     """What the fields show for a model: its recommendation, resolved as `generate` resolves it."""
 
     sampler: str  # A1111's name
+    schedule: str  # A1111's schedule type
     steps: int
     cfg: float
     size: int  # pixels, the model's own side
     text: str  # the recommendation in words
+    sdxl: bool = False  # the SDXL fields are shown
 
     @classmethod
     def of(cls, worker: Worker, name: str | None) -> ModelSettings:
@@ -53,21 +73,36 @@ class ModelSettings:
             pipe = registry.pipeline(registry.find_model(name))
         except InputError as err:
             p = SamplingParams().resolve(SamplingParams(), "pndm")
-            return cls(
-                SCHEDULERS[p.scheduler].a1111, p.num_inference_steps, p.guidance_scale, 512, f"⚠ {err}"
-            )
+            return cls(*a1111_sampler(p.scheduler), p.num_inference_steps, p.guidance_scale, 512, f"⚠ {err}")
         p = SamplingParams().resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config))
-        return cls(SCHEDULERS[p.scheduler].a1111, p.num_inference_steps, p.guidance_scale, pipe.default_size,
-                   describe(p))  # fmt: skip
+        return cls.of_params(p, pipe.default_size, describe(p), sdxl=pipe.is_sdxl)
+
+    @classmethod
+    def of_params(cls, p: SamplingParams, size: int, text: str, *, sdxl: bool = False) -> ModelSettings:
+        sampler, schedule = a1111_sampler(p.scheduler, p.timestep_spacing)
+        return cls(
+            sampler, schedule or "Automatic", p.num_inference_steps, p.guidance_scale, size, text, sdxl
+        )
 
     def values(self) -> tuple:
         """The `FOLLOWS_MODEL` fields' values: the model's settings, its speed-ups left to it."""
-        return self.sampler, self.steps, self.cfg, self.size, self.size, self.text, "", MODELS_OWN
+        return (self.sampler, self.schedule, self.steps, self.cfg, self.size, self.size, self.text, "", MODELS_OWN,
+                gr.Accordion(visible=self.sdxl))  # fmt: skip
+
+
+def preset_values(name: str) -> tuple:
+    """The sampler, schedule type, steps and CFG fields' values for preset `name` (no change for "none")."""
+    if name not in PRESETS:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    p = PRESETS[name].params()
+    sampler, schedule = a1111_sampler(p.scheduler, p.timestep_spacing)
+    return sampler, schedule or "Automatic", p.num_inference_steps, p.guidance_scale
 
 
 def describe(p: SamplingParams) -> str:
     """A resolved recommendation in a sentence: "UniPC, 6 steps, CFG 3.0; guided at sigma in (0.0, 1.5], ..."."""
-    text = f"The model's settings: {SCHEDULERS[p.scheduler].a1111}, {p.num_inference_steps} steps, CFG {p.guidance_scale:g}"
+    sampler = ", ".join(filter(None, a1111_sampler(p.scheduler, p.timestep_spacing)))
+    text = f"The model's settings: {sampler}, {p.num_inference_steps} steps, CFG {p.guidance_scale:g}"
     extras = []
     if (interval := interval_text(list(p.guidance_interval))) is not None:
         extras.append(f"guidance only at noise levels σ in ({interval.replace(' to ', ', ')}]")
@@ -92,8 +127,11 @@ def sampling_fields(prefix: str, models: list[str], current: str, settings: Mode
         f["sampler"] = gr.Dropdown(
             SAMPLERS, value=settings.sampler, label="Sampler", elem_id=f"{prefix}-sampler"
         )
+        f["schedule"] = gr.Dropdown(
+            SCHEDULES, value=settings.schedule, label="Schedule type", elem_id=f"{prefix}-schedule"
+        )
         f["steps"] = gr.Slider(1, 150, value=settings.steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
-        f["cfg"] = gr.Slider(1, 30, value=settings.cfg, step=0.5, label="CFG scale", elem_id=f"{prefix}-cfg")
+        f["cfg"] = gr.Slider(0, 30, value=settings.cfg, step=0.5, label="CFG scale", elem_id=f"{prefix}-cfg")
     with gr.Row():
         f["width"] = gr.Slider(8, 2048, value=settings.size, step=8, label="Width", elem_id=f"{prefix}-width")
         f["height"] = gr.Slider(
@@ -110,6 +148,30 @@ def sampling_fields(prefix: str, models: list[str], current: str, settings: Mode
             1, 64, value=1, step=1, label="Batch size", elem_id=f"{prefix}-batch-size"
         )
     f["recommended"] = gr.Markdown(settings.text, elem_id=f"{prefix}-recommended")
+    with (
+        gr.Accordion("Conditioning and few-step presets", open=False, elem_id=f"{prefix}-conditioning"),
+        gr.Row(),
+    ):
+        f["preset"] = gr.Dropdown(
+            [PRESET_NONE, *PRESETS], value=PRESET_NONE, elem_id=f"{prefix}-preset",
+            label="Preset: a few-step model's card settings (SDXL-Turbo, Lightning, Hyper-SD, LCM-LoRA)",
+        )  # fmt: skip
+        f["clip_skip"] = gr.Slider(
+            1,
+            12,
+            value=1,
+            step=1,
+            label="Clip skip (A1111's: 1 reads the last layer)",
+            elem_id=f"{prefix}-clip-skip",
+        )
+    sdxl = gr.Accordion("SDXL size conditioning", open=False, visible=settings.sdxl, elem_id=f"{prefix}-sdxl")
+    with sdxl as f["sdxl"], gr.Row():
+        labels = {"original_size": "Original size (H,W; empty: the output size)",
+                  "crops_coords_top_left": "Crop top-left (TOP,LEFT)", "target_size": "Target size (H,W; empty: the output size)",
+                  "negative_original_size": "Negative original size (H,W; empty: as the original size)"}  # fmt: skip
+        for name in SIZE_FIELDS:
+            default = "0,0" if name == "crops_coords_top_left" else ""
+            f[name] = gr.Textbox(default, label=labels[name], elem_id=f"{prefix}-{name.replace('_', '-')}")
     with gr.Accordion("Speed-ups", open=False), gr.Row():
         f["interval"] = gr.Textbox(
             "",
@@ -136,6 +198,9 @@ def follow_model(f: dict[str, Any], worker: Worker) -> None:
     f["model"].change(lambda name: ModelSettings.of(worker, name).values(), inputs=f["model"],
                       outputs=f["follows_model"])  # fmt: skip
     f["random"].click(lambda: -1, outputs=f["seed"], queue=False)
+    f["preset"].change(
+        preset_values, inputs=f["preset"], outputs=[f[k] for k in ("sampler", "schedule", "steps", "cfg")]
+    )
 
 
 def request_from(values: tuple) -> GenerationRequest:
@@ -148,11 +213,15 @@ def request_from(values: tuple) -> GenerationRequest:
             raise InputError(
                 f"deep cache must be {MODELS_OWN!r} or a whole number of steps (1: off), got {cache!r}"
             )
+        sizes = {name: parse_pair(named[name], name) for name in SIZE_FIELDS if (named[name] or "").strip()}
         return GenerationRequest(
             prompt=named["prompt"] or "",
             negative_prompt=named["negative"] or None,
             model=named["model"],
-            scheduler=resolve_sampler(named["sampler"], None) if named["sampler"] else None,
+            scheduler=resolve_sampler(named["sampler"], named["schedule"]) if named["sampler"] else None,
+            timestep_spacing=schedule_spacing(named["schedule"]),
+            clip_skip=int(named["clip_skip"] or 1) - 1,
+            **sizes,
             num_inference_steps=int(named["steps"]),
             guidance_scale=float(named["cfg"]),
             guidance_interval=parse_guidance_interval(named["interval"].strip() or None),

@@ -12,10 +12,11 @@ from sdlab.errors import InputError
 from sdlab.images import read_png_text
 from sdlab.metadata import format_parameters, parse_parameters
 from sdlab.outputs import interval_text, parameters_recipe
-from sdlab.sampling.schedulers import SCHEDULERS
-from sdlab.ui.fields import DEEP_CACHE_CHOICES
+from sdlab.sampling.schedulers import a1111_sampler
+from sdlab.ui.fields import DEEP_CACHE_CHOICES, SIZE_FIELDS
 
-SENT = ("prompt", "negative", "sampler", "steps", "cfg", "seed", "width", "height", "interval", "deep_cache")
+SENT = ("prompt", "negative", "sampler", "schedule", "steps", "cfg", "seed", "width", "height", "interval", "deep_cache",
+        "clip_skip", *SIZE_FIELDS)  # fmt: skip
 
 
 def build() -> dict[str, Any]:
@@ -55,6 +56,7 @@ def parameters_to_fields(text: str) -> tuple:
         raise gr.Error("drop a PNG with generation parameters first")
     prompt, negative, settings = parse_parameters(text)
     sampler: Any = gr.skip()
+    schedule: Any = gr.skip()
     for dropped in ((), ("Schedule type",), ("Schedule type", "Sampler")):
         kept = {k: v for k, v in settings.items() if k not in dropped}
         try:
@@ -64,12 +66,15 @@ def parameters_to_fields(text: str) -> tuple:
                 continue  # old A1111's and others' samplers: try the sampler alone, then none
             raise gr.Error(str(err)) from None
         if "Sampler" in kept:
-            sampler = SCHEDULERS[r["scheduler"]].a1111
+            sampler, schedule = a1111_sampler(r["scheduler"], r.get("timestep_spacing"))
+            schedule = schedule or "Automatic"
         break
     interval = interval_text(r["guidance_interval"])
     cache = r["deep_cache"]
+    sizes = [",".join(map(str, r[name])) if r.get(name) is not None else "" for name in SIZE_FIELDS]
     return (
-        r["prompt"], r["negative_prompt"], sampler, r["num_inference_steps"], r["guidance_scale"], r["seed"],
-        r["width"], r["height"], "all" if interval is None else interval.replace(" to ", ","),
-        DEEP_CACHE_CHOICES[1] if cache == 1 else str(cache), gr.Tabs(selected="txt2img"),
+        r["prompt"], r["negative_prompt"], sampler, schedule, r["num_inference_steps"], r["guidance_scale"],
+        r["seed"], r["width"], r["height"], "all" if interval is None else interval.replace(" to ", ","),
+        DEEP_CACHE_CHOICES[1] if cache == 1 else str(cache), r.get("clip_skip", 0) + 1, *sizes,
+        gr.Tabs(selected="txt2img"),
     )  # fmt: skip
