@@ -240,7 +240,9 @@ def default_cache_bytes(device: str = "auto") -> int:
     where = resolve_device(device)
     if where.type == "cuda":
         return int(0.7 * torch.cuda.get_device_properties(where).total_memory)
-    return int(0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    import psutil
+
+    return int(0.7 * psutil.virtual_memory().total)
 
 
 def _folders(folders: Iterable[str | Path], what: str) -> list[Path]:
