@@ -78,7 +78,7 @@ def is_edited(prompt: str) -> bool:
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
     """The parts of a composable prompt with their weights: "a cat AND a dog :0.5" ->
-    [("a cat", 1.0), ("a dog", 0.5)], as A1111's `get_multicond_prompt_list`. A prompt without the
+    [("a cat", 1.0), (" a dog", 0.5)], as A1111's `get_multicond_prompt_list`. A prompt without the
     upper-case word AND is one part of weight 1 (a trailing ":0.5" is then a weight as well, as in A1111)."""
     parts = []
     for part in _AND.split(prompt):

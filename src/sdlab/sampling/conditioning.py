@@ -10,6 +10,9 @@ its ids with an aesthetic score instead of the target size (five ids).
 As diffusers' `StableDiffusionXLPipeline.encode_prompt` and `_get_add_time_ids`, with A1111's prompt
 syntax and 75-token chunks applied to each encoder (the pooled embedding from the first chunk), and an
 empty negative prompt all zeros on models with `force_zeros_for_empty_prompt` (diffusers and A1111 both).
+
+A1111's prompt editing and AND make the conditioning change between steps and an image take several
+parts: `schedule_conditioning` encodes every text any step needs once and gives a `PromptSchedule`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sdlab.errors import InputError
+from sdlab.prompt_editing import prompt_schedule, split_and, text_at
 from sdlab.prompts import count_chunks, encode_prompts, hidden_layer
 from sdlab.sampling.params import SDXL_ONLY, SamplingParams
 
@@ -51,6 +55,12 @@ class Conditioning:
     def repeat(self, times: int) -> Conditioning:
         """Each row `times` times in a row (the batch tiled `times` over, as `torch.cat([x] * times)`)."""
         return self.cat([self] * times)
+
+    def select(self, rows: list[int] | torch.Tensor) -> Conditioning:
+        """These rows, in this order (a row may repeat)."""
+        pooled = None if self.pooled is None else self.pooled[rows]
+        time_ids = None if self.time_ids is None else self.time_ids[rows]
+        return Conditioning(self.embeds[rows], pooled, time_ids)
 
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
@@ -96,6 +106,77 @@ def encode_conditioning(
         return c
 
     return rows(prompts, False), None if negatives is None else rows(negatives, True)
+
+
+@dataclass
+class PromptSchedule:
+    """A batch's conditioning at each step of a call, for A1111's prompt editing and AND.
+
+    `table` holds each distinct text's conditioning once; `rows[step]` names the table row of each of the
+    batch's parts at that loop step (the last entry serves later steps). Without AND a part is an image.
+    With AND an image has several parts: `owner` (P,) int64 says whose each part is, and `weights` (P,)
+    float32 its weight (A1111's `get_multicond_prompt_list`); both None for one part of weight 1 per image."""
+
+    table: Conditioning
+    rows: list[tuple[int, ...]]
+    owner: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self._at: dict[tuple[int, ...], Conditioning] = {}
+
+    def at(self, step: int) -> Conditioning:
+        """The parts' conditioning at loop step `step` (from 0)."""
+        key = self.rows[min(step, len(self.rows) - 1)]
+        if key not in self._at:
+            self._at[key] = self.table.select(list(key))
+        return self._at[key]
+
+    @property
+    def composed(self) -> bool:
+        """Whether guidance must compose parts (AND, or a part's weight other than 1)."""
+        return self.owner is not None
+
+
+def schedule_conditioning(
+    pipe: Pipeline, p: SamplingParams, prompts: list[str], negatives: list[str] | None, steps_run: int
+) -> tuple[PromptSchedule, PromptSchedule | None]:
+    """The conditioning of the prompts and the negative prompts at each of the `steps_run` loop steps:
+    A1111's prompt editing read on `p.num_inference_steps` steps (`sdlab.prompt_editing`), each prompt split
+    at AND into weighted parts, and every distinct text encoded once (`encode_conditioning`).
+
+    Raises `InputError` for AND (or a part weight) without classifier-free guidance (`negatives` None):
+    composable diffusion adds each part's guidance direction, which needs the unconditional branch."""
+    parts = [split_and(prompt) for prompt in prompts]
+    composed = any(len(split) > 1 or split[0][1] != 1.0 for split in parts)
+    if composed and negatives is None:
+        raise InputError(
+            "AND (composable diffusion, or a prompt ending in :WEIGHT) needs classifier-free guidance: "
+            "a CFG scale above 1 on a model without guidance distilled in"
+        )
+    texts = [text for split in parts for text, _ in split]
+    schedules = {
+        text: prompt_schedule(text, p.num_inference_steps)
+        for text in dict.fromkeys(texts + (negatives or []))
+    }
+
+    def per_step(selected: list[str]) -> tuple[list[str], list[tuple[int, ...]]]:
+        at = [[text_at(schedules[text], step) for text in selected] for step in range(max(1, steps_run))]
+        distinct = list(dict.fromkeys(text for step in at for text in step))
+        index = {text: i for i, text in enumerate(distinct)}
+        return distinct, [tuple(index[text] for text in step) for step in at]
+
+    positive, positive_rows = per_step(texts)
+    negative, negative_rows = per_step(negatives) if negatives is not None else (None, None)
+    cond, uncond = encode_conditioning(pipe, p, positive, negative)
+    owner = weights = None
+    if composed:
+        owner = torch.tensor([i for i, split in enumerate(parts) for _ in split], device=pipe.device)
+        weights = torch.tensor(
+            [w for split in parts for _, w in split], device=pipe.device, dtype=torch.float32
+        )
+    scheduled = PromptSchedule(cond, positive_rows, owner, weights)
+    return scheduled, None if uncond is None else PromptSchedule(uncond, negative_rows)
 
 
 def time_ids(pipe: Pipeline, p: SamplingParams, negative: bool = False) -> torch.Tensor:

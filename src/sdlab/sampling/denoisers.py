@@ -62,13 +62,21 @@ class UNetModel:
         self.cache = DeepCache(unet, deep_cache) if deep_cache > 1 else None
 
     def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, step: int, conditioning: Conditioning
-    ) -> torch.Tensor:
+        self, x: torch.Tensor, t: torch.Tensor, step: int, conditioning: Conditioning,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """`rows` (len(x),) names the image each row of `x` belongs to, where it is not the batch repeated
+        (AND's parts); the per-image inputs (inpainting channels, guidance embedding) follow it."""
         if self.inpainting is not None:
             repeat = x.shape[0] // self.inpainting[0].shape[0]
-            x = torch.cat([x, *(torch.cat([extra] * repeat) for extra in self.inpainting)], dim=1)
+            extras = [
+                extra[rows] if rows is not None else torch.cat([extra] * repeat) for extra in self.inpainting
+            ]
+            x = torch.cat([x, *extras], dim=1)
         cond = self.timestep_cond
-        if cond is not None and cond.shape[0] != x.shape[0]:
+        if cond is not None and rows is not None:
+            cond = cond[rows]
+        elif cond is not None and cond.shape[0] != x.shape[0]:
             cond = torch.cat([cond] * (x.shape[0] // cond.shape[0]))
         if self.cache is not None:
             return self.cache(step, x, t, conditioning, cond)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sdlab.sampling.conditioning import Conditioning
+from sdlab.sampling.conditioning import Conditioning, PromptSchedule
 from sdlab.sampling.denoisers import Prediction, UNetModel
 from sdlab.sampling.gradient_guidance import alpha_bar_at
 from sdlab.sampling.latents import guided_noise, rescale_guided_noise
@@ -55,33 +55,64 @@ def planned_unet_evaluations(
 
 
 class ClassifierFreeGuidance:
-    """`denoiser(sample, t, step) -> Prediction`: the UNet on the prompts' conditioning `cond` (B rows), and
-    where `guided[step]`, also on the negative prompts' `uncond` (B rows) in the same batch, mixed by `guided_noise` (and
-    rescaled by `guidance_rescale`, Lin et al. 2023). Counts UNet evaluations per image."""
+    """`denoiser(sample, t, step) -> Prediction`: the UNet on the prompts' conditioning at `step` (`cond`,
+    a `PromptSchedule`), and where `guided[step]`, also on the negative prompts' (`uncond`) in the same
+    batch, mixed by `guided_noise` (and rescaled by `guidance_rescale`, Lin et al. 2023). Counts UNet
+    evaluations per image.
+
+    Composed prompts (A1111's AND, Liu et al. 2022) run each part beside the negative prompt and add the
+    parts' weighted directions: eps = eps_uncond + s * sum_k w_k (eps_k - eps_uncond), A1111's
+    `combine_denoised`; steps outside the guidance interval take s = 1 (the unconditional branch still runs,
+    as A1111 runs it). One part of weight 1 is plain guidance."""
 
     def __init__(
         self,
         model: UNetModel,
-        cond: Conditioning,
-        uncond: Conditioning | None,
+        cond: PromptSchedule,
+        uncond: PromptSchedule | None,
         guidance_scale: float,
         guided: list[bool],
         guidance_rescale: float = 0.0,
     ) -> None:
         self.model, self.cond, self.uncond = model, cond, uncond
-        self.both = None if uncond is None else Conditioning.cat([uncond, cond])
         self.guidance_scale, self.guidance_rescale = guidance_scale, guidance_rescale
         self.guided = guided
         self.evaluations = 0
+        self._both: tuple[tuple[int, int], Conditioning] | None = None
 
     def __call__(self, sample: torch.Tensor, t: torch.Tensor, step: int) -> Prediction:
-        if self.both is None or not self.guided[step]:
+        cond = self.cond.at(step)
+        if self.uncond is None or not (self.guided[step] or self.cond.composed):
             self.evaluations += 1
-            noise = self.model(sample, t, step, self.cond)
+            noise = self.model(sample, t, step, cond)
             return Prediction(noise, sample, noise)
-        self.evaluations += 2
-        uncond, cond = self.model(torch.cat([sample] * 2), t, step, self.both).chunk(2)
-        noise = guided_noise(uncond, cond, self.guidance_scale)
+        uncond = self.uncond.at(step)
+        both = self._pair(uncond, cond)
+        scale = self.guidance_scale if self.guided[step] else 1.0
+        if not self.cond.composed:
+            self.evaluations += 2
+            noise_uncond, noise_cond = self.model(torch.cat([sample] * 2), t, step, both).chunk(2)
+            noise = guided_noise(noise_uncond, noise_cond, scale)
+        else:
+            owner, weights = self.cond.owner, self.cond.weights
+            images = sample.shape[0]
+            self.evaluations += math.ceil((images + len(owner)) / images)
+            rows = torch.cat([torch.arange(images, device=owner.device), owner])
+            out = self.model(torch.cat([sample, sample[owner]]), t, step, both, rows=rows)
+            noise_uncond, parts = out[:images], out[images:]
+            weighted = (parts - noise_uncond[owner]) * weights.to(parts.dtype).view(
+                -1, *[1] * (parts.dim() - 1)
+            )
+            direction = torch.zeros_like(noise_uncond).index_add_(0, owner, weighted)
+            noise_cond = noise_uncond + direction  # the parts composed at scale 1
+            noise = noise_uncond + scale * direction
         if self.guidance_rescale > 0:
-            noise = rescale_guided_noise(noise, cond, self.guidance_rescale)
-        return Prediction(noise, sample, cond, uncond)
+            noise = rescale_guided_noise(noise, noise_cond, self.guidance_rescale)
+        return Prediction(noise, sample, noise_cond, noise_uncond)
+
+    def _pair(self, uncond: Conditioning, cond: Conditioning) -> Conditioning:
+        """[uncond; cond] in one batch, built again only when a prompt's text changed."""
+        key = (id(uncond), id(cond))
+        if self._both is None or self._both[0] != key:
+            self._both = (key, Conditioning.cat([uncond, cond]))
+        return self._both[1]

@@ -23,7 +23,7 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 
 from sdlab.errors import InputError
-from sdlab.sampling.conditioning import encode_conditioning
+from sdlab.sampling.conditioning import schedule_conditioning
 from sdlab.sampling.denoisers import UNetModel
 from sdlab.sampling.gradient_guidance import GradientGuidance, GradientGuide, alpha_bar_at
 from sdlab.sampling.guidance import ClassifierFreeGuidance, guided_steps, uses_guidance
@@ -152,11 +152,7 @@ def generate(
             original_size=p.original_size or (height, width), target_size=p.target_size or (height, width)
         )
 
-    # 2. Encode the prompts; the unconditional branch is the negative prompt (or "")
-    do_cfg = uses_guidance(pipe.unet, p.guidance_scale)
-    cond, uncond = encode_conditioning(pipe, p, prompts, negatives if do_cfg else None)
-
-    # 3. Timesteps: image-to-image skips the first (1 - strength) of the schedule
+    # 2. Timesteps: image-to-image skips the first (1 - strength) of the schedule
     sched = make_scheduler(p.scheduler, pipe.scheduler_config, inpainting=p.mask_image is not None,
                            timestep_spacing=p.timestep_spacing)  # fmt: skip
     sched.set_timesteps(p.num_inference_steps, device=pipe.device)
@@ -164,6 +160,11 @@ def generate(
     timesteps = sched.timesteps[first * sched.order :]
     if first > 0 and hasattr(sched, "set_begin_index"):
         sched.set_begin_index(first * sched.order)
+
+    # 3. Encode the prompts at each step (A1111's prompt editing, AND); the unconditional branch is the
+    #    negative prompt (or "")
+    do_cfg = uses_guidance(pipe.unet, p.guidance_scale)
+    cond, uncond = schedule_conditioning(pipe, p, prompts, negatives if do_cfg else None, len(timesteps))
 
     # 4. Latents: pure noise, or the init image's latents noised to the first timestep
     latents, noise, image_latents = _initial_latents(pipe, p, init, sched, timesteps, generators)
