@@ -171,6 +171,52 @@ def test_setting_the_model_png_info_and_lora_tags(api, server):
     assert response.status_code == 422 and "deep_cache (--deep-cache) must be" in response.json()["detail"]
 
 
+def test_clip_skip_and_ensd_apply_per_request_and_for_every_request(server, capsys, tmp_path):
+    """Issue 21: A1111's CLIP_stop_at_last_layers and eta_noise_seed_delta change the image (they were listed
+    as ignored): the CLI's --clip-skip 1 --ensd 31337 pixels, in the infotext A1111 writes; and base64 with
+    line breaks (`base64.encodebytes`, as A1111 reads it) is an image, not a 422."""
+    body = {**DIGIT, "sampler_name": "Euler a"}
+    options = {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337}
+    expected = cli_image(capsys, tmp_path, "skip", *cli_args(DIGIT), "--scheduler", "euler_a", "--clip-skip", "1",
+                         "--ensd", "31337")  # fmt: skip
+    plain = cli_image(capsys, tmp_path, "plain", *cli_args(DIGIT), "--scheduler", "euler_a")
+    assert not np.array_equal(expected, plain)
+
+    def txt2img(extra: dict) -> tuple[np.ndarray, dict]:
+        reply = requests.post(f"{server}/sdapi/v1/txt2img", json={**body, **extra}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        data = reply.json()
+        image = PIL.Image.open(io.BytesIO(base64.b64decode(data["images"][0]))).convert("RGB")
+        return np.asarray(image), json.loads(data["info"])
+
+    image, info = txt2img({"override_settings": options})
+    assert np.array_equal(image, expected) and info["ignored"] == {} and info["clip_skip"] == 2
+    assert "Clip skip: 2" in info["infotexts"][0] and "ENSD: 31337" in info["infotexts"][0]
+    assert requests.post(f"{server}/sdapi/v1/options", json=options, timeout=30).json()["ignored"] == {}
+    try:
+        assert requests.get(f"{server}/sdapi/v1/options", timeout=30).json()["CLIP_stop_at_last_layers"] == 2
+        image, _ = txt2img({})
+        assert np.array_equal(image, expected)
+        image, _ = txt2img({"override_settings": {"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}})
+        assert np.array_equal(image, plain)  # a request's own setting wins
+    finally:
+        requests.post(f"{server}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0},
+                      timeout=30)  # fmt: skip
+    bad = requests.post(
+        f"{server}/sdapi/v1/txt2img",
+        json={**body, "override_settings": {"CLIP_stop_at_last_layers": 0}},
+        timeout=30,
+    )
+    assert bad.status_code == 422 and "CLIP_stop_at_last_layers must be a whole number from 1" in bad.text
+
+    png = io.BytesIO()
+    PIL.Image.fromarray(plain).save(png, format="PNG")
+    wrapped = base64.encodebytes(png.getvalue()).decode()  # a line break every 76 characters
+    assert "\n" in wrapped
+    reply = requests.post(f"{server}/sdapi/v1/img2img", json={**body, "init_images": [wrapped]}, timeout=120)
+    assert reply.status_code == 200, reply.text
+
+
 def test_eight_concurrent_clients_get_correct_images_and_interrupt_stops_within_a_step(api, server):
     requests_ = [{**DIGIT, "seed": 100 + i, "prompt": f"a handwritten digit {i}"} for i in range(8)]
     long = {**DIGIT, "steps": 30, "width": 128, "height": 128, "seed": 5}

@@ -197,7 +197,8 @@ def _parse_infotext_value(name: str, text: str) -> Any:
         return [float(lo), None if hi == "inf" else float(hi)]
     if name == "clip_skip":
         return int(text) - 1
-    return int(text) if name in ("deep_cache", "num_inference_steps") else float(text)
+    whole = str(SamplingParams.__dataclass_fields__[name].type).startswith("int")  # "int", "int | None"
+    return int(text) if whole else float(text)
 
 
 def interval_text(interval: list | None) -> str | None:

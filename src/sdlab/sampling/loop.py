@@ -173,7 +173,10 @@ def generate(
     mask = masked_latents = None
     if p.mask_image is not None:
         mask, masked_latents = prepare_mask(pipe, p, init, (height, width), len(prompts), generators)
-    step = SchedulerStep(sched, _step_kwargs(sched, generators, p.eta))
+    step_generators = (
+        generators_for([s + p.eta_noise_seed_delta for s in seeds]) if p.eta_noise_seed_delta else generators
+    )
+    step = SchedulerStep(sched, _step_kwargs(sched, step_generators, p.eta))
     if mask is not None and masked_latents is None:  # a 4-channel UNet: the known region is put back
         step = KnownRegion(step, image_latents, noise, mask, timesteps)
 

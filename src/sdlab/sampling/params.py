@@ -126,6 +126,11 @@ class SamplingParams:
         None, "inpainting mask, white = repaint, same size as the init image", "--mask", type=str
     )
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
+    eta_noise_seed_delta: int = option(
+        0, "A1111's ENSD: the noise a stochastic sampler adds at each step (Euler a, DDIM with eta, DDPM, LCM) "
+        "is drawn from seed + this, the initial noise from the seed (A1111's NovelAI-compatible 31337)",
+        "--ensd", infotext="ENSD",
+    )  # fmt: skip
     clip_skip: int = option(
         0, "text-encoder layers to skip before the one the model reads (diffusers' clip_skip; A1111's "
         "'Clip skip' is this + 1)", infotext="Clip skip",
@@ -190,6 +195,7 @@ class SamplingParams:
         if self.guidance_interval is not None:
             check_guidance_interval(self.guidance_interval)
         check_int("deep_cache (--deep-cache)", self.deep_cache, 1, MAX_STEPS, optional=True, unit="1: off")
+        check_int("eta_noise_seed_delta (--ensd)", self.eta_noise_seed_delta, 0, MAX_SEED)
         seeds = self.seed if isinstance(self.seed, list) else [self.seed]
         for seed in seeds:
             check_int("a seed", seed, 0, MAX_SEED, optional=not isinstance(self.seed, list), unit="2**32 - 1")

@@ -69,7 +69,24 @@ NEUTRAL: dict[str, tuple] = {
 }
 HIRES = re.compile(r"^hr_")
 INPAINT_ONLY = {"inpainting_fill": (1,), "inpaint_full_res": (False, 0, None)}  # with a mask only
-OVERRIDES_NEUTRAL = {"CLIP_stop_at_last_layers": (1, None), "sd_vae": (None, "", "Automatic", "None")}
+OVERRIDES_NEUTRAL = {"sd_vae": (None, "", "Automatic", "None")}
+# A1111 options that change the image, applied per request (`override_settings`) or for every request
+# (`POST /sdapi/v1/options`): option -> (SamplingParams field, A1111's value -> the field's)
+GENERATION_OPTIONS = {
+    "CLIP_stop_at_last_layers": ("clip_skip", lambda n: n - 1),  # A1111 counts the layer read, from 1
+    "eta_noise_seed_delta": ("eta_noise_seed_delta", lambda n: n),
+}
+OPTION_DEFAULTS = {"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
+
+
+def check_option(key: str, value: Any) -> int:
+    """A generation option's value, checked: `InputError` naming it unless it is a whole number in range."""
+    low = 1 if key == "CLIP_stop_at_last_layers" else 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON clients may send 2.0
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or value > 2**32 - 1:
+        raise InputError(f"{key} must be a whole number from {low}, got {value!r}")
+    return value
 
 
 class Txt2ImgRequest(BaseModel):
@@ -122,15 +139,27 @@ class PNGInfoRequest(BaseModel):
     image: str = Field(..., description="a base64 PNG")
 
 
-def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[GenerationRequest, dict[str, Any]]:
-    """The `GenerationRequest` an A1111 body asks for, and the fields it sets that sdlab ignores."""
+def to_request(
+    body: Txt2ImgRequest, *, img2img: bool = False, options: dict[str, Any] | None = None
+) -> tuple[GenerationRequest, dict[str, Any]]:
+    """The `GenerationRequest` an A1111 body asks for, and the fields it sets that sdlab ignores.
+
+    `options` are the server's generation options (`GENERATION_OPTIONS`, set by `POST /options`); a request's
+    `override_settings` take precedence for that request, as in A1111."""
     given = body.model_dump(exclude_unset=True)
     overrides = dict(body.override_settings or {})
     has_mask = img2img and bool(given.get("mask"))
     ignored = _ignored(given, set(type(body).model_fields), has_mask=has_mask)
     for key, value in overrides.items():
-        if key != "sd_model_checkpoint" and value not in OVERRIDES_NEUTRAL.get(key, ()):
+        if key in GENERATION_OPTIONS:
+            overrides[key] = check_option(key, value)
+        elif key != "sd_model_checkpoint" and value not in OVERRIDES_NEUTRAL.get(key, ()):
             ignored[f"override_settings.{key}"] = value
+    chosen = {
+        **OPTION_DEFAULTS,
+        **(options or {}),
+        **{k: v for k, v in overrides.items() if k in GENERATION_OPTIONS},
+    }
     for key, value in given.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"{key} must be a finite number, got {value}")
@@ -152,6 +181,7 @@ def to_request(body: Txt2ImgRequest, *, img2img: bool = False) -> tuple[Generati
         timestep_spacing=schedule_spacing(body.scheduler),
         seed=None if body.seed == -1 else body.seed,
         eta=eta if scheduler == "ddim" and eta is not None else 0.0,
+        **{field: convert(chosen[key]) for key, (field, convert) in GENERATION_OPTIONS.items()},
     )
     if img2img:
         assert isinstance(body, Img2ImgRequest)
@@ -178,8 +208,8 @@ def decode_image(data: str, what: str) -> bytes:
         raise InputError(f"{what} is empty; give a base64-encoded image")
     if data.startswith("data:"):
         data = data.partition(",")[2]
-    try:
-        return base64.b64decode(data.strip(), validate=True)
+    try:  # line breaks and blanks are dropped, as `base64.encodebytes` writes them and A1111 reads them
+        return base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError):
         raise InputError(f"{what} is not a base64-encoded image") from None
 
@@ -222,7 +252,7 @@ def info(result: RequestResult, request: GenerationRequest, ignored: dict[str, A
         "infotexts": [g.infotext for g in result.images],
         "styles": [],
         "job_timestamp": result.extra.get("job_timestamp", ""),
-        "clip_skip": 1,
+        "clip_skip": first.get("clip_skip", 0) + 1,
         "is_using_inpainting_conditioning": bool(
             request.mask_image is not None and result.pipe.is_inpainting_unet
         ),

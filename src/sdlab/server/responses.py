@@ -104,6 +104,7 @@ class OptionsResponse(BaseModel):
     sd_checkpoint_hash: str | None = None
     sd_checkpoints_limit: int
     CLIP_stop_at_last_layers: int = 1  # noqa: N815 (A1111's name)
+    eta_noise_seed_delta: int = 0
     samples_format: str = "png"
     sdlab_compile: bool = Field(
         False, description="sdlab: models are compiled (torch.compile) when they load"

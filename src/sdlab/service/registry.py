@@ -85,6 +85,7 @@ class ModelRegistry:
             **(parts or {}),
         }  # fmt: skip
         self.cache_size = cache_size
+        self.options: dict[str, Any] = {}  # A1111 generation options set for every request (POST /options)
         self.allow_paths = allow_paths
         self.allow_pickle = allow_pickle
         self.current = DIGITS

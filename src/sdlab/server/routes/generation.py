@@ -62,7 +62,7 @@ async def skip(w: TheWorker) -> dict:
 
 
 async def _generate(w: Worker, body: a1111.Txt2ImgRequest, *, img2img: bool) -> GenerationResponse:
-    request, ignored = a1111.to_request(body, img2img=img2img)
+    request, ignored = a1111.to_request(body, img2img=img2img, options=w.registry.options)
     result: RequestResult = await asyncio.wrap_future(w.submit(request))
     images = await run_in_threadpool(lambda: [base64.b64encode(g.png()).decode() for g in result.images])
     return GenerationResponse(

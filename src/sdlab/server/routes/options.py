@@ -25,13 +25,15 @@ def get_options(r: TheRegistry) -> OptionsResponse:
         sd_checkpoint_hash=item.sha256,
         sd_checkpoints_limit=r.cache_size,
         sdlab_compile=r.compile,
+        **{**a1111.OPTION_DEFAULTS, **r.options},
     )
 
 
 @router.post("/options")
 def set_options(options: dict[str, Any], r: TheRegistry) -> SetOptionsResponse:
-    """Set `sd_model_checkpoint` (loads it), `sd_checkpoints_limit` and `sdlab_compile` (compile models as
-    they load: slow first calls, faster later ones); any other option is `ignored`."""
+    """Set `sd_model_checkpoint` (loads it), `sd_checkpoints_limit`, `sdlab_compile` (compile models as
+    they load: slow first calls, faster later ones), and the generation options every request then uses
+    (`CLIP_stop_at_last_layers`, `eta_noise_seed_delta`); any other option is `ignored`."""
     ignored = {}
     for key, value in options.items():
         if key == "sd_model_checkpoint":
@@ -44,6 +46,8 @@ def set_options(options: dict[str, Any], r: TheRegistry) -> SetOptionsResponse:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
                 raise InputError(f"sd_checkpoints_limit must be an integer from 1 to 16, got {value!r}")
             r.cache_size = value
+        elif key in a1111.GENERATION_OPTIONS:
+            r.options[key] = a1111.check_option(key, value)
         elif value not in a1111.OVERRIDES_NEUTRAL.get(key, ()):
             ignored[key] = value
     return SetOptionsResponse(ignored=ignored)

@@ -1,0 +1,51 @@
+"""What A1111 users bring (issue 21): infotext fields that change the image, applied or refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import torch
+from PIL.PngImagePlugin import PngInfo
+
+from sdlab.cli.main import main
+from sdlab.images import read_png_text
+from sdlab.loading import load_pipeline
+from sdlab.sampling.loop import generate
+
+A1111_TEXT = (
+    "a handwritten digit 3\nNegative prompt: thin\n"
+    "Steps: 6, Sampler: Euler a, CFG scale: 2.5, Seed: 9, Size: 32x32, Model: digits, Clip skip: 2, ENSD: 31337"
+)
+
+
+def test_an_a1111_png_with_clip_skip_and_ensd_replays_them_and_keeps_them(tmp_path, capsys):
+    """A PNG as A1111 saves it ("Clip skip: 2", "ENSD: 31337" in its parameters) replays with both applied,
+    and the new PNG writes both again (before, both were dropped: the pixels of Clip skip 1)."""
+    made = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text("parameters", A1111_TEXT)
+    PIL.Image.new("RGB", (32, 32)).save(made, pnginfo=info)
+    again = tmp_path / "again.png"
+    assert main(["replay", str(made), "--model", "digits", "-o", str(again)]) == 0, capsys.readouterr().err
+    text = read_png_text(again)["parameters"]
+    assert "Clip skip: 2" in text and "ENSD: 31337" in text
+    pipe = load_pipeline(device="cpu", dtype="float32")
+    kwargs = dict(negative_prompt="thin", num_inference_steps=6, scheduler="euler_a", guidance_scale=2.5, seed=9,
+                  height=32, width=32)  # fmt: skip
+    expected = generate(pipe, "a handwritten digit 3", clip_skip=1, eta_noise_seed_delta=31337, **kwargs)
+    assert np.array_equal(np.asarray(PIL.Image.open(again).convert("RGB")), np.asarray(expected.images[0]))
+    plain = generate(pipe, "a handwritten digit 3", **kwargs)
+    assert not torch.equal(plain.pixels, expected.pixels)
+
+
+def test_ensd_moves_only_the_noise_a_sampler_adds_at_its_steps():
+    """A1111's eta noise seed delta: the initial noise stays the seed's; an ancestral sampler's step noise
+    comes from seed + ENSD; a deterministic sampler is unchanged."""
+    pipe = load_pipeline(device="cpu", dtype="float32")
+    kwargs = dict(num_inference_steps=5, guidance_scale=2.0, seed=3)
+    for scheduler, changes in (("euler", False), ("ddim", False), ("euler_a", True)):
+        plain = generate(pipe, "a handwritten digit 5", scheduler=scheduler, **kwargs).pixels
+        ensd = generate(
+            pipe, "a handwritten digit 5", scheduler=scheduler, eta_noise_seed_delta=31337, **kwargs
+        )
+        assert torch.equal(plain, ensd.pixels) != changes, scheduler
