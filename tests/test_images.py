@@ -226,17 +226,15 @@ def test_masks_use_alpha_when_transparent_and_luminance_when_opaque(tmp_path, mo
         assert mask.mean() == 0.25 and mask[8:24, 8:24].all()
 
 
-def test_mask_is_l_and_size_is_checked(tmp_path):
+def test_mask_is_l_and_resized_to_the_init_image_as_a1111_does(tmp_path):
     mask = Image.new("RGBA", (8, 4), (0, 0, 0, 0))
     mask.putpixel((0, 0), (0, 0, 0, 255))  # opaque: repaint; transparent: keep
     mask.save(tmp_path / "m.png")
     loaded = load_mask(tmp_path / "m.png", size=(8, 4))
     assert loaded.mode == "L"
     assert loaded.getpixel((0, 0)) == 255 and loaded.getpixel((1, 0)) == 0
-    with pytest.raises(
-        InputError, match="^mask is 8x4 but the init image is 16x16; they must be the same size"
-    ):
-        load_mask(tmp_path / "m.png", size=(16, 16))
+    resized = load_mask(tmp_path / "m.png", size=(16, 8))  # A1111's "Just resize" (Lanczos), issue 21
+    assert resized.size == (16, 8) and resized.getpixel((0, 0)) > 200 and resized.getpixel((15, 7)) == 0
     with pytest.raises(InputError, match="mask .*gone.png.* does not exist"):
         load_mask(tmp_path / "gone.png")
 

@@ -61,7 +61,8 @@ def load_mask(source: Source, *, size: tuple[int, int] | None = None) -> Image.I
     kept. That is how A1111's `create_binary_mask` reads RGBA masks, the kind image editors export;
     sdlab reads LA, PA and palette or grey images with a transparent colour the same way (A1111 would
     take their luminance). An opaque mask is its luminance, as in A1111 and diffusers.
-    `size` is the init image's (width, height); a mask of another size is refused, not stretched.
+    `size` is the init image's (width, height): a mask of another size is resized to it (Lanczos), as A1111
+    resizes a mask with its init image ("Just resize", `images.resize_image` mode 0).
     """
     image, label = _read(source, "mask", MAX_PIXELS)
     alpha = _rgba(image).getchannel("A") if _has_alpha(image) else None
@@ -70,8 +71,7 @@ def load_mask(source: Source, *, size: tuple[int, int] | None = None) -> Image.I
     else:
         mask = _to_rgb(image, label).convert("L")
     if size is not None and mask.size != tuple(size):
-        (w, h), (iw, ih) = mask.size, size
-        raise InputError(f"mask is {w}x{h} but the init image is {iw}x{ih}; they must be the same size.")
+        mask = mask.resize(tuple(size), Image.Resampling.LANCZOS)
     return mask
 
 

@@ -70,6 +70,13 @@ def prepare_init(pipe: Pipeline, params: SamplingParams, processor: VaeImageProc
     else:
         x = load_image(image, what="init image")
         size = x.size
+    factor = pipe.vae_scale_factor
+    for name, side, given in (("width", size[0], params.width), ("height", size[1], params.height)):
+        if given is None and side < factor:  # diffusers would round the side down to 0 and fail inside
+            raise InputError(
+                f"the init image is {size[0]}x{size[1]} pixels; its {name} must be at least {factor} (the VAE's "
+                f"factor), or give a {name} to resize it to"
+            )
     return InitImage(processor.preprocess(x, height=params.height, width=params.width), None, size)
 
 

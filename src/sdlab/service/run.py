@@ -148,12 +148,12 @@ def _prepare_images(request: GenerationRequest) -> tuple[Any, PIL.Image.Image | 
     init = load_image(init, what="init image")
     if request.mask_image is None:
         return init, None
-    mask = load_mask(request.mask_image, size=init.size)
-    if request.mask_blur > 0:
-        mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
+    mask = load_mask(request.mask_image)  # A1111's order: invert, blur, then resize to the init image
     if request.invert_mask:
         mask = ImageOps.invert(mask)
-    return init, mask
+    if request.mask_blur > 0:
+        mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
+    return init, load_mask(mask, size=init.size)
 
 
 def _sources(
