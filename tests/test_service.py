@@ -72,6 +72,29 @@ def test_a_prompt_tag_equals_the_explicit_lora_at_its_weight(folders):
     assert not np.array_equal(pixels(tagged), pixels(full))
 
 
+def test_a_lora_is_found_by_its_alias_as_a1111_finds_it(folders, tmp_path, tiny):
+    """Issue 21: `<lora:tachie separation:0.7>` names a file by the `ss_output_name` kohya wrote into it
+    (A1111 inserts LoRAs by that alias); an alias that is another file's name, or that two files share,
+    is not one (A1111's forbidden aliases)."""
+    from safetensors.torch import load_file, save_file
+
+    root = tmp_path / "a1111"
+    shutil.copytree(folders, root)
+    loras = root / "models" / "Lora"
+    tensors = load_file(loras / "style.safetensors")
+    save_file(tensors, str(loras / "tachie_v2.safetensors"), metadata={"ss_output_name": "tachie separation"})
+    save_file(tensors, str(loras / "other.safetensors"), metadata={"ss_output_name": "style"})
+    registry = ModelRegistry.from_a1111(root)
+    assert registry.find_lora("tachie separation") == loras / "tachie_v2.safetensors"
+    assert registry.lora_alias("tachie_v2") == "tachie separation" and registry.lora_alias("other") == "other"
+    assert registry.find_lora("style") == loras / "style.safetensors"  # a name wins over an alias
+    by_alias = run_request(
+        registry, GenerationRequest(prompt="a cat <lora:tachie separation:0.7>", model="tiny", **FAST)
+    )
+    by_name = run_request(registry, GenerationRequest(prompt="a cat <lora:style:0.7>", model="tiny", **FAST))
+    assert np.array_equal(pixels(by_alias), pixels(by_name))
+
+
 def test_a_failed_request_leaves_the_model_as_it_was(folders, tmp_path):
     registry = ModelRegistry.from_a1111(folders)
     plain = GenerationRequest("a cat", model="tiny", **FAST)

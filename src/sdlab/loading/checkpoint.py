@@ -204,3 +204,20 @@ def _safetensors_bytes(file: Path, dtype: torch.dtype) -> int:
         start, end = entry["data_offsets"]
         total += numel * dtype.itemsize if floating else end - start
     return total
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The `__metadata__` strings of a .safetensors file's header ({} for another file or a damaged one;
+    loading it says what is wrong)."""
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        return {}
+    try:
+        with path.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length < 100_000_000:
+                return {}
+            metadata = json.loads(f.read(length)).get("__metadata__") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in metadata.items() if isinstance(v, str)} if isinstance(metadata, dict) else {}

@@ -114,6 +114,7 @@ class ModelRegistry:
                 models.setdefault(name, ModelEntry(name, path))
         self._models = models
         self._loras = _by_stem(_scan(folder, suffixes) for folder in self.lora_dirs)
+        self._lora_aliases = _aliases(self._loras)
         self._embeddings = _by_stem(_scan(folder, suffixes) for folder in self.embedding_dirs)
 
     def models(self) -> list[ModelEntry]:
@@ -121,6 +122,10 @@ class ModelRegistry:
 
     def loras(self) -> dict[str, Path]:
         return dict(self._loras)
+
+    def lora_alias(self, name: str) -> str:
+        """The LoRA's alias as A1111 lists it: the `ss_output_name` its trainer wrote, else its name."""
+        return next((alias for alias, owner in self._lora_aliases.items() if owner == name), name)
 
     def embeddings(self) -> dict[str, Path]:
         return dict(self._embeddings)
@@ -168,6 +173,9 @@ class ModelRegistry:
         return decoder
 
     def find_lora(self, ref: str) -> Path:
+        """A LoRA by its name (the file's stem) or its alias (`ss_output_name`), as A1111 finds prompt tags."""
+        if ref not in self._loras and ref in self._lora_aliases:
+            return self._loras[self._lora_aliases[ref]]
         return self._find(ref, self._loras, "LoRA", "--lora-dir")
 
     def find_embedding(self, ref: str) -> Path:
@@ -276,6 +284,19 @@ def _scan(root: Path, suffixes: tuple[str, ...], *, diffusers_folders: bool = Fa
             if not f.startswith(".") and path.suffix.lower() in suffixes and _inside(path, real_root):
                 found[path.relative_to(root).as_posix()] = path
     return found
+
+
+def _aliases(loras: dict[str, Path]) -> dict[str, str]:
+    """{alias: name} from each LoRA's `ss_output_name` (kohya's trainers write it), as A1111's Lora
+    extension reads aliases: one that is another LoRA's name, or that two files share, is left out."""
+    from sdlab.loading.checkpoint import safetensors_metadata
+
+    found: dict[str, list[str]] = {}
+    for name, path in loras.items():
+        alias = safetensors_metadata(path).get("ss_output_name")
+        if isinstance(alias, str) and alias.strip() and alias != name:
+            found.setdefault(alias, []).append(name)
+    return {alias: names[0] for alias, names in found.items() if len(names) == 1 and alias not in loras}
 
 
 def _inside(path: Path, real_root: Path) -> bool:

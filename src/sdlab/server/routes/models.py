@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
 from sdlab.embeddings import read_embedding
 from sdlab.errors import InputError
+from sdlab.loading.checkpoint import safetensors_metadata
 from sdlab.sampling.schedulers import SAMPLER_ALIASES, SCHEDULE_TYPES, SCHEDULERS
 from sdlab.server.responses import (
     EmbeddingItem,
@@ -59,7 +59,7 @@ def refresh(r: TheRegistry) -> dict:
 @router.get("/loras")
 def loras(r: TheRegistry) -> list[LoraItem]:
     return [
-        LoraItem(name=name, alias=name, path=name, metadata=_metadata(path))
+        LoraItem(name=name, alias=r.lora_alias(name), path=name, metadata=safetensors_metadata(path))
         for name, path in r.loras().items()
     ]
 
@@ -104,15 +104,3 @@ def model_item(r: ModelRegistry, entry: ModelEntry) -> SDModelItem:
         title=f"{entry.name} [{short}]" if short else entry.name, model_name=entry.model_name, hash=short,
         filename=entry.name,
     )  # fmt: skip
-
-
-def _metadata(path: Path) -> dict[str, Any]:
-    if path.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, "pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # a damaged file still lists; loading it will say what is wrong
-        return {}
