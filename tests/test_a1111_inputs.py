@@ -49,3 +49,37 @@ def test_ensd_moves_only_the_noise_a_sampler_adds_at_its_steps():
             pipe, "a handwritten digit 5", scheduler=scheduler, eta_noise_seed_delta=31337, **kwargs
         )
         assert torch.equal(plain, ensd.pixels) != changes, scheduler
+
+
+def test_jpeg_and_webp_parameters_are_a1111s_exif_user_comment(tmp_path, capsys):
+    """Issue 21: A1111 saves JPEG and WebP with the infotext in the EXIF UserComment (piexif's "UNICODE"
+    encoding). sdlab reads such files (png-info, replay) and writes them with `-o x.jpg` / `-o x.webp`, which
+    piexif, A1111's reader, reads back."""
+    import piexif
+    import piexif.helper
+
+    from sdlab.images import read_image_text
+
+    for suffix in ("jpg", "webp"):
+        # as A1111 writes it (modules/images.py: piexif.dump + UserComment.dump(..., encoding="unicode"))
+        made = tmp_path / f"a1111.{suffix}"
+        exif = piexif.dump(
+            {
+                "Exif": {
+                    piexif.ExifIFD.UserComment: piexif.helper.UserComment.dump(A1111_TEXT, encoding="unicode")
+                }
+            }
+        )
+        PIL.Image.new("RGB", (32, 32)).save(made, exif=exif, quality=90)
+        assert read_image_text(made) == {"parameters": A1111_TEXT}
+        again = tmp_path / f"again.{suffix}"
+        assert main(["replay", str(made), "--model", "digits", "-o", str(again)]) == 0, (
+            capsys.readouterr().err
+        )
+        comment = piexif.load(PIL.Image.open(again).info["exif"])["Exif"][piexif.ExifIFD.UserComment]
+        written = piexif.helper.UserComment.load(comment)
+        assert written.startswith("a handwritten digit 3\nNegative prompt: thin\nSteps: 6, Sampler: Euler a")
+        assert "Clip skip: 2" in written and read_image_text(again) == {"parameters": written}
+    assert read_image_text(tmp_path / "again.jpg") != {}
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "bare.jpg")
+    assert read_image_text(tmp_path / "bare.jpg") == {}

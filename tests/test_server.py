@@ -132,6 +132,15 @@ def test_setting_the_model_png_info_and_lora_tags(api, server):
     made = api.txt2img(**DIGIT)
     info = api.png_info(made.images[0])
     assert info.info == made.info["infotexts"][0]
+    # a JPEG or WebP as A1111 saves them: the infotext in the EXIF UserComment (issue 21; 422 before)
+    for fmt in ("JPEG", "WEBP"):
+        from sdlab.images import image_bytes
+
+        data = image_bytes(made.images[0], fmt, parameters=made.info["infotexts"][0])
+        reply = requests.post(
+            f"{server}/sdapi/v1/png-info", json={"image": base64.b64encode(data).decode()}, timeout=30
+        )
+        assert reply.status_code == 200 and reply.json()["info"] == made.info["infotexts"][0], fmt
     assert info.parameters["Seed"] == "11" and info.parameters["Sampler"] == "DPM++ 2M"
     assert json.loads(info.json["items"]["sdlab"])["model"] == "digits"
 

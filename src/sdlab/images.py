@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,12 @@ _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 Source = str | os.PathLike | Image.Image | bytes  # bytes: an encoded file, e.g. from an HTTP request
 
 MAX_PIXELS = 8192 * 8192  # 67 megapixels (200 MB as RGB): far beyond any SD resolution
+
+# Output formats by suffix. JPEG and WebP carry the parameters as A1111 writes them there: in the EXIF
+# UserComment, "UNICODE\0" then UTF-16-BE (piexif's `UserComment.dump(text, encoding="unicode")`).
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+_COMMENT_CODES = {b"UNICODE\0": "utf-16-be", b"ASCII\0\0\0": "ascii", b"\0" * 8: "utf-8"}
 
 
 def load_image(source: Source, *, what: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -105,8 +112,12 @@ def save_png(
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"output path '{path}' must end in .png; save_png writes PNG files only.")
+    return _write(path, png_bytes(image, parameters=parameters, extra=extra))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """`data` to `path`, whole or not at all; `InputError` naming the path when it cannot be written."""
     try:
-        data = png_bytes(image, parameters=parameters, extra=extra)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # open() leaves permissions to the umask
             f.write(data)
             f.flush()
@@ -127,6 +138,74 @@ def png_bytes(
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def image_bytes(
+    image: Image.Image, fmt: str, *, parameters: str | None = None, extra: dict[str, str] | None = None
+) -> bytes:
+    """`image` encoded as `fmt` ("PNG", "JPEG" or "WEBP") with its parameters: PNG text chunks (`extra` too),
+    or for JPEG and WebP (quality 95) A1111's EXIF UserComment, which holds `parameters` alone."""
+    if fmt == "PNG":
+        return png_bytes(image, parameters=parameters, extra=extra)
+    exif = _user_comment_exif(parameters) if parameters is not None else b""
+    buffer = io.BytesIO()
+    _to_rgb(image, "image").save(buffer, format=fmt, quality=95, exif=exif)
+    return buffer.getvalue()
+
+
+def _user_comment_exif(text: str) -> bytes:
+    """EXIF with one UserComment of type UNDEFINED, "UNICODE\0" + UTF-16-BE, as piexif writes A1111's (Pillow
+    would store bytes as BYTE, which piexif does not read as a comment): a big-endian TIFF whose IFD0 points
+    to an Exif IFD holding the comment, its bytes after it."""
+    comment = b"UNICODE\0" + text.encode("utf-16-be")
+    exif_ifd = 8 + 2 + 12 + 4  # after the header and IFD0 (one entry, then the next-IFD offset)
+    data = exif_ifd + 2 + 12 + 4
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8)
+    tiff += struct.pack(">HHHII", 1, _EXIF_IFD, 4, 1, exif_ifd) + struct.pack(">I", 0)  # LONG pointer
+    tiff += struct.pack(">HHHII", 1, _USER_COMMENT, 7, len(comment), data) + struct.pack(">I", 0)
+    return b"Exif\x00\x00" + tiff + comment
+
+
+def save_image(
+    image: Image.Image,
+    path: str | os.PathLike,
+    *,
+    parameters: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Write `image` as PNG, JPEG or WebP by the path's suffix (`OUTPUT_FORMATS`), with its parameters
+    (`image_bytes`), atomically, creating parent folders. `InputError` for another suffix."""
+    path = Path(path)
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"output path '{path}' must end in .png, .jpg, .jpeg or .webp")
+    if fmt == "PNG":
+        return save_png(image, path, parameters=parameters, extra=extra)
+    return _write(path, image_bytes(image, fmt, parameters=parameters))
+
+
+def read_image_text(source: str | os.PathLike | bytes, *, what: str = "image") -> dict[str, str]:
+    """The generation parameters an image carries: a PNG's text chunks ({"parameters": ..., "sdlab": ...}),
+    or a JPEG's or WebP's EXIF UserComment as {"parameters": ...} (A1111 saves them so; `images.py`'s
+    `read_info_from_image`). {} where there are none; `InputError` for another format or a broken file."""
+    source = source if isinstance(source, bytes) else Path(source)
+    label = what if isinstance(source, bytes) else f"'{source}'"
+    with _open_checked(source, what, MAX_PIXELS) as image:
+        if image.format == "PNG":
+            return read_png_text(source, what=what)
+        if image.format not in ("JPEG", "WEBP"):
+            raise InputError(f"{label} is a {image.format} file; parameters are read from PNG, JPEG and WebP")
+        comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    if not isinstance(comment, bytes) or not comment:
+        return {}
+    encoding = _COMMENT_CODES.get(comment[:8])
+    try:
+        text = comment[8:].decode(encoding) if encoding else comment.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(
+            f"{label}'s EXIF UserComment is not text ({encoding or 'no character code'})"
+        ) from None
+    return {"parameters": text.rstrip("\0")}
 
 
 def read_png_text(source: str | os.PathLike | bytes, *, what: str = "PNG") -> dict[str, str]:

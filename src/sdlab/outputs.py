@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from sdlab.errors import InputError
-from sdlab.images import make_grid, read_png_text, save_png
+from sdlab.images import OUTPUT_FORMATS, make_grid, read_image_text, save_image
 from sdlab.metadata import format_parameters, parse_parameters
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.loop import GenerationResult
@@ -113,34 +113,39 @@ def save_result(
 def write_pngs(
     images: list[Image.Image], recipes: list[dict], output: str | Path, infotexts: list[str] | None = None
 ) -> list[Path]:
-    """Images with their recipes as PNGs: `output` for one; `out-0.png ...` plus `out-grid.png` for several.
+    """Images with their recipes: `output` for one; `out-0.png ...` plus `out-grid.png` for several.
 
-    `infotexts` are the images' A1111 `parameters` (default: `infotext(recipe)`)."""
+    `infotexts` are the images' A1111 `parameters` (default: `infotext(recipe)`). A `.jpg` or `.webp`
+    output carries them in its EXIF UserComment, as A1111 saves them; only a PNG also keeps sdlab's recipe."""
     output = check_output(output)
     infotexts = infotexts or [infotext(r) for r in recipes]
     if len(images) == 1:
         targets = [output]
     else:
-        targets = [output.with_name(f"{output.stem}-{i}.png") for i in range(len(images))]
+        targets = [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(images))]
     written = []
     for image, r, text, target in zip(images, recipes, infotexts, targets, strict=True):
-        written.append(save_png(image, target, parameters=text, extra={"sdlab": json.dumps(r)}))
+        written.append(save_image(image, target, parameters=text, extra={"sdlab": json.dumps(r)}))
     if len(images) > 1:  # the grid carries its first image's parameters, as A1111's grids do
-        grid = output.with_name(f"{output.stem}-grid.png")
-        written.append(save_png(make_grid(images), grid, parameters=infotexts[0]))
+        grid = output.with_name(f"{output.stem}-grid{output.suffix}")
+        written.append(save_image(make_grid(images), grid, parameters=infotexts[0]))
     return written
 
 
 def check_output(output: str | Path) -> Path:
     output = Path(output)
-    if output.suffix.lower() != ".png":
-        raise InputError(f"output {output} must end in .png (the recipe is stored in PNG text chunks)")
+    if output.suffix.lower() not in OUTPUT_FORMATS:
+        raise InputError(
+            f"output {output} must end in .png (the recipe in its text chunks), or .jpg or .webp (A1111's EXIF "
+            "parameters)"
+        )
     return output
 
 
 def read_recipe(path: str | Path) -> dict:
-    """The recipe of an image sdlab made (its `sdlab` chunk), or one rebuilt from A1111 `parameters`."""
-    chunks = read_png_text(path)
+    """The recipe of an image sdlab made (its `sdlab` chunk), or one rebuilt from A1111 `parameters` (a PNG's
+    chunk, or a JPEG's or WebP's EXIF UserComment)."""
+    chunks = read_image_text(path)
     if "sdlab" in chunks:
         try:
             recipe = json.loads(chunks["sdlab"])
@@ -151,7 +156,9 @@ def read_recipe(path: str | Path) -> dict:
         recipe.setdefault("deep_cache", 1)  # and ran the UNet whole at every step
         return recipe
     if "parameters" not in chunks:
-        raise InputError(f"{path} carries no generation parameters (no 'parameters' or 'sdlab' PNG chunk)")
+        raise InputError(
+            f"{path} carries no generation parameters (no 'parameters' or 'sdlab' PNG chunk, no EXIF UserComment)"
+        )
     return parameters_recipe(chunks["parameters"], str(path))
 
 

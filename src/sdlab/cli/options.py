@@ -83,7 +83,10 @@ class GenerateOptions(GenerationRequest, NetworkOptions):
     )
     lora: str | None = option(None, "LoRA file(s) to apply, FILE[:WEIGHT], comma-separated")
     output: str | None = option(
-        None, "PNG to write; several images add -0, -1, ... and -grid (default: outputs/NNNNN.png)", "-o"
+        None,
+        "image to write: .png (with sdlab's recipe), or .jpg/.webp (A1111's EXIF parameters); several images add "
+        "-0, -1, ... and -grid (default: outputs/NNNNN.png)",
+        "-o",
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from sdlab.errors import InputError
-from sdlab.images import read_png_text
+from sdlab.images import read_image_text
 from sdlab.metadata import format_parameters, parse_parameters
 from sdlab.outputs import interval_text, parameters_recipe
 from sdlab.sampling.schedulers import a1111_sampler
@@ -23,7 +23,9 @@ def build() -> dict[str, Any]:
     """The tab's components: `file`, `text` (the parameters), `send`."""
     c = {
         "file": gr.File(
-            label="Drop a PNG (sdlab's, or AUTOMATIC1111's)", file_types=[".png"], elem_id="png-file"
+            label="Drop a PNG, JPEG or WebP (sdlab's, or AUTOMATIC1111's)",
+            file_types=[".png", ".jpg", ".jpeg", ".webp"],
+            elem_id="png-file",
         ),
         "text": gr.Textbox(label="parameters", lines=6, elem_id="png-parameters", buttons=["copy"]),
         "send": gr.Button("Send to txt2img", elem_id="png-send"),
@@ -42,8 +44,8 @@ def png_parameters(file: Any) -> str:
         return ""
     path = file if isinstance(file, str) else getattr(file, "name", "")
     try:  # the bytes, not the path: gradio has checked the file is an upload; messages name no server path
-        return read_png_text(Path(path).read_bytes(), what="the PNG").get(
-            "parameters", "this PNG carries no generation parameters"
+        return read_image_text(Path(path).read_bytes(), what="the image").get(
+            "parameters", "this image carries no generation parameters"
         )
     except InputError as err:
         raise gr.Error(str(err)) from None

@@ -8,7 +8,7 @@ import psutil
 import torch
 from fastapi import APIRouter
 
-from sdlab.images import read_png_text
+from sdlab.images import read_image_text
 from sdlab.metadata import parse_parameters
 from sdlab.server import a1111
 from sdlab.server.responses import MemoryResponse, PNGInfoResponse
@@ -19,7 +19,7 @@ router = APIRouter(prefix=API, tags=["utilities"])
 
 @router.post("/png-info")
 def png_info(body: a1111.PNGInfoRequest) -> PNGInfoResponse:
-    chunks = read_png_text(a1111.decode_image(body.image, "image"), what="image")
+    chunks = read_image_text(a1111.decode_image(body.image, "image"), what="image")
     text = chunks.pop("parameters", "")
     parameters: dict[str, Any] = {}
     if text:
