@@ -77,9 +77,21 @@ def test_txt2img_img2img_and_inpainting_equal_the_cli(api, capsys, tmp_path):
                     "--mask-blur", 4)  # fmt: skip
     assert np.array_equal(np.asarray(inpainted.images[0].convert("RGB")), cli)
     assert inpainted.info["ignored"] == {}
-    # webuiapi's own inpainting defaults ask for what sdlab does not do: reported, not misread
+    # webuiapi's inpainting defaults are A1111's (fill, only masked, padding 0; issue 21): applied, as the CLI
     defaults = api.img2img(images=[result.images[0]], mask_image=mask, **DIGIT)
-    assert defaults.info["ignored"] == {"inpainting_fill": 0, "inpaint_full_res": True}
+    assert defaults.info["ignored"] == {}
+    cli = cli_image(capsys, tmp_path, "defaults", *cli_args(DIGIT), "--scheduler", "dpmpp_2m", "--init-image", init,
+                    "--mask", tmp_path / "mask.png", "--mask-blur", 4, "--strength", 0.75, "--inpainting-fill", "fill",
+                    "--padding-mask-crop", 0)  # fmt: skip
+    assert np.array_equal(np.asarray(defaults.images[0].convert("RGB")), cli)
+    assert "Masked content: fill" in defaults.info["infotexts"][0]
+    # a client that leaves the fields out gets A1111's defaults too
+    body = {**DIGIT, "sampler_name": "DPM++ 2M", "denoising_strength": 0.75, "mask_blur": 4,
+            "init_images": [_b64_png(result.images[0])], "mask": _b64_png(mask)}  # fmt: skip
+    bare = requests.post(f"{api.baseurl}/img2img", json=body, timeout=120).json()
+    assert json.loads(bare["info"])["ignored"] == {}
+    image = PIL.Image.open(io.BytesIO(base64.b64decode(bare["images"][0]))).convert("RGB")
+    assert np.array_equal(np.asarray(image), cli)
 
 
 def test_an_sdxl_model_through_the_api_equals_the_cli(api, server, capsys, tmp_path, data_dir):
@@ -262,3 +274,9 @@ def test_eight_concurrent_clients_get_correct_images_and_interrupt_stops_within_
         alone = send(body)
         assert result["images"] == alone["images"]  # same PNG bytes: same pixels, same metadata
         assert json.loads(result["info"])["interrupted"] is None
+
+
+def _b64_png(image: PIL.Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -82,6 +82,8 @@ def infotext(r: dict, pipe: Pipeline | None = None) -> str:
         value = _plain(r[f.name])  # JSON gives lists where the parameters hold tuples
         if value != neutral(f.name) or _plain(implied.get(f.name, value)) != value:
             settings[key] = _infotext_value(f.name, value)
+    if r.get("padding_mask_crop") is not None:
+        settings["Inpaint area"] = "Only masked"  # A1111 writes it beside "Masked area padding"
     if r.get("vae_decoder"):
         settings["VAE Decoder"] = Path(r["vae_decoder"]).name  # a tiny decoder (TAESD) drew the image
     settings["Version"] = f"sdlab {r['sdlab_version']}"
@@ -204,8 +206,10 @@ def _parse_infotext_value(name: str, text: str) -> Any:
         return [float(lo), None if hi == "inf" else float(hi)]
     if name == "clip_skip":
         return int(text) - 1
-    whole = str(SamplingParams.__dataclass_fields__[name].type).startswith("int")  # "int", "int | None"
-    return int(text) if whole else float(text)
+    kind = str(SamplingParams.__dataclass_fields__[name].type)  # "int", "int | None", "str", ...
+    if kind.startswith("str"):
+        return text
+    return int(text) if kind.startswith("int") else float(text)
 
 
 def interval_text(interval: list | None) -> str | None:

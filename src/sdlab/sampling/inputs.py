@@ -6,15 +6,18 @@ into tensors by diffusers' `VaeImageProcessor`, as diffusers' img2img and inpain
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import PIL.Image
 import torch
 from diffusers.image_processor import VaeImageProcessor
 
 from sdlab.errors import InputError
 from sdlab.images import load_image, load_mask
+from sdlab.sampling.inpainting import MaskCrop, crop_region, fill_masked, to_pil
 from sdlab.sampling.latents import encode_images
 from sdlab.sampling.params import MAX_SEED, MAX_SIDE, ImageInput, SamplingParams
 
@@ -30,6 +33,7 @@ class InitImage:
     pixels: torch.Tensor | None
     latents: torch.Tensor | None
     size: tuple[int, int] | None
+    image: PIL.Image.Image | None = None  # the image as given (RGB), where it was one
 
 
 def seeds_for(seed: int | list[int] | None, batch_size: int) -> list[int]:
@@ -70,6 +74,7 @@ def prepare_init(pipe: Pipeline, params: SamplingParams, processor: VaeImageProc
     else:
         x = load_image(image, what="init image")
         size = x.size
+        image = x
     factor = pipe.vae_scale_factor
     for name, side, given in (("width", size[0], params.width), ("height", size[1], params.height)):
         if given is None and side < factor:  # diffusers would round the side down to 0 and fail inside
@@ -77,7 +82,34 @@ def prepare_init(pipe: Pipeline, params: SamplingParams, processor: VaeImageProc
                 f"the init image is {size[0]}x{size[1]} pixels; its {name} must be at least {factor} (the VAE's "
                 f"factor), or give a {name} to resize it to"
             )
-    return InitImage(processor.preprocess(x, height=params.height, width=params.width), None, size)
+    original = image if isinstance(image, PIL.Image.Image) else to_pil(x * 2 - 1)
+    return InitImage(processor.preprocess(x, height=params.height, width=params.width), None, size, original)
+
+
+def prepare_inpainting(
+    pipe: Pipeline, params: SamplingParams, init: InitImage, processor: VaeImageProcessor
+) -> tuple[InitImage, MaskCrop | None]:
+    """The init image as inpainting starts from it (`sdlab.sampling.inpainting`): cut to the mask's region
+    with `padding_mask_crop` (then also the `MaskCrop` to paste the result back with), and with its masked
+    area filled unless `inpainting_fill` is "original"."""
+    mask = load_mask(params.mask_image, size=init.image.size)
+    crop = None
+    if params.padding_mask_crop is not None:
+        height, width = processor.get_default_height_width(init.image, params.height, params.width)
+        coords = crop_region(mask, width, height, params.padding_mask_crop)
+        pixels = processor.preprocess(
+            init.image, height=height, width=width, crops_coords=coords, resize_mode="fill"
+        )
+        crop = MaskCrop(coords, init.image, mask)
+        init = dataclasses.replace(init, pixels=pixels)
+    if params.inpainting_fill != "original":
+        height, width = init.pixels.shape[-2:]
+        region = mask.crop(crop.coords) if crop is not None else mask
+        filled = fill_masked(
+            to_pil(init.pixels), region.resize((width, height), PIL.Image.Resampling.LANCZOS)
+        )
+        init = dataclasses.replace(init, pixels=processor.preprocess(filled))
+    return init, crop
 
 
 def output_size(pipe: Pipeline, params: SamplingParams, init: InitImage | None) -> tuple[int, int]:
@@ -108,9 +140,11 @@ def prepare_mask(
     size: tuple[int, int],
     batch_size: int,
     generators: list[torch.Generator],
+    crop: MaskCrop | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(mask (B, 1, h, w) of 0/1 at latent resolution, 1 = repaint; masked-image latents (B, C, h, w) for a
-    9-channel inpainting UNet, else None), as diffusers' `StableDiffusionInpaintPipeline.prepare_mask_latents`."""
+    9-channel inpainting UNet, else None), as diffusers' `StableDiffusionInpaintPipeline.prepare_mask_latents`;
+    cut to `crop` for an "only masked" run."""
     height, width = size
     mask = load_mask(params.mask_image, size=init.size)
     processor = VaeImageProcessor(
@@ -119,7 +153,8 @@ def prepare_mask(
         do_binarize=True,
         do_convert_grayscale=True,
     )
-    mask = processor.preprocess(mask, height=height, width=width)  # (1, 1, H, W) of 0/1
+    cut = {} if crop is None else {"crops_coords": crop.coords, "resize_mode": "fill"}
+    mask = processor.preprocess(mask, height=height, width=width, **cut)  # (1, 1, H, W) of 0/1
     masked_latents = None
     if pipe.is_inpainting_unet:
         masked = (init.pixels * (mask < 0.5)).to(pipe.device, pipe.dtype)

@@ -27,7 +27,16 @@ from sdlab.sampling.conditioning import schedule_conditioning
 from sdlab.sampling.denoisers import UNetModel
 from sdlab.sampling.gradient_guidance import GradientGuidance, GradientGuide, alpha_bar_at
 from sdlab.sampling.guidance import ClassifierFreeGuidance, guided_steps, uses_guidance
-from sdlab.sampling.inputs import InitImage, output_size, prepare_init, prepare_mask, repeat_to, seeds_for
+from sdlab.sampling.inpainting import fill_latents
+from sdlab.sampling.inputs import (
+    InitImage,
+    output_size,
+    prepare_init,
+    prepare_inpainting,
+    prepare_mask,
+    repeat_to,
+    seeds_for,
+)
 from sdlab.sampling.latents import (
     decode_latents,
     encode_images,
@@ -142,6 +151,9 @@ def generate(
     check_unet_conditioning(pipe.unet)
     processor = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor)
     init = prepare_init(pipe, p, processor)
+    crop = None
+    if p.mask_image is not None and init is not None and init.pixels is not None:
+        init, crop = prepare_inpainting(pipe, p, init, processor)  # "only masked", masked content
     height, width = output_size(pipe, p, init)
     prompts, negatives = _prompts(p)
     seeds = seeds_for(p.seed, len(prompts))
@@ -172,7 +184,14 @@ def generate(
     # 5. Inpainting: the mask at latent resolution; 9-channel UNets also see the masked image's latents
     mask = masked_latents = None
     if p.mask_image is not None:
-        mask, masked_latents = prepare_mask(pipe, p, init, (height, width), len(prompts), generators)
+        mask, masked_latents = prepare_mask(pipe, p, init, (height, width), len(prompts), generators, crop)
+        if (
+            p.inpainting_fill in ("latent noise", "latent nothing")
+            and image_latents is not None
+            and first > 0
+        ):
+            base = fill_latents(image_latents, noise, mask, p.inpainting_fill)  # A1111's, before noising
+            latents = sched.add_noise(base, noise, timesteps[:1].repeat(len(prompts)))
     step_generators = (
         generators_for([s + p.eta_noise_seed_delta for s in seeds]) if p.eta_noise_seed_delta else generators
     )
@@ -210,8 +229,12 @@ def generate(
     # 8. Decode
     with full_precision_vae(pipe.vae if vae_decoder is None else vae_decoder) as decoder:
         pixels = processor.postprocess(decode_latents(decoder, latents.to(decoder.dtype)), output_type="pt")
+    images = processor.numpy_to_pil(processor.pt_to_numpy(pixels))
+    if crop is not None:  # "only masked": each result pasted back into the original
+        images = crop.paste(processor, images)
+        pixels = processor.numpy_to_pt(processor.pil_to_numpy(images))
     return GenerationResult(
-        images=processor.numpy_to_pil(processor.pt_to_numpy(pixels)),
+        images=images,
         pixels=pixels.float().cpu(), latents=latents, seeds=seeds, prompts=prompts, negative_prompts=negatives,
         params=p, unet_evaluations=cfg.evaluations, stopped_at_step=stopped_at,
         guide=guide.recipe if guide is not None else {},

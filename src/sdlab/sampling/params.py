@@ -54,6 +54,7 @@ SDXL_PAIRS = (
     "negative_original_size", "negative_crops_coords_top_left", "negative_target_size",
 )  # fmt: skip
 SDXL_ONLY = (*SDXL_PAIRS, "aesthetic_score", "negative_aesthetic_score")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # A1111's inpainting_fill 0-3
 MAX_CONDITIONING_SIZE = 16_384  # pixels: SDXL saw original sizes up to about 4096; beyond 4x that is a typo
 
 
@@ -125,6 +126,16 @@ class SamplingParams:
     mask_image: ImageInput | None = option(
         None, "inpainting mask, white = repaint, same size as the init image", "--mask", type=str
     )
+    inpainting_fill: str = option(
+        "original", "inpainting: what the masked area starts as below strength 1: fill (blurred colours from "
+        "around it), original, latent noise, latent nothing (A1111's Masked content)", choices=list(MASKED_CONTENT),
+        metavar="|".join(MASKED_CONTENT), infotext="Masked content",
+    )  # fmt: skip
+    padding_mask_crop: int | None = option(
+        None, "inpaint only the masked area: the mask's box plus N pixels, sampled at the output size and pasted "
+        "back (A1111's 'Only masked' and its padding; diffusers' padding_mask_crop)", metavar="N",
+        infotext="Masked area padding",
+    )  # fmt: skip
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
     eta_noise_seed_delta: int = option(
         0, "A1111's ENSD: the noise a stochastic sampler adds at each step (Euler a, DDIM with eta, DDPM, LCM) "
@@ -214,6 +225,16 @@ class SamplingParams:
             check_pair(name, getattr(self, name), crop="crops" in name)
         check_number("aesthetic_score", self.aesthetic_score, low=0, high=10)
         check_number("negative_aesthetic_score", self.negative_aesthetic_score, low=0, high=10)
+        if self.inpainting_fill not in MASKED_CONTENT:
+            raise InputError(
+                f"inpainting_fill must be one of {', '.join(MASKED_CONTENT)}, got {self.inpainting_fill!r}"
+            )
+        check_int("padding_mask_crop", self.padding_mask_crop, 0, MAX_SIDE, optional=True)
+        if self.mask_image is None and (
+            self.inpainting_fill != "original" or self.padding_mask_crop is not None
+        ):
+            given = "padding_mask_crop" if self.padding_mask_crop is not None else "inpainting_fill"
+            raise InputError(f"{given} applies to inpainting; give a mask_image with the init image")
         if self.mask_image is not None and self.init_image is None:
             raise InputError("a mask needs an init image to inpaint; pass init_image (--init-image) too")
         if self.strength is not None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sdlab.errors import InputError
 from sdlab.metadata import parse_parameters
+from sdlab.sampling.params import MASKED_CONTENT
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, schedule_spacing
 from sdlab.service import GenerationRequest, RequestResult
 from sdlab.service.request import a1111_fields
@@ -62,13 +63,11 @@ NEUTRAL: dict[str, tuple] = {
     "include_init_images": (False, None),
     "latent_mask": (None,),
     "mask_round": (ANY,),  # sdlab's masks are always rounded to 0/1 at latent resolution
-    "inpaint_full_res_padding": (ANY,),
     "firstphase_width": (ANY,),
     "firstphase_height": (ANY,),
     "denoising_strength": (ANY,),  # txt2img: hires fix only
 }
 HIRES = re.compile(r"^hr_")
-INPAINT_ONLY = {"inpainting_fill": (1,), "inpaint_full_res": (False, 0, None)}  # with a mask only
 OVERRIDES_NEUTRAL = {"sd_vae": (None, "", "Automatic", "None")}
 # A1111 options that change the image, applied per request (`override_settings`) or for every request
 # (`POST /sdapi/v1/options`): option -> (SamplingParams field, A1111's value -> the field's)
@@ -131,8 +130,18 @@ class Img2ImgRequest(Txt2ImgRequest):
     mask: str | None = Field(None, description="base64 inpainting mask: white is repainted")
     mask_blur: float = Field(4, description="Gaussian blur radius of the mask, pixels")
     inpainting_mask_invert: int = Field(0, description="1: repaint the black part instead")
-    inpainting_fill: int = Field(1, description="1 (original) is what sdlab does; others are reported")
-    inpaint_full_res: bool = Field(False, description="'only masked' is not implemented; reported when on")
+    inpainting_fill: int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing (A1111's)",
+    )
+    inpaint_full_res: bool = Field(
+        True, description="inpaint area: true 'only masked' (A1111's default), false the whole picture"
+    )
+    inpaint_full_res_padding: int = Field(
+        0, ge=0, description="'only masked': pixels of padding around the mask's box"
+    )
 
 
 class PNGInfoRequest(BaseModel):
@@ -148,8 +157,7 @@ def to_request(
     `override_settings` take precedence for that request, as in A1111."""
     given = body.model_dump(exclude_unset=True)
     overrides = dict(body.override_settings or {})
-    has_mask = img2img and bool(given.get("mask"))
-    ignored = _ignored(given, set(type(body).model_fields), has_mask=has_mask)
+    ignored = _ignored(given, set(type(body).model_fields))
     for key, value in overrides.items():
         if key in GENERATION_OPTIONS:
             overrides[key] = check_option(key, value)
@@ -190,10 +198,12 @@ def to_request(
         if len(body.init_images) > 1:
             ignored["init_images"] = f"{len(body.init_images) - 1} images after the first"
         fields["init_image"] = decode_image(body.init_images[0], "init_images[0]")
-        if body.mask:
+        if body.mask:  # A1111's inpainting defaults where a field is left out: fill, only masked
             fields.update(
-                mask_image=decode_image(body.mask, "mask"), invert_mask=bool(body.inpainting_mask_invert)
-            )
+                mask_image=decode_image(body.mask, "mask"), invert_mask=bool(body.inpainting_mask_invert),
+                inpainting_fill=MASKED_CONTENT[body.inpainting_fill],
+                padding_mask_crop=body.inpaint_full_res_padding if body.inpaint_full_res else None,
+            )  # fmt: skip
     if fields.get("guidance_interval") is not None:
         fields["guidance_interval"] = tuple(fields["guidance_interval"])
     return GenerationRequest(**fields), ignored
@@ -294,13 +304,10 @@ def echo(body: BaseModel, result: RequestResult) -> dict[str, Any]:
     return parameters
 
 
-def _ignored(given: dict[str, Any], fields: set[str], *, has_mask: bool) -> dict[str, Any]:
+def _ignored(given: dict[str, Any], fields: set[str]) -> dict[str, Any]:
     ignored = {}
     for key, value in given.items():
-        if key in INPAINT_ONLY:
-            if has_mask and not _neutral(value, INPAINT_ONLY[key]):
-                ignored[key] = value
-        elif key in fields or (HIRES.match(key) and not given.get("enable_hr")):
+        if key in fields or (HIRES.match(key) and not given.get("enable_hr")):
             continue
         elif key in NEUTRAL:
             if not _neutral(value, NEUTRAL[key]):
