@@ -154,7 +154,7 @@ def test_generate_with_sdxl_from_the_cli(capsys, tmp_path, tiny_sdxl_dir):
         (["--scheduler", "nope"], "invalid choice"),
         (["--steps", "many"], "invalid int value"),
         (["--model", "{missing}"], "does not exist"),
-        (["-o", "{tmp}/x.jpg"], "must end in .png"),
+        (["-o", "{tmp}/x.gif"], "must end in .png"),
         (["--guide-digit", "12"], "--guide-digit must be a digit from 0 to 9"),
         (["--guide-digit", "3", "--guide-scale", "-1"], "--guide-scale must be a number >= 0"),
     ],
