@@ -1,6 +1,8 @@
 """LoRA files: low-rank adapters for the UNet and text encoder, in the format diffusers and A1111 share.
 
-Loading goes through diffusers' own LoRA loaders (`StableDiffusionLoraLoaderMixin`, and for SDXL
+Files of LyCORIS kinds peft's LoRA layers do not express (LoCon's CP core, LoHa, LoKr, DoRA) are merged
+into the weights with A1111's maths and restored afterwards (`sdlab.lycoris`). Plain LoRA files go
+through diffusers' own LoRA loaders (`StableDiffusionLoraLoaderMixin`, and for SDXL
 `StableDiffusionXLLoraLoaderMixin`), which also convert kohya/A1111 files: SD 1.x's `lora_unet_*` /
 `lora_te_*`, and SDXL's `lora_unet_*` in the original UNet's block names (`input_blocks_4_1_...`, mapped
 by the UNet's config), `lora_te1_*` (CLIP ViT-L) and `lora_te2_*` (OpenCLIP bigG); saving writes `pytorch_lora_weights.safetensors` exactly as diffusers'
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from sdlab import lycoris
 from sdlab.atomic import atomic_path
 from sdlab.errors import InputError
 from sdlab.loading.checkpoint import read_state_dict
@@ -44,8 +47,14 @@ def load_lora(pipe: Pipeline, path: str | Path, weight: float = 1.0, *, allow_pi
 
     path = Path(path)
     tensors = read_state_dict(path, allow_pickle=allow_pickle)  # safetensors; pickles only weights_only
-    taken = {name for module in _modules(pipe) for name in _weights(module)}
+    taken = {name for module in _modules(pipe) for name in _weights(module)} | set(_merged(pipe))
     name = next(f"lora{i}-{path.stem}" for i in range(len(taken) + 1) if f"lora{i}-{path.stem}" not in taken)
+    if lycoris.needs_merging(tensors):  # LoCon's CP core, LoHa, LoKr, DoRA: A1111's maths, merged
+        try:
+            _merged(pipe)[name] = lycoris.merge(pipe, tensors, weight)
+        except InputError as err:
+            raise InputError(f"{path} is not a network sdlab can apply to this model: {err}") from None
+        return name
     try:
         if pipe.is_sdxl:  # also maps kohya's SDXL block names by the UNet's config
             loader = StableDiffusionXLLoraLoaderMixin
@@ -89,6 +98,9 @@ def unload_lora(pipe: Pipeline, name: str) -> None:
     """
     from diffusers.utils.peft_utils import delete_adapter_layers, recurse_remove_peft_layers
 
+    if name in _merged(pipe):
+        _merged(pipe).pop(name).restore()
+        return
     for module in _modules(pipe):
         weights = _weights(module)
         if name not in weights:
@@ -103,6 +115,13 @@ def unload_lora(pipe: Pipeline, name: str) -> None:
             for attribute in ("peft_config", "_hf_peft_config_loaded"):
                 if attribute in vars(module):  # set on the instance (transformers keeps a class default)
                     delattr(module, attribute)
+
+
+def _merged(pipe: Pipeline) -> dict[str, lycoris.Merged]:
+    """The networks merged into `pipe`'s weights (`sdlab.lycoris`), by name, in the order they came."""
+    if not hasattr(pipe.unet, "_sdlab_merged"):
+        pipe.unet._sdlab_merged = {}
+    return pipe.unet._sdlab_merged
 
 
 def _modules(pipe: Pipeline) -> list[torch.nn.Module]:
