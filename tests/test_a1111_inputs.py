@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 from PIL.PngImagePlugin import PngInfo
 
@@ -83,3 +84,37 @@ def test_jpeg_and_webp_parameters_are_a1111s_exif_user_comment(tmp_path, capsys)
     assert read_image_text(tmp_path / "again.jpg") != {}
     PIL.Image.new("RGB", (8, 8)).save(tmp_path / "bare.jpg")
     assert read_image_text(tmp_path / "bare.jpg") == {}
+
+
+@pytest.mark.parametrize(
+    ("field", "feature"),
+    [("Hires upscale: 2", "the hires fix"), ("Variation seed: 5, Variation seed strength: 0.3", "variation seeds"),
+     ("Face restoration: CodeFormer", "face restoration"), ("Eta: 0.67", "an ancestral eta"),
+     ("Token merging ratio: 0.5", "token merging"), ("Noise multiplier: 0.9", "a noise multiplier")],
+)  # fmt: skip
+def test_an_infotext_field_that_changes_the_image_is_applied_or_refused_by_name(
+    tmp_path, capsys, field, feature
+):
+    """Issue 21: a field sdlab does not apply is never dropped silently: replay names it in one sentence."""
+    made = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text("parameters", A1111_TEXT + ", " + field)
+    PIL.Image.new("RGB", (32, 32)).save(made, pnginfo=info)
+    assert main(["replay", str(made), "--model", "digits", "-o", str(tmp_path / "again.png")]) == 2
+    err = capsys.readouterr().err
+    key = field.split(":")[0]
+    assert f"'{key}" in err and feature in err and "Traceback" not in err
+
+
+def test_neutral_values_and_ddim_eta_are_read_not_refused(tmp_path, capsys):
+    made = tmp_path / "a1111.png"
+    info = PngInfo()
+    text = (
+        A1111_TEXT.replace("Sampler: Euler a", "Sampler: DDIM")
+        + ", Eta DDIM: 0.5, Noise multiplier: 1, Eta: 1"
+    )
+    info.add_text("parameters", text)
+    PIL.Image.new("RGB", (32, 32)).save(made, pnginfo=info)
+    again = tmp_path / "again.png"
+    assert main(["replay", str(made), "--model", "digits", "-o", str(again)]) == 0, capsys.readouterr().err
+    assert "Eta DDIM: 0.5" in read_png_text(again)["parameters"]

@@ -12,7 +12,7 @@ import math
 import os
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -112,12 +112,14 @@ def save_png(
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"output path '{path}' must end in .png; save_png writes PNG files only.")
-    return _write(path, png_bytes(image, parameters=parameters, extra=extra))
+    return _write(path, lambda: png_bytes(image, parameters=parameters, extra=extra))
 
 
-def _write(path: Path, data: bytes) -> Path:
-    """`data` to `path`, whole or not at all; `InputError` naming the path when it cannot be written."""
+def _write(path: Path, encode: Callable[[], bytes]) -> Path:
+    """The bytes `encode()` makes, to `path`, whole or not at all; `InputError` naming the path when they
+    cannot be made or written (a full disk may fail the encoder too)."""
     try:
+        data = encode()
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # open() leaves permissions to the umask
             f.write(data)
             f.flush()
@@ -181,7 +183,7 @@ def save_image(
         raise InputError(f"output path '{path}' must end in .png, .jpg, .jpeg or .webp")
     if fmt == "PNG":
         return save_png(image, path, parameters=parameters, extra=extra)
-    return _write(path, image_bytes(image, fmt, parameters=parameters))
+    return _write(path, lambda: image_bytes(image, fmt, parameters=parameters))
 
 
 def read_image_text(source: str | os.PathLike | bytes, *, what: str = "image") -> dict[str, str]:
