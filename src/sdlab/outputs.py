@@ -161,12 +161,16 @@ def read_recipe(path: str | Path) -> dict:
         raise InputError(
             f"{path} carries no generation parameters (no 'parameters' or 'sdlab' PNG chunk, no EXIF UserComment)"
         )
+    missing = unapplied(parse_parameters(chunks["parameters"])[2])
+    if missing:  # a replay claims the image; one sdlab cannot make is refused by name, not approximated
+        raise InputError(f"{path}: {missing[0]}, which sdlab does not apply yet, so the image would not be this one")
     return parameters_recipe(chunks["parameters"], str(path))
 
 
 def parameters_recipe(text: str, where: str) -> dict:
     """A recipe rebuilt from A1111 `parameters` text (`where` names its source in errors): prompts, seed,
-    size, sampler, and every setting with an infotext name; one left out is off (A1111's meaning)."""
+    size, sampler, and every setting with an infotext name; one left out is off (A1111's meaning). Fields
+    sdlab does not apply are not read here: `unapplied` names them, and `read_recipe` refuses them."""
     prompt, negative, s = parse_parameters(text)
     try:
         width, height = (int(v) for v in s["Size"].split("x"))
@@ -198,6 +202,35 @@ def parameters_recipe(text: str, where: str) -> dict:
         except ValueError as err:
             raise InputError(f"{where}: unreadable {key!r} {s[key]!r}") from err
     return r
+
+
+# A1111 infotext fields that change the image and that sdlab does not apply: (what it asks for, its values that
+# change nothing). Reading one with another value is refused by name, never dropped (issue 21). Extensions'
+# fields that record without changing (LoRA hashes, ADetailer's) are read and ignored.
+NOT_APPLIED = {
+    "Hires upscale": ("the hires fix", ()), "Hires resize": ("the hires fix", ()),
+    "Hires steps": ("the hires fix", ()), "Hires upscaler": ("the hires fix", ()),
+    "Variation seed": ("variation seeds", ()), "Variation seed strength": ("variation seeds", ("0", "0.0")),
+    "Seed resize from": ("variation seeds", ("-1x-1",)),
+    "Face restoration": ("face restoration", ()), "Refiner": ("A1111's refiner switch", ()),
+    "Eta": ("an ancestral eta", ("1", "1.0")), "Noise multiplier": ("a noise multiplier", ("1", "1.0")),
+    "Token merging ratio": ("token merging", ("0", "0.0")), "Tiling": ("seamless tiling", ("False",)),
+    "Sigma churn": ("sampler noise settings", ("0", "0.0")), "Sigma tmin": ("sampler noise settings", ("0", "0.0")),
+    "Sigma noise": ("sampler noise settings", ("1", "1.0")), "s_noise": ("sampler noise settings", ("1", "1.0")),
+    "Emphasis": ("another emphasis mode", ("Original",)), "Pad conds": ("padded conditioning", ("False",)),
+    "Downcast alphas_cumprod": ("a downcast noise schedule", ("False",)),
+}  # fmt: skip
+
+
+def unapplied(settings: dict[str, str]) -> list[str]:
+    """Sentences, one per field of `NOT_APPLIED` in `settings` that asks for something sdlab does not apply:
+    "'Hires upscale: 2' asks for the hires fix"."""
+    found = []
+    for key, (feature, neutral_values) in NOT_APPLIED.items():
+        value = settings.get(key)
+        if value is not None and value.strip() not in neutral_values:
+            found.append(f"'{key}: {value}' asks for {feature}")
+    return found
 
 
 def _parse_infotext_value(name: str, text: str) -> Any:

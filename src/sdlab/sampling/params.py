@@ -136,7 +136,7 @@ class SamplingParams:
         "back (A1111's 'Only masked' and its padding; diffusers' padding_mask_crop)", metavar="N",
         infotext="Masked area padding",
     )  # fmt: skip
-    eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like")
+    eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like", infotext="Eta DDIM")
     eta_noise_seed_delta: int = option(
         0, "A1111's ENSD: the noise a stochastic sampler adds at each step (Euler a, DDIM with eta, DDPM, LCM) "
         "is drawn from seed + this, the initial noise from the seed (A1111's NovelAI-compatible 31337)",

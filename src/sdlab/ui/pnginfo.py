@@ -11,7 +11,7 @@ import gradio as gr
 from sdlab.errors import InputError
 from sdlab.images import read_image_text
 from sdlab.metadata import format_parameters, parse_parameters
-from sdlab.outputs import interval_text, parameters_recipe
+from sdlab.outputs import interval_text, parameters_recipe, unapplied
 from sdlab.sampling.schedulers import a1111_sampler
 from sdlab.ui.fields import DEEP_CACHE_CHOICES, SIZE_FIELDS
 
@@ -57,6 +57,8 @@ def parameters_to_fields(text: str) -> tuple:
     if not text.strip():
         raise gr.Error("drop a PNG with generation parameters first")
     prompt, negative, settings = parse_parameters(text)
+    for sentence in unapplied(settings):  # sent without it: said, not silently dropped
+        gr.Warning(f"{sentence}, which sdlab does not apply; the other fields are sent")
     sampler: Any = gr.skip()
     schedule: Any = gr.skip()
     for dropped in ((), ("Schedule type",), ("Schedule type", "Sampler")):
