@@ -118,3 +118,48 @@ def test_neutral_values_and_ddim_eta_are_read_not_refused(tmp_path, capsys):
     again = tmp_path / "again.png"
     assert main(["replay", str(made), "--model", "digits", "-o", str(again)]) == 0, capsys.readouterr().err
     assert "Eta DDIM: 0.5" in read_png_text(again)["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule"), [("Euler", "Exponential"), ("DPM++ 2M", "Beta"), ("Euler", "Karras")]
+)
+def test_sigma_schedule_types_equal_diffusers_and_round_trip_the_infotext(tiny, tmp_path, sampler, schedule):
+    """A1111 1.10's Exponential, Beta (and Karras on any sampler that walks sigmas) are diffusers'
+    use_*_sigmas: the same pixels as diffusers' pipeline with the scheduler so configured, written as
+    `Schedule type: NAME` and read back."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdlab.outputs import read_recipe, save_result
+    from sdlab.sampling.schedulers import make_scheduler, resolve_sampler, schedule_settings
+
+    name = resolve_sampler(sampler, schedule)
+    settings = schedule_settings(schedule, name)
+    ours = generate(tiny, "a cat", scheduler=name, num_inference_steps=4, guidance_scale=5.0, seed=3, height=32,
+                    width=32, **settings)  # fmt: skip
+    sched = make_scheduler(name, tiny.scheduler_config, sigma_schedule=settings["sigma_schedule"])
+    assert getattr(sched.config, f"use_{schedule.lower()}_sigmas")
+    ref = StableDiffusionPipeline(vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, unet=tiny.unet,
+                                  scheduler=sched, safety_checker=None, feature_extractor=None,
+                                  requires_safety_checker=False)  # fmt: skip
+    ref.set_progress_bar_config(disable=True)
+    theirs = ref("a cat", num_inference_steps=4, guidance_scale=5.0, height=32, width=32, output_type="pt",
+                 generator=[torch.Generator().manual_seed(3)]).images  # fmt: skip
+    assert (ours.pixels - theirs).abs().mean() < 1e-4
+    plain = generate(
+        tiny, "a cat", scheduler=name, num_inference_steps=4, guidance_scale=5.0, seed=3, height=32, width=32
+    )
+    assert not torch.equal(plain.pixels, ours.pixels)
+    (path,) = save_result(ours, tmp_path / "out.png", tiny)
+    assert f"Sampler: {sampler}, Schedule type: {schedule}" in read_png_text(path)["parameters"]
+    recipe = read_recipe(path)
+    assert recipe["scheduler"] == name and recipe.get("sigma_schedule") == settings["sigma_schedule"]
+
+
+def test_a_sigma_schedule_on_a_sampler_that_has_none_is_one_sentence(tiny):
+    from sdlab.errors import InputError
+
+    with pytest.raises(
+        InputError,
+        match="sampler 'DDIM' has no Exponential schedule; sigma schedules work with: LMS, Euler, Heun",
+    ):
+        generate(tiny, "a cat", scheduler="ddim", sigma_schedule="exponential", num_inference_steps=2)

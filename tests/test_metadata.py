@@ -220,5 +220,7 @@ def test_an_unknown_schedule_type_is_one_sentence(tmp_path):
 
     text = "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Align Your Steps, CFG scale: 7, Seed: 1, Size: 8x8"
     path = save_png(PIL.Image.new("RGB", (8, 8)), tmp_path / "ays.png", parameters=text)
-    with pytest.raises(InputError, match="unknown schedule type 'Align Your Steps'"):
+    with pytest.raises(
+        InputError, match="ays.png: schedule type 'Align Your Steps' is one of A1111's that sdlab does not"
+    ):
         read_recipe(path)

@@ -22,7 +22,7 @@ from sdlab.sampling.params import EVERY_STEP, PACKAGE_BASE, SamplingParams, neut
 from sdlab.sampling.schedulers import (
     a1111_sampler,
     resolve_sampler,
-    schedule_spacing,
+    schedule_settings,
     scheduler_name_from_config,
 )
 from sdlab.version import __version__
@@ -60,7 +60,7 @@ def infotext(r: dict, pipe: Pipeline | None = None) -> str:
     off where leaving it out would turn it on: an A1111 client that re-posts the infotext's steps,
     sampler and CFG scale to a model whose recommendation includes it (`pipe.recommended`) gets the
     same image."""
-    sampler, schedule = a1111_sampler(r["scheduler"], r.get("timestep_spacing"))
+    sampler, schedule = a1111_sampler(r["scheduler"], r.get("timestep_spacing"), r.get("sigma_schedule"))
     settings: dict[str, object] = {
         "Steps": r["num_inference_steps"],
         "Sampler": sampler,
@@ -163,7 +163,9 @@ def read_recipe(path: str | Path) -> dict:
         )
     missing = unapplied(parse_parameters(chunks["parameters"])[2])
     if missing:  # a replay claims the image; one sdlab cannot make is refused by name, not approximated
-        raise InputError(f"{path}: {missing[0]}, which sdlab does not apply yet, so the image would not be this one")
+        raise InputError(
+            f"{path}: {missing[0]}, which sdlab does not apply yet, so the image would not be this one"
+        )
     return parameters_recipe(chunks["parameters"], str(path))
 
 
@@ -182,10 +184,12 @@ def parameters_recipe(text: str, where: str) -> dict:
             "guidance_scale": float(s["CFG scale"]),
             # old A1111 wrote "DPM++ 2M Karras", 1.9+ writes "DPM++ 2M" and "Schedule type: Karras"
             "scheduler": resolve_sampler(s.get("Sampler", "PLMS"), s.get("Schedule type")),
-            "timestep_spacing": schedule_spacing(s.get("Schedule type")),  # SGM Uniform: trailing
             "width": width,
             "height": height,
         }
+        r.update(schedule_settings(s.get("Schedule type"), r["scheduler"]))  # SGM Uniform, sigma schedules
+    except InputError as err:  # a sampler or schedule type sdlab does not have: its own sentence
+        raise InputError(f"{where}: {err}") from None
     except (KeyError, ValueError) as err:
         raise InputError(f"{where}: its 'parameters' chunk lacks a readable {err} setting") from err
     for f in fields(SamplingParams):  # sdlab's and A1111's optional settings; left out: off

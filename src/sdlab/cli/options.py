@@ -112,6 +112,7 @@ class EvalOptions(ModelOptions):
     per_digit: int = option(50, "images generated per digit for accuracy, FID and diversity")
     scheduler: str | None = same_as(SamplingParams, "scheduler")
     timestep_spacing: str | None = same_as(SamplingParams, "timestep_spacing")
+    sigma_schedule: str | None = same_as(SamplingParams, "sigma_schedule")
     num_inference_steps: int | None = same_as(SamplingParams, "num_inference_steps")
     guidance_scale: float | None = same_as(SamplingParams, "guidance_scale")
     guidance_interval: tuple[float, float | None] | None = same_as(SamplingParams, "guidance_interval")

@@ -166,7 +166,7 @@ def generate(
 
     # 2. Timesteps: image-to-image skips the first (1 - strength) of the schedule
     sched = make_scheduler(p.scheduler, pipe.scheduler_config, inpainting=p.mask_image is not None,
-                           timestep_spacing=p.timestep_spacing)  # fmt: skip
+                           timestep_spacing=p.timestep_spacing, sigma_schedule=p.sigma_schedule)  # fmt: skip
     sched.set_timesteps(p.num_inference_steps, device=pipe.device)
     first = start_step(p.num_inference_steps, p.strength) if init is not None else 0
     timesteps = sched.timesteps[first * sched.order :]

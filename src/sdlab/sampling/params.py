@@ -7,7 +7,7 @@ aliases (`sdlab.options.option`), its AUTOMATIC1111 API field (`a1111`) and its 
 (`infotext`), so the flag, the API mapping, the PNG recipe and the infotext are all read from here.
 
 A model's recommendation (its `sdlab.json`) is a *package*: scheduler, timestep spacing, steps and CFG
-scale, plus the approximations that were tuned for exactly those (a guidance interval, a deep cache).
+scale (and a sigma schedule), plus the approximations that were tuned for exactly those (a guidance interval, a deep cache).
 `resolve` applies it: fields left out take the package's values; and when the caller sets the scheduler,
 the spacing, the steps or the CFG scale to something else, the approximations are dropped unless the
 caller asks for them too. A `preset` (a few-step model's card settings, `sdlab.sampling.presets`)
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sdlab.errors import InputError
 from sdlab.options import option
 from sdlab.sampling.presets import PRESETS
-from sdlab.sampling.schedulers import SCHEDULERS, TIMESTEP_SPACINGS
+from sdlab.sampling.schedulers import SCHEDULERS, SIGMA_SCHEDULES, TIMESTEP_SPACINGS
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -45,7 +45,7 @@ FALLBACK_GUIDANCE_SCALE = 7.5
 EVERY_STEP = (0.0, None)  # a guidance interval that guides every step
 DEFAULT_STRENGTH = 0.8  # image-to-image's share of the schedule re-run (diffusers' default); inpainting: 1
 # the model's recommendation: the base settings, and the approximations tuned for them
-PACKAGE_BASE = ("scheduler", "timestep_spacing", "num_inference_steps", "guidance_scale")
+PACKAGE_BASE = ("scheduler", "timestep_spacing", "sigma_schedule", "num_inference_steps", "guidance_scale")
 PACKAGE_APPROXIMATIONS = ("guidance_interval", "deep_cache")
 PACKAGE = PACKAGE_BASE + PACKAGE_APPROXIMATIONS
 # SDXL's micro-conditioning (pixels, (height, width) / (top, left)); the negative ones default to the positive
@@ -85,6 +85,11 @@ class SamplingParams:
         None, "how the steps spread over the noise schedule (diffusers' timestep_spacing): leading, linspace, "
         "or trailing, A1111's 'SGM Uniform', which SDXL-Turbo and Lightning prescribe (default: the model's)",
         choices=list(TIMESTEP_SPACINGS), metavar="|".join(TIMESTEP_SPACINGS),
+    )  # fmt: skip
+    sigma_schedule: str | None = option(
+        None, "how the steps spread over the noise levels, A1111's schedule types Karras, Exponential and Beta "
+        "(diffusers' use_*_sigmas) for LMS, Euler, Heun, DPM++ 2M and UniPC (default: the sampler's own)",
+        choices=list(SIGMA_SCHEDULES), metavar="|".join(SIGMA_SCHEDULES),
     )  # fmt: skip
     num_inference_steps: int | None = option(
         None, "denoising steps (default: the model's, else 30)", "--steps", a1111="steps", infotext="Steps"
@@ -196,6 +201,10 @@ class SamplingParams:
             raise InputError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if self.sigma_schedule is not None and self.sigma_schedule not in SIGMA_SCHEDULES:
+            raise InputError(
+                f"unknown sigma_schedule {self.sigma_schedule!r}; choose one of: {', '.join(SIGMA_SCHEDULES)}"
+            )
         if self.timestep_spacing is not None and self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise InputError(
                 f"unknown timestep_spacing {self.timestep_spacing!r}; choose one of: {', '.join(TIMESTEP_SPACINGS)}"
@@ -265,6 +274,7 @@ class SamplingParams:
         base = {
             "scheduler": recommended.scheduler or scheduler,
             "timestep_spacing": recommended.timestep_spacing,  # None: the model's scheduler config
+            "sigma_schedule": recommended.sigma_schedule,  # None: the sampler's own
             "num_inference_steps": recommended.num_inference_steps or FALLBACK_STEPS,
             "guidance_scale": _first(recommended.guidance_scale, FALLBACK_GUIDANCE_SCALE),
         }

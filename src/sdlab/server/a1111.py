@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sdlab.errors import InputError
 from sdlab.metadata import parse_parameters
 from sdlab.sampling.params import MASKED_CONTENT
-from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, schedule_spacing
+from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, schedule_settings
 from sdlab.service import GenerationRequest, RequestResult
 from sdlab.service.request import a1111_fields
 from sdlab.version import __version__
@@ -100,7 +100,8 @@ class Txt2ImgRequest(BaseModel):
         None, description="e.g. 'Euler a', 'DPM++ 2M', 'DDIM'; default: the model's"
     )
     scheduler: str | None = Field(
-        None, description="schedule type: 'automatic', 'karras' or 'sgm_uniform' (trailing timesteps)"
+        None,
+        description="schedule type: 'automatic', 'uniform', 'karras', 'exponential', 'beta' or 'sgm_uniform' (trailing timesteps)",
     )
     batch_size: int = 1
     n_iter: int = Field(1, description="batch count: batches run one after another")
@@ -186,7 +187,7 @@ def to_request(
         negative_prompt=body.negative_prompt or None,
         model=overrides.get("sd_model_checkpoint"),
         scheduler=scheduler,
-        timestep_spacing=schedule_spacing(body.scheduler),
+        **schedule_settings(body.scheduler, scheduler),
         seed=None if body.seed == -1 else body.seed,
         eta=eta if scheduler == "ddim" and eta is not None else 0.0,
         **{field: convert(chosen[key]) for key, (field, convert) in GENERATION_OPTIONS.items()},

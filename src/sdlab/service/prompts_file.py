@@ -21,7 +21,7 @@ from typing import Any
 
 from sdlab.errors import InputError
 from sdlab.options import text_parser
-from sdlab.sampling.schedulers import resolve_sampler
+from sdlab.sampling.schedulers import resolve_sampler, schedule_settings
 from sdlab.service.request import GenerationRequest, a1111_fields
 
 # A1111's keys -> (GenerationRequest field, parser): every field with an A1111 name (steps, cfg_scale,
@@ -130,8 +130,9 @@ def parse_line(line: str, where: str) -> dict[str, Any]:
     if sampler is not None or schedule is not None:
         try:
             scheduler = resolve_sampler(sampler, schedule)
+            if scheduler is not None:
+                changes["scheduler"] = scheduler
+            changes.update({k: v for k, v in schedule_settings(schedule, scheduler).items() if v is not None})
         except InputError as err:
             raise InputError(f"{where}: {err}") from None
-        if scheduler is not None:
-            changes["scheduler"] = scheduler
     return changes

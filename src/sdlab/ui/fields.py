@@ -25,7 +25,7 @@ from sdlab.sampling.schedulers import (
     SCHEDULERS,
     a1111_sampler,
     resolve_sampler,
-    schedule_spacing,
+    schedule_settings,
     scheduler_name_from_config,
 )
 from sdlab.service import GenerationRequest
@@ -95,13 +95,13 @@ def preset_values(name: str) -> tuple:
     if name not in PRESETS:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     p = PRESETS[name].params()
-    sampler, schedule = a1111_sampler(p.scheduler, p.timestep_spacing)
+    sampler, schedule = a1111_sampler(p.scheduler, p.timestep_spacing, p.sigma_schedule)
     return sampler, schedule or "Automatic", p.num_inference_steps, p.guidance_scale
 
 
 def describe(p: SamplingParams) -> str:
     """A resolved recommendation in a sentence: "UniPC, 6 steps, CFG 3.0; guided at sigma in (0.0, 1.5], ..."."""
-    sampler = ", ".join(filter(None, a1111_sampler(p.scheduler, p.timestep_spacing)))
+    sampler = ", ".join(filter(None, a1111_sampler(p.scheduler, p.timestep_spacing, p.sigma_schedule)))
     text = f"The model's settings: {sampler}, {p.num_inference_steps} steps, CFG {p.guidance_scale:g}"
     extras = []
     if (interval := interval_text(list(p.guidance_interval))) is not None:
@@ -214,12 +214,13 @@ def request_from(values: tuple) -> GenerationRequest:
                 f"deep cache must be {MODELS_OWN!r} or a whole number of steps (1: off), got {cache!r}"
             )
         sizes = {name: parse_pair(named[name], name) for name in SIZE_FIELDS if (named[name] or "").strip()}
+        scheduler = resolve_sampler(named["sampler"], named["schedule"]) if named["sampler"] else None
         return GenerationRequest(
             prompt=named["prompt"] or "",
             negative_prompt=named["negative"] or None,
             model=named["model"],
-            scheduler=resolve_sampler(named["sampler"], named["schedule"]) if named["sampler"] else None,
-            timestep_spacing=schedule_spacing(named["schedule"]),
+            scheduler=scheduler,
+            **schedule_settings(named["schedule"], scheduler),
             clip_skip=int(named["clip_skip"] or 1) - 1,
             **sizes,
             num_inference_steps=int(named["steps"]),

@@ -70,7 +70,9 @@ def parameters_to_fields(text: str) -> tuple:
                 continue  # old A1111's and others' samplers: try the sampler alone, then none
             raise gr.Error(str(err)) from None
         if "Sampler" in kept:
-            sampler, schedule = a1111_sampler(r["scheduler"], r.get("timestep_spacing"))
+            sampler, schedule = a1111_sampler(
+                r["scheduler"], r.get("timestep_spacing"), r.get("sigma_schedule")
+            )
             schedule = schedule or "Automatic"
         break
     interval = interval_text(r["guidance_interval"])
