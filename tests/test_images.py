@@ -318,3 +318,11 @@ def test_make_grid_refusals():
         make_grid([Image.new("RGB", (8, 8)), Image.new("RGB", (4, 4))])
     with pytest.raises(InputError, match="cols is 0"):
         make_grid([Image.new("RGB", (8, 8))], cols=0)
+
+
+def test_an_encoder_limit_is_one_sentence(tmp_path):
+    """WebP holds sides up to 16383 pixels: a wider grid is refused by name, not a traceback after the run."""
+    from sdlab.images import save_image
+
+    with pytest.raises(InputError, match=r"cannot write .*wide.webp.*write a PNG"):
+        save_image(Image.new("RGB", (16384, 8)), tmp_path / "wide.webp", parameters="a cat")

@@ -101,3 +101,11 @@ def test_masked_content_and_only_masked_are_recorded_and_replayed(tmp_path, tiny
     assert "Inpaint area: Only masked" in text
     assert main(["replay", str(out), "-o", str(again)]) == 0
     assert np.array_equal(np.asarray(PIL.Image.open(out)), np.asarray(PIL.Image.open(again)))
+
+
+def test_only_masked_with_an_all_black_mask_is_one_sentence(tiny):
+    from sdlab.errors import InputError
+
+    with pytest.raises(InputError, match="the mask is all black: nothing to repaint"):
+        generate(tiny, PROMPT, init_image=source_image((32, 32)), mask_image=PIL.Image.new("L", (32, 32)),
+                 padding_mask_crop=0, num_inference_steps=2)  # fmt: skip

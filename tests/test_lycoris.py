@@ -83,23 +83,28 @@ def test_locon_with_a_cp_core_equals_its_three_convolutions(tmp_path):
     assert torch.equal(conv.weight, original.weight)
 
 
-def test_dora_rescales_each_input_column_to_its_stored_magnitude(tmp_path):
-    """A1111's `apply_weight_decompose` at weight 1: W' = (W + s dW) * m / ||W + s dW|| per input column, so
-    every column of W' has norm m and the direction of W + s dW."""
+@pytest.mark.parametrize("per_row", [False, True], ids=["columns", "rows"])
+def test_dora_rescales_each_column_or_row_to_its_stored_magnitude(tmp_path, per_row):
+    """A1111's `apply_weight_decompose` at weight 1: W' = (W + s dW) * m / ||W + s dW|| per input column for a
+    (1, in) dora_scale, so every column of W' has norm m and the direction of W + s dW; per output row for
+    LyCORIS' (out, 1) layout (`wd_on_output`), on a layer that is not square."""
     pipe = tiny_pipeline(seed=2)
-    proj = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q  # Linear 64 -> 64
+    attention = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0]
+    proj = attention.attn2.to_k if per_row else attention.attn1.to_q  # Linear 32 -> 64, or 64 -> 64
     w = proj.weight.detach().clone()
     g = torch.Generator().manual_seed(3)
-    down, up = torch.randn(4, 64, generator=g), torch.randn(64, 4, generator=g) * 0.1
-    magnitude = torch.rand(1, 64, generator=g) + 0.5
-    layer = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    down, up = torch.randn(4, w.shape[1], generator=g), torch.randn(w.shape[0], 4, generator=g) * 0.1
+    magnitude = torch.rand(*((w.shape[0], 1) if per_row else (1, w.shape[1])), generator=g) + 0.5
+    layer = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_" + (
+        "attn2_to_k" if per_row else "attn1_to_q"
+    )
     save_file({f"{layer}.lora_down.weight": down, f"{layer}.lora_up.weight": up, f"{layer}.alpha": torch.tensor(4.0),
                f"{layer}.dora_scale": magnitude}, str(tmp_path / "dora.safetensors"))  # fmt: skip
     name = load_lora(pipe, tmp_path / "dora.safetensors", 1.0)
-    merged = proj.weight.detach()
-    assert torch.allclose(merged.norm(dim=0), magnitude[0], atol=1e-5)
-    direction = w + up @ down
-    assert torch.allclose(merged / merged.norm(dim=0), direction / direction.norm(dim=0), atol=1e-5)
+    merged, direction, axis = proj.weight.detach(), w + up @ down, 1 if per_row else 0
+    assert torch.allclose(merged.norm(dim=axis), magnitude.flatten(), atol=1e-5)
+    norms = (merged.norm(dim=axis, keepdim=True), direction.norm(dim=axis, keepdim=True))
+    assert torch.allclose(merged / norms[0], direction / norms[1], atol=1e-5)
     unload_lora(pipe, name)
     assert torch.equal(proj.weight, w)
 

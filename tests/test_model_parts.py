@@ -107,3 +107,23 @@ def test_a_separate_vae_replaces_the_models_own(tiny, tiny_dir, tmp_path, layout
     ours = generate(loaded, "a cat", **KWARGS).pixels
     assert torch.equal(ours, generate(by_hand, "a cat", **KWARGS).pixels)
     assert not torch.equal(ours, generate(tiny, "a cat", **KWARGS).pixels)
+
+
+def test_a_vae_folder_that_does_not_fit_is_one_sentence_and_serve_keeps_each_models_own(tiny_dir, tmp_path):
+    """A part from a folder brings its own config, so it is checked against the model's: a VAE with another
+    number of levels (another factor) is refused by name; `sdlab serve --vae` applies it to the models it
+    fits, and the others keep their own VAE."""
+    from diffusers import AutoencoderKL
+
+    from sdlab.service import ModelRegistry
+
+    AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8).save_pretrained(tmp_path / "vae")  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"--vae .*vae does not fit this model's VAE: its block_out_channels is 4"
+    ):
+        load_pipeline(tiny_dir, device="cpu", vae=tmp_path / "vae")
+    registry = ModelRegistry(device="cpu", dtype="float32", parts={"vae": str(tmp_path / "vae")},
+                             parts_where_they_fit=True)  # fmt: skip
+    digits = registry.pipeline(registry.find_model("digits"))
+    assert len(digits.vae.config.block_out_channels) == 3  # its own

@@ -144,3 +144,14 @@ def test_an_edited_prompt_is_recorded_and_replayed(tmp_path, capsys):
     assert main(["replay", str(first), "-o", str(again)]) == 0
     a, b = (np.asarray(PIL.Image.open(path)) for path in (first, again))
     assert np.array_equal(a, b)
+
+
+def test_a_second_order_sampler_switches_where_a1111_does(digits):
+    """A1111 schedules Heun on twice the steps (each of its two model calls a step): [3:7:0.5] at 4 steps
+    switches after loop step 4 of Heun's 7, not after step 2."""
+    kwargs = {**FAST, "num_inference_steps": 4, "scheduler": "heun"}
+    edited = latents_by_step(digits, "a handwritten digit [3:7:0.5]", **kwargs)
+    three = latents_by_step(digits, "a handwritten digit 3", **kwargs)
+    assert len(edited) == 7
+    assert all(torch.equal(a, b) for a, b in zip(edited[:5], three[:5], strict=True))
+    assert not torch.equal(edited[5], three[5])

@@ -223,6 +223,11 @@ def test_clip_skip_and_ensd_apply_per_request_and_for_every_request(server, caps
     finally:
         requests.post(f"{server}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0},
                       timeout=30)  # fmt: skip
+    # A1111 leaves SDXL's encoders alone whatever CLIP_stop_at_last_layers says: so does sdlab
+    xl = {"sd_model_checkpoint": "tiny-xl"}
+    plain_xl, _ = txt2img({"override_settings": xl})
+    skipped_xl, _ = txt2img({"override_settings": {**xl, "CLIP_stop_at_last_layers": 3}})
+    assert np.array_equal(plain_xl, skipped_xl)
     bad = requests.post(
         f"{server}/sdapi/v1/txt2img",
         json={**body, "override_settings": {"CLIP_stop_at_last_layers": 0}},

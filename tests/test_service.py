@@ -253,3 +253,28 @@ def test_the_cheap_preview_follows_the_decoded_image():
     patches = torch.nn.functional.avg_pool2d(decoded, fitted.factor).ravel().numpy()
     approx = np.asarray(preview.convert("L"), dtype=np.float32)[:: fitted.factor, :: fitted.factor].ravel()
     assert np.corrcoef(patches, approx)[0, 1] > 0.8
+
+
+def test_model_sizes_count_the_file_a_loader_reads_and_survive_a_damaged_header(tmp_path, tiny_dir):
+    """Review of issue 20: a folder's fp16 variant is not counted beside its own weights, an EMA copy in a
+    single file is not counted, and a damaged header falls back to the file's size instead of a traceback."""
+    from safetensors.torch import save_file
+
+    from sdlab.loading.checkpoint import weights_bytes
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_dir, folder)
+    alone = weights_bytes(folder, torch.float32)
+    for sub in ("unet", "vae"):
+        shutil.copy(
+            next((folder / sub).glob("*.safetensors")),
+            folder / sub / "diffusion_pytorch_model.fp16.safetensors",
+        )
+    assert weights_bytes(folder, torch.float32) == alone
+    save_file(
+        {"model.diffusion_model.x": torch.zeros(10), "model_ema.x": torch.zeros(1000)},
+        str(tmp_path / "m.safetensors"),
+    )
+    assert weights_bytes(tmp_path / "m.safetensors", torch.float32) == 40
+    (tmp_path / "bad.safetensors").write_bytes((16).to_bytes(8, "little") + b"{not json at all")
+    assert weights_bytes(tmp_path / "bad.safetensors", torch.float32) == 24

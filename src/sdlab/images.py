@@ -124,6 +124,8 @@ def _write(path: Path, encode: Callable[[], bytes]) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except ValueError as e:  # the encoder's limits: WebP sides up to 16383, JPEG EXIF up to 64 KB
+        raise InputError(f"cannot write '{path}': {e}; write a PNG, or fewer or smaller images") from e
     except OSError as e:
         reason = e.strerror or str(e)
         raise InputError(

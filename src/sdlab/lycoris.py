@@ -169,11 +169,20 @@ def _tucker_cp(mid: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch
 
 
 def _decompose(dw: torch.Tensor, w: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """DoRA (Liu et al. 2024) as A1111 applies it: the updated weight's columns (input channels) rescaled
-    to the stored magnitudes; returns the change from `w`."""
+    """DoRA (Liu et al. 2024): the updated weight rescaled to the stored magnitudes, per input column for a
+    (1, in) `dora_scale` (A1111's `apply_weight_decompose`), per output row for an (out, 1) one (LyCORIS'
+    `wd_on_output`, told apart by shape as ComfyUI does); returns the change from `w`."""
     merged = w + dw
-    norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1)
-    norm = norm.reshape(1, merged.shape[1], *[1] * (merged.dim() - 2))
+    per_row = magnitude.shape[0] == w.shape[0] and magnitude.numel() == w.shape[0] and magnitude.shape[0] != 1
+    if per_row:  # LyCORIS' `wd_on_output`: a magnitude per output row, (out, 1[, 1, 1])
+        norm = merged.reshape(w.shape[0], -1).norm(dim=1).reshape(w.shape[0], *[1] * (w.dim() - 1))
+    elif magnitude.numel() == w.shape[1]:  # a magnitude per input column, (1, in[, 1, 1]): A1111's reading
+        norm = merged.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1)
+        norm = norm.reshape(1, w.shape[1], *[1] * (w.dim() - 2))
+    else:
+        raise InputError(
+            f"its dora_scale of shape {tuple(magnitude.shape)} fits no axis of a weight of {tuple(w.shape)}"
+        )
     return merged * (magnitude.reshape(norm.shape) / norm) - w
 
 

@@ -221,7 +221,7 @@ NOT_APPLIED = {
     "Token merging ratio": ("token merging", ("0", "0.0")), "Tiling": ("seamless tiling", ("False",)),
     "Sigma churn": ("sampler noise settings", ("0", "0.0")), "Sigma tmin": ("sampler noise settings", ("0", "0.0")),
     "Sigma noise": ("sampler noise settings", ("1", "1.0")), "s_noise": ("sampler noise settings", ("1", "1.0")),
-    "Emphasis": ("another emphasis mode", ("Original",)), "Pad conds": ("padded conditioning", ("False",)),
+    "Emphasis": ("another emphasis mode", ("Original",)),
     "Downcast alphas_cumprod": ("a downcast noise schedule", ("False",)),
 }  # fmt: skip
 

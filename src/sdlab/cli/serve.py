@@ -48,6 +48,7 @@ def run_serve(opts: ServeOptions) -> None:
         allow_pickle=opts.allow_pickle,
         compile=opts.compile,
         parts={"vae": opts.vae_path},
+        parts_where_they_fit=True,  # A1111's --vae-path, for every model it fits
     )
     folders = {
         "ckpt": _dirs(opts.ckpt_dir),

@@ -176,9 +176,8 @@ def weights_bytes(path: str | Path, dtype: torch.dtype) -> int:
     from the safetensors headers alone: nothing is read beyond them. A diffusers folder counts its UNet,
     VAE and text encoders' files; a pickle, which has no header, counts as its file size."""
     path = Path(path)
-    files = (
-        [path] if path.is_file() else [f for sub in WEIGHT_FOLDERS for f in sorted((path / sub).glob("*"))]
-    )
+    files = [path] if path.is_file() else [_loaded_file(path / sub) for sub in WEIGHT_FOLDERS]
+    files = [f for f in files if f is not None]
     total = 0
     for file in files:
         if file.suffix.lower() in PICKLE_SUFFIXES:
@@ -188,22 +187,34 @@ def weights_bytes(path: str | Path, dtype: torch.dtype) -> int:
     return total
 
 
+def _loaded_file(folder: Path) -> Path | None:
+    """The weights file `from_pretrained` reads in a component folder: its safetensors without a variant
+    (not `.fp16.` or `.non_ema.`), else the first safetensors, else the first pickle; None for none."""
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    plain = [f for f in files if f.name.count(".") == 1]
+    pickles = sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    return next(iter(plain or files or pickles), None)
+
+
 def _safetensors_bytes(file: Path, dtype: torch.dtype) -> int:
     """The header: 8 bytes of length, then JSON {name: {"dtype", "shape", "data_offsets"}}."""
-    with file.open("rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        if not 0 < length < 100_000_000:
-            return file.stat().st_size
-        header = json.loads(f.read(length))
-    total = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        numel = math.prod(entry["shape"])
-        floating = entry["dtype"] in ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
-        start, end = entry["data_offsets"]
-        total += numel * dtype.itemsize if floating else end - start
-    return total
+    try:
+        with file.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length < 100_000_000:
+                return file.stat().st_size
+            header = json.loads(f.read(length))
+        total = 0
+        for name, entry in header.items():
+            if name == "__metadata__" or name.startswith("model_ema."):  # the EMA copy no loader reads
+                continue
+            numel = math.prod(entry["shape"])
+            floating = entry["dtype"] in ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+            start, end = entry["data_offsets"]
+            total += numel * dtype.itemsize if floating else end - start
+        return total
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: loading will say so
+        return file.stat().st_size
 
 
 def safetensors_metadata(path: str | Path) -> dict[str, str]:

@@ -20,6 +20,7 @@ fp16-fix VAE's folder says `force_upcast: false`, so it decodes in float16 witho
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +69,13 @@ def load_part(
 
     Raises `InputError` with one sentence when the model has no such part, or the file's weights do not
     make it (missing weights, other shapes, another kind of file)."""
-    if source.is_dir():
-        return _from_folder(name, source, dtype)
     config_file = config_root / name / "config.json"
     if not config_file.is_file():
         raise InputError(f"{FLAGS[name]} {source}: this model has no {WHAT[name]} to replace")
+    if source.is_dir():
+        model = _from_folder(name, source, dtype)
+        _check_fits(name, source, dict(model.config), json.loads(config_file.read_text()))
+        return model
     state = read_state_dict(source, allow_pickle=allow_pickle, dtype=dtype)
     if name == "vae":
         model = _vae(state, config_root, source)
@@ -82,6 +85,22 @@ def load_part(
     if meta:
         raise InputError(f"{FLAGS[name]} {source} lacks {len(meta)} {WHAT[name]} weights (first: {meta[0]})")
     return torch.nn.Module.to(model, dtype).eval()  # not diffusers' `to`, which warns on every cast
+
+
+# what a part from a folder (with its own config) must share with the model's for the rest of it to read it
+_FITS = {"vae": ("latent_channels", "block_out_channels"), "text_encoder": ("hidden_size",),
+         "text_encoder_2": ("hidden_size", "projection_dim")}  # fmt: skip
+
+
+def _check_fits(name: str, source: Path, theirs: dict, ours: dict) -> None:
+    for key in _FITS[name]:
+        a, b = theirs.get(key), ours.get(key)
+        if key == "block_out_channels":  # the number of levels sets the VAE's factor; widths may differ
+            a, b = len(a or ()), len(b or ())
+        if a != b:
+            raise InputError(
+                f"{FLAGS[name]} {source} does not fit this model's {WHAT[name]}: its {key} is {a}, the model's {b}"
+            )
 
 
 def _from_folder(name: str, folder: Path, dtype: torch.dtype) -> torch.nn.Module:

@@ -139,10 +139,12 @@ class PromptSchedule:
 
 
 def schedule_conditioning(
-    pipe: Pipeline, p: SamplingParams, prompts: list[str], negatives: list[str] | None, steps_run: int
-) -> tuple[PromptSchedule, PromptSchedule | None]:
+    pipe: Pipeline, p: SamplingParams, prompts: list[str], negatives: list[str] | None, steps_run: int,
+    order: int = 1,
+) -> tuple[PromptSchedule, PromptSchedule | None]:  # fmt: skip
     """The conditioning of the prompts and the negative prompts at each of the `steps_run` loop steps:
-    A1111's prompt editing read on `p.num_inference_steps` steps (`sdlab.prompt_editing`), each prompt split
+    A1111's prompt editing read on `p.num_inference_steps` x `order` steps (a second-order sampler such as
+    Heun calls the model twice a step, and A1111 schedules on both) (`sdlab.prompt_editing`), each prompt split
     at AND into weighted parts, and every distinct text encoded once (`encode_conditioning`).
 
     Raises `InputError` for AND (or a part weight) without classifier-free guidance (`negatives` None):
@@ -155,10 +157,8 @@ def schedule_conditioning(
             "a CFG scale above 1 on a model without guidance distilled in"
         )
     texts = [text for split in parts for text, _ in split]
-    schedules = {
-        text: prompt_schedule(text, p.num_inference_steps)
-        for text in dict.fromkeys(texts + (negatives or []))
-    }
+    steps = p.num_inference_steps * order  # A1111 counts each of a second-order sampler's model calls a step
+    schedules = {text: prompt_schedule(text, steps) for text in dict.fromkeys(texts + (negatives or []))}
 
     def per_step(selected: list[str]) -> tuple[list[str], list[tuple[int, ...]]]:
         at = [[text_at(schedules[text], step) for text in selected] for step in range(max(1, steps_run))]

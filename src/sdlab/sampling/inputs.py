@@ -94,6 +94,8 @@ def prepare_inpainting(
     area filled unless `inpainting_fill` is "original"."""
     mask = load_mask(params.mask_image, size=init.image.size)
     crop = None
+    if params.padding_mask_crop is not None and mask.getbbox() is None:
+        raise InputError("the mask is all black: nothing to repaint (white marks what inpainting repaints)")
     if params.padding_mask_crop is not None:
         height, width = processor.get_default_height_width(init.image, params.height, params.width)
         coords = crop_region(mask, width, height, params.padding_mask_crop)

@@ -176,7 +176,9 @@ def generate(
     # 3. Encode the prompts at each step (A1111's prompt editing, AND); the unconditional branch is the
     #    negative prompt (or "")
     do_cfg = uses_guidance(pipe.unet, p.guidance_scale)
-    cond, uncond = schedule_conditioning(pipe, p, prompts, negatives if do_cfg else None, len(timesteps))
+    cond, uncond = schedule_conditioning(
+        pipe, p, prompts, negatives if do_cfg else None, len(timesteps), order=sched.order
+    )
 
     # 4. Latents: pure noise, or the init image's latents noised to the first timestep
     latents, noise, image_latents = _initial_latents(pipe, p, init, sched, timesteps, generators)

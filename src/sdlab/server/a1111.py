@@ -72,7 +72,10 @@ OVERRIDES_NEUTRAL = {"sd_vae": (None, "", "Automatic", "None")}
 # A1111 options that change the image, applied per request (`override_settings`) or for every request
 # (`POST /sdapi/v1/options`): option -> (SamplingParams field, A1111's value -> the field's)
 GENERATION_OPTIONS = {
-    "CLIP_stop_at_last_layers": ("clip_skip", lambda n: n - 1),  # A1111 counts the layer read, from 1
+    "CLIP_stop_at_last_layers": (
+        "clip_stop_at_last_layers",
+        lambda n: n,
+    ),  # the model decides: SDXL ignores it
     "eta_noise_seed_delta": ("eta_noise_seed_delta", lambda n: n),
 }
 OPTION_DEFAULTS = {"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}

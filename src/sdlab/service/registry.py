@@ -13,6 +13,7 @@ The shipped digits model is always there, as `digits`.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import re
 import threading
@@ -49,6 +50,9 @@ class ModelEntry:
         return stem.replace("/", "_")
 
 
+logger = logging.getLogger(__name__)
+
+
 class ModelRegistry:
     """Named models (loaded lazily, LRU-cached), LoRAs and embeddings from folders.
 
@@ -73,6 +77,7 @@ class ModelRegistry:
         compile: bool = False,
         parts: dict[str, str | None] | None = None,
         cache_bytes: int | None = None,
+        parts_where_they_fit: bool = False,
     ) -> None:
         if not isinstance(cache_size, int) or cache_size < 1:
             raise InputError(f"the model cache must hold at least 1 model, got {cache_size!r}")
@@ -85,6 +90,7 @@ class ModelRegistry:
             **(parts or {}),
         }  # fmt: skip
         self.cache_size = cache_size
+        self.parts_where_they_fit = parts_where_they_fit  # serve's --vae: models it does not fit keep theirs
         self.options: dict[str, Any] = {}  # A1111 generation options set for every request (POST /options)
         self.allow_paths = allow_paths
         self.allow_pickle = allow_pickle
@@ -232,7 +238,15 @@ class ModelRegistry:
             gc.collect()  # the evicted weights go now, not at the collector's leisure
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            pipe = load_pipeline(entry.path, **self.load_kwargs)
+            try:
+                pipe = load_pipeline(entry.path, **self.load_kwargs)
+            except InputError as err:  # `serve --vae` for every model: those it does not fit keep their own
+                if not (
+                    self.parts_where_they_fit and self.load_kwargs.get("vae") and str(err).startswith("--vae")
+                ):
+                    raise
+                logger.warning("%s; %s decodes with its own VAE", err, entry.name)
+                pipe = load_pipeline(entry.path, **{**self.load_kwargs, "vae": None})
             self._cache[entry.name] = pipe
             return pipe
 

@@ -56,6 +56,10 @@ class GenerationRequest(SamplingParams):
         0.0, "blur the mask by this Gaussian radius in pixels first (A1111's mask blur)", a1111="mask_blur"
     )
     invert_mask: bool = option(False, "repaint the black part of the mask instead of the white")
+    clip_stop_at_last_layers: int | None = option(
+        None, "A1111's Clip skip option (1: the last layer), as its API sets it: clip_skip N - 1 on SD 1.x/2.x; "
+        "no effect on SDXL, where A1111 ignores it", metavar="N",
+    )  # fmt: skip
     guide_digit: int | None = option(
         None, "steer towards this digit with the digit classifier's gradient (works with an empty prompt)"
     )
@@ -91,6 +95,7 @@ class GenerationRequest(SamplingParams):
         if self.seed is not None and self.seed + total - 1 > MAX_SEED:
             raise InputError(f"seed {self.seed} + {total} images passes the largest seed, {MAX_SEED}")
         check_number("mask_blur", self.mask_blur, low=0, high=64)
+        check_int("clip_stop_at_last_layers", self.clip_stop_at_last_layers, 1, 48, optional=True)
         if self.guide_digit is not None:
             check_guide(self.guide_digit, self.guide_scale)
         for lora in self.all_loras():

@@ -115,6 +115,7 @@ def run_request(
                 seed=[first_seed + batch * per_batch + j for j in range(per_batch)],
                 init_image=init_image,
                 mask_image=mask_image,
+                **_a1111_clip_skip(request, pipe),
             )  # fmt: skip
             result = generate(
                 pipe, params, guide=guide, vae_decoder=decoder, callback=step_hook, observe=observe
@@ -130,6 +131,15 @@ def run_request(
         seeds=[g.recipe["seed"] for g in images],
         last=result,
     )
+
+
+def _a1111_clip_skip(request: GenerationRequest, pipe: Pipeline) -> dict[str, int]:
+    """A1111's `CLIP_stop_at_last_layers` as `clip_skip`: N - 1 on SD 1.x/2.x; on SDXL nothing, as A1111
+    leaves SDXL's encoders alone (its `sdxl_clip_l_skip` option, off by default, aside)."""
+    n = request.clip_stop_at_last_layers
+    if n is None or pipe.is_sdxl:
+        return {}
+    return {"clip_skip": n - 1}
 
 
 def _bind_batch(on_step: StepHook, batch: int) -> Callable[[int, int, Any, torch.Tensor], None]:

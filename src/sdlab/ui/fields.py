@@ -47,7 +47,7 @@ DEEP_CACHE_CHOICES = [MODELS_OWN, "1 (off)", "2", "3", "4"]
 FIELD_ORDER = ("prompt", "negative", "model", "sampler", "schedule", "steps", "cfg", "width", "height", "seed",
                "batch_count", "batch_size", "interval", "deep_cache", "clip_skip", *SIZE_FIELDS)  # fmt: skip
 FOLLOWS_MODEL = ("sampler", "schedule", "steps", "cfg", "width", "height", "recommended", "interval", "deep_cache",
-                 "sdxl")  # fmt: skip
+                 "sdxl", *SIZE_FIELDS)  # fmt: skip
 PRESET_NONE = "none"
 
 
@@ -86,8 +86,9 @@ class ModelSettings:
 
     def values(self) -> tuple:
         """The `FOLLOWS_MODEL` fields' values: the model's settings, its speed-ups left to it."""
+        sizes = ["0,0" if name == "crops_coords_top_left" else "" for name in SIZE_FIELDS]  # SDXL's: cleared
         return (self.sampler, self.schedule, self.steps, self.cfg, self.size, self.size, self.text, "", MODELS_OWN,
-                gr.Accordion(visible=self.sdxl))  # fmt: skip
+                gr.Accordion(visible=self.sdxl), *sizes)  # fmt: skip
 
 
 def preset_values(name: str) -> tuple:
