@@ -243,6 +243,28 @@ def test_clip_skip_and_ensd_apply_per_request_and_for_every_request(server, caps
     assert reply.status_code == 200, reply.text
 
 
+def test_samples_format_encodes_responses_as_a1111_does(server):
+    """A1111's `samples_format` option: response images as JPEG or WebP with the infotext in their EXIF
+    UserComment (what its API returns), PNG again when set back; an unknown format is one sentence."""
+    from sdlab.images import read_image_text
+
+    options = f"{server}/sdapi/v1/options"
+    try:
+        for fmt, magic in (("webp", b"RIFF"), ("jpg", b"\xff\xd8")):
+            assert requests.post(options, json={"samples_format": fmt}, timeout=30).json()["ignored"] == {}
+            assert requests.get(options, timeout=30).json()["samples_format"] == fmt
+            data = requests.post(f"{server}/sdapi/v1/txt2img", json=DIGIT, timeout=120).json()
+            image = base64.b64decode(data["images"][0])
+            assert image.startswith(magic)
+            assert read_image_text(image) == {"parameters": json.loads(data["info"])["infotexts"][0]}
+    finally:
+        requests.post(options, json={"samples_format": "png"}, timeout=30)
+    data = requests.post(f"{server}/sdapi/v1/txt2img", json=DIGIT, timeout=120).json()
+    assert base64.b64decode(data["images"][0]).startswith(b"\x89PNG")
+    bad = requests.post(options, json={"samples_format": "gif"}, timeout=30)
+    assert bad.status_code == 422 and "samples_format must be one of png, jpg, jpeg, webp" in bad.text
+
+
 def test_eight_concurrent_clients_get_correct_images_and_interrupt_stops_within_a_step(api, server):
     requests_ = [{**DIGIT, "seed": 100 + i, "prompt": f"a handwritten digit {i}"} for i in range(8)]
     long = {**DIGIT, "steps": 30, "width": 128, "height": 128, "seed": 5}

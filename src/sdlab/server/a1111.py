@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sdlab.errors import InputError
 from sdlab.metadata import parse_parameters
-from sdlab.sampling.params import MASKED_CONTENT
+from sdlab.sampling.params import MASKED_CONTENT, neutral
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, schedule_settings
 from sdlab.service import GenerationRequest, RequestResult
 from sdlab.service.request import a1111_fields
@@ -78,7 +78,19 @@ GENERATION_OPTIONS = {
     ),  # the model decides: SDXL ignores it
     "eta_noise_seed_delta": ("eta_noise_seed_delta", lambda n: n),
 }
-OPTION_DEFAULTS = {"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
+OPTION_DEFAULTS = {  # SamplingParams' own defaults, in A1111's terms
+    "CLIP_stop_at_last_layers": neutral("clip_skip") + 1,
+    "eta_noise_seed_delta": neutral("eta_noise_seed_delta"),
+}
+# A1111's `samples_format`: how response images are encoded (the parameters in PNG chunks or JPEG/WebP EXIF)
+SAMPLES_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def check_samples_format(value: Any) -> str:
+    """`samples_format`, lower-cased; `InputError` naming the formats otherwise."""
+    if not isinstance(value, str) or value.lower() not in SAMPLES_FORMATS:
+        raise InputError(f"samples_format must be one of {', '.join(SAMPLES_FORMATS)}, got {value!r}")
+    return value.lower()
 
 
 def check_option(key: str, value: Any) -> int:

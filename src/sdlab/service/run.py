@@ -18,7 +18,7 @@ import PIL.Image
 import torch
 from PIL import ImageFilter, ImageOps
 
-from sdlab.images import load_image, load_mask, png_bytes
+from sdlab.images import image_bytes, load_image, load_mask, png_bytes
 from sdlab.loading.decoder import TINY
 from sdlab.outputs import infotext, recipe
 from sdlab.pipeline import Pipeline
@@ -44,6 +44,11 @@ class GeneratedImage:
     def png(self) -> bytes:
         """The PNG file, with the `parameters` and `sdlab` text chunks."""
         return png_bytes(self.image, parameters=self.infotext, extra={"sdlab": json.dumps(self.recipe)})
+
+    def encoded(self, fmt: str = "PNG") -> bytes:
+        """The file in `fmt` ("PNG", "JPEG", "WEBP"): a PNG as `png()`, JPEG and WebP with the parameters in
+        their EXIF UserComment, as A1111 encodes them (`sdlab.images.image_bytes`)."""
+        return self.png() if fmt == "PNG" else image_bytes(self.image, fmt, parameters=self.infotext)
 
 
 @dataclass

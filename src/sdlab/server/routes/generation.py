@@ -64,7 +64,10 @@ async def skip(w: TheWorker) -> dict:
 async def _generate(w: Worker, body: a1111.Txt2ImgRequest, *, img2img: bool) -> GenerationResponse:
     request, ignored = a1111.to_request(body, img2img=img2img, options=w.registry.options)
     result: RequestResult = await asyncio.wrap_future(w.submit(request))
-    images = await run_in_threadpool(lambda: [base64.b64encode(g.png()).decode() for g in result.images])
+    fmt = a1111.SAMPLES_FORMATS[w.registry.options.get("samples_format", "png")]  # A1111's encoder option
+    images = await run_in_threadpool(
+        lambda: [base64.b64encode(g.encoded(fmt)).decode() for g in result.images]
+    )
     return GenerationResponse(
         images=images if body.send_images else [],
         parameters=a1111.echo(body, result),

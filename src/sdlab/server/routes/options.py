@@ -25,7 +25,7 @@ def get_options(r: TheRegistry) -> OptionsResponse:
         sd_checkpoint_hash=item.sha256,
         sd_checkpoints_limit=r.cache_size,
         sdlab_compile=r.compile,
-        **{**a1111.OPTION_DEFAULTS, **r.options},
+        **{**a1111.OPTION_DEFAULTS, **r.options},  # samples_format too, where set
     )
 
 
@@ -48,6 +48,8 @@ def set_options(options: dict[str, Any], r: TheRegistry) -> SetOptionsResponse:
             r.cache_size = value
         elif key in a1111.GENERATION_OPTIONS:
             r.options[key] = a1111.check_option(key, value)
+        elif key == "samples_format":
+            r.options[key] = a1111.check_samples_format(value)
         elif value not in a1111.OVERRIDES_NEUTRAL.get(key, ()):
             ignored[key] = value
     return SetOptionsResponse(ignored=ignored)
