@@ -265,6 +265,22 @@ def test_samples_format_encodes_responses_as_a1111_does(server):
     assert bad.status_code == 422 and "samples_format must be one of png, jpg, jpeg, webp" in bad.text
 
 
+def test_options_are_all_or_nothing(api, server):
+    """Issue 22: a POST /options answered 422 changes nothing (it used to switch the model first)."""
+    options = f"{server}/sdapi/v1/options"
+    before = requests.get(options, timeout=30).json()
+    bad = requests.post(
+        options, json={"sd_model_checkpoint": "tiny", "CLIP_stop_at_last_layers": 0}, timeout=30
+    )
+    assert bad.status_code == 422 and "CLIP_stop_at_last_layers must be a whole number from 1" in bad.text
+    assert requests.get(options, timeout=30).json() == before
+    unknown = requests.post(
+        options, json={"samples_format": "webp", "sd_model_checkpoint": "nope"}, timeout=30
+    )
+    assert unknown.status_code == 422 and "unknown model 'nope'" in unknown.text
+    assert requests.get(options, timeout=30).json() == before
+
+
 def test_eight_concurrent_clients_get_correct_images_and_interrupt_stops_within_a_step(api, server):
     requests_ = [{**DIGIT, "seed": 100 + i, "prompt": f"a handwritten digit {i}"} for i in range(8)]
     long = {**DIGIT, "steps": 30, "width": 128, "height": 128, "seed": 5}

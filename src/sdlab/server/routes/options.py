@@ -33,23 +33,31 @@ def get_options(r: TheRegistry) -> OptionsResponse:
 def set_options(options: dict[str, Any], r: TheRegistry) -> SetOptionsResponse:
     """Set `sd_model_checkpoint` (loads it), `sd_checkpoints_limit`, `sdlab_compile` (compile models as
     they load: slow first calls, faster later ones), and the generation options every request then uses
-    (`CLIP_stop_at_last_layers`, `eta_noise_seed_delta`); any other option is `ignored`."""
-    ignored = {}
+    (`CLIP_stop_at_last_layers`, `eta_noise_seed_delta`, `samples_format`); any other option is `ignored`.
+    All or nothing: one bad value is a 422 and no option changes."""
+    # every value checked first, then all applied: a request answered 422 changes nothing (issue 22)
+    ignored, apply = {}, []
     for key, value in options.items():
         if key == "sd_model_checkpoint":
-            r.set_current(value)
+            entry = r.find_model(value)  # InputError for an unknown name
+            apply.append(lambda entry=entry: r.set_current(entry.name))
         elif key == "sdlab_compile":
             if not isinstance(value, bool):
                 raise InputError(f"sdlab_compile must be true or false, got {value!r}")
-            r.compile = value
+            apply.append(lambda value=value: setattr(r, "compile", value))
         elif key == "sd_checkpoints_limit":
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
                 raise InputError(f"sd_checkpoints_limit must be an integer from 1 to 16, got {value!r}")
-            r.cache_size = value
-        elif key in a1111.GENERATION_OPTIONS:
-            r.options[key] = a1111.check_option(key, value)
-        elif key == "samples_format":
-            r.options[key] = a1111.check_samples_format(value)
+            apply.append(lambda value=value: setattr(r, "cache_size", value))
+        elif key in a1111.GENERATION_OPTIONS or key == "samples_format":
+            checked = (
+                a1111.check_samples_format(value)
+                if key == "samples_format"
+                else a1111.check_option(key, value)
+            )
+            apply.append(lambda key=key, checked=checked: r.options.__setitem__(key, checked))
         elif value not in a1111.OVERRIDES_NEUTRAL.get(key, ()):
             ignored[key] = value
+    for change in apply:
+        change()
     return SetOptionsResponse(ignored=ignored)
