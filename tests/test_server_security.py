@@ -64,11 +64,38 @@ def png() -> bytes:
         ({"Origin": "null"}, 403, "origin 'null' are not allowed"),
         ({"Host": "evil.example:7860"}, 403, "the Host header 'evil.example:7860'"),
         ({"Host": "attacker.127.0.0.1.nip.io"}, 403, "is not one this server answers to"),
+        (
+            {"Host": "evil@localhost:7860"},
+            403,
+            "is not one this server answers to",
+        ),  # user info names no host
     ],
 )
 def test_cross_site_and_rebinding_requests_are_refused(server, headers, status, message):
     response = requests.post(server + TXT2IMG, json=SMALL, headers=headers, timeout=60)
     assert response.status_code == status and message in response.json()["detail"]
+
+
+@pytest.mark.parametrize("header", ["Origin", "Authorization", "Host"])
+def test_a_repeated_security_header_is_refused(server, header):
+    """Issue 22: with two Origin (or Authorization, Host) headers the guard read the last, Starlette and
+    gradio the first; the ambiguity is now refused before anything reads either."""
+    import http.client
+
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("GET", "/sdapi/v1/options", skip_host=header == "Host")
+    values = {"Origin": ["http://127.0.0.1", "http://evil.example"], "Authorization": ["Basic eDp5", "Basic eTp6"],
+              "Host": [f"127.0.0.1:{port}", "evil.example"]}[header]  # fmt: skip
+    for value in values:
+        conn.putheader(header, value)
+    conn.endheaders()
+    response = conn.getresponse()
+    body = response.read().decode()
+    assert response.status == 400
+    # two Hosts never get that far: the HTTP parser (h11) refuses them itself
+    assert f"repeats its {header} header" in body if header != "Host" else "Invalid HTTP request" in body
+    conn.close()
 
 
 def test_the_server_own_origin_and_clients_without_origin_are_served(server):

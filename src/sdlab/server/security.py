@@ -58,6 +58,15 @@ class Guard:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        names = [k.decode("latin-1").lower() for k, _ in scope["headers"]]
+        repeated = next((n for n in _SINGLE_HEADERS if names.count(n) > 1), None)
+        if (
+            repeated is not None
+        ):  # this guard and Starlette/gradio must read the same one: refuse the ambiguity
+            await _respond(
+                scope, send, 400, f"the request repeats its {repeated.title()} header; send it once", {}
+            )
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         method = (
             scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
@@ -155,9 +164,15 @@ def _digest(secret: bytes) -> bytes:
     return hashlib.sha256(secret).digest()
 
 
+_SINGLE_HEADERS = ("host", "origin", "authorization", "content-length")  # repeated: refused
+
+
 def _hostname(host: str) -> str:
-    """ "127.0.0.1:7860" -> "127.0.0.1"; "[::1]:7860" -> "::1"; lower case."""
+    """ "127.0.0.1:7860" -> "127.0.0.1"; "[::1]:7860" -> "::1"; lower case. A Host with user information
+    ("evil@localhost") names no host: it matches none."""
     host = host.strip().lower()
+    if "@" in host:
+        return ""
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
     return urlsplit(f"//{host}").hostname or host.partition(":")[0]
