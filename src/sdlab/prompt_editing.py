@@ -71,11 +71,6 @@ def text_at(schedule: list[tuple[int, str]], step: int) -> str:
     return next((text for end, text in schedule if step <= end), schedule[-1][1])
 
 
-def is_edited(prompt: str) -> bool:
-    """Whether `prompt` changes text between steps (prompt editing or alternation) at some step count."""
-    return len(prompt_schedule(prompt, 1000)) > 1
-
-
 def split_and(prompt: str) -> list[tuple[str, float]]:
     """The parts of a composable prompt with their weights: "a cat AND a dog :0.5" ->
     [("a cat", 1.0), (" a dog", 0.5)], as A1111's `get_multicond_prompt_list`. A prompt without the

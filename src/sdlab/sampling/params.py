@@ -129,7 +129,10 @@ class SamplingParams:
         a1111="denoising_strength", infotext="Denoising strength",
     )  # fmt: skip
     mask_image: ImageInput | None = option(
-        None, "inpainting mask, white = repaint, same size as the init image", "--mask", type=str
+        None,
+        "inpainting mask, white = repaint (another size is resized to the init image's, as A1111 does)",
+        "--mask",
+        type=str,
     )
     inpainting_fill: str = option(
         "original", "inpainting: what the masked area starts as below strength 1: fill (blurred colours from "
