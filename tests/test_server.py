@@ -265,6 +265,26 @@ def test_samples_format_encodes_responses_as_a1111_does(server):
     assert bad.status_code == 422 and "samples_format must be one of png, jpg, jpeg, webp" in bad.text
 
 
+def test_the_hires_fix_through_webuiapi_equals_the_cli(api, server, capsys, tmp_path):
+    """webuiapi's txt2img with enable_hr (it sends every hr_ field with A1111's defaults): the image the CLI's
+    --hires-* flags make; /upscalers and /latent-upscale-modes list what hr_upscaler takes."""
+    result = api.txt2img(**DIGIT, enable_hr=True, hr_scale=2, hr_upscaler="Latent (nearest-exact)",
+                         hr_second_pass_steps=3, denoising_strength=0.4)  # fmt: skip
+    assert result.info["ignored"] == {} and result.images[0].size == (64, 64)
+    assert "Hires upscaler: Latent (nearest-exact)" in result.info["infotexts"][0]
+    cli = cli_image(capsys, tmp_path, "hires", *cli_args(DIGIT), "--scheduler", "dpmpp_2m", "--hires-scale", 2,
+                    "--hires-upscaler", "Latent (nearest-exact)", "--hires-steps", 3, "--hires-strength", 0.4)  # fmt: skip
+    assert np.array_equal(np.asarray(result.images[0].convert("RGB")), cli)
+    assert [u["name"] for u in requests.get(f"{server}/sdapi/v1/upscalers", timeout=30).json()] == [
+        "None", "Lanczos", "Nearest"
+    ]  # fmt: skip
+    modes = requests.get(f"{server}/sdapi/v1/latent-upscale-modes", timeout=30).json()
+    assert modes[0] == {"name": "Latent"} and len(modes) == 6
+    bad = requests.post(f"{server}/sdapi/v1/txt2img", json={**DIGIT, "enable_hr": True, "hr_upscaler": "4x-Ultra"},
+                        timeout=60)  # fmt: skip
+    assert bad.status_code == 422 and "unknown hr_upscaler '4x-Ultra'" in bad.text
+
+
 def test_options_are_all_or_nothing(api, server):
     """Issue 22: a POST /options answered 422 changes nothing (it used to switch the model first)."""
     options = f"{server}/sdapi/v1/options"

@@ -17,6 +17,7 @@ from sdlab.errors import InputError
 from sdlab.images import OUTPUT_FORMATS, make_grid, read_image_text, save_image
 from sdlab.metadata import format_parameters, parse_parameters
 from sdlab.pipeline import Pipeline
+from sdlab.sampling.hires import hires_from_infotext, hires_infotext, records_hires
 from sdlab.sampling.loop import GenerationResult
 from sdlab.sampling.params import EVERY_STEP, PACKAGE_BASE, SamplingParams, neutral
 from sdlab.sampling.schedulers import (
@@ -82,6 +83,7 @@ def infotext(r: dict, pipe: Pipeline | None = None) -> str:
         value = _plain(r[f.name])  # JSON gives lists where the parameters hold tuples
         if value != neutral(f.name) or _plain(implied.get(f.name, value)) != value:
             settings[key] = _infotext_value(f.name, value)
+    settings.update(hires_infotext(r))  # "Denoising strength", "Hires upscale", ... (A1111's)
     if r.get("padding_mask_crop") is not None:
         settings["Inpaint area"] = "Only masked"  # A1111 writes it beside "Masked area padding"
     if r.get("vae_decoder"):
@@ -196,7 +198,7 @@ def parameters_recipe(text: str, where: str) -> dict:
         key = f.metadata.get("infotext")
         if key is None or f.name in r:
             continue
-        hires = key == "Denoising strength" and "Hires upscale" in s  # then it is the hires fix's 2nd pass's
+        hires = key == "Denoising strength" and records_hires(s)  # then it is the hires fix's 2nd pass's
         if key not in s or hires:
             if neutral(f.name) is not None:
                 r[f.name] = list(EVERY_STEP) if f.name == "guidance_interval" else neutral(f.name)
@@ -205,6 +207,10 @@ def parameters_recipe(text: str, where: str) -> dict:
             r[f.name] = _parse_infotext_value(f.name, s[key])
         except ValueError as err:
             raise InputError(f"{where}: unreadable {key!r} {s[key]!r}") from err
+    try:
+        r.update(hires_from_infotext(s))
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
     return r
 
 
@@ -212,8 +218,7 @@ def parameters_recipe(text: str, where: str) -> dict:
 # change nothing). Reading one with another value is refused by name, never dropped (issue 21). Extensions'
 # fields that record without changing (LoRA hashes, ADetailer's) are read and ignored.
 NOT_APPLIED = {
-    "Hires upscale": ("the hires fix", ()), "Hires resize": ("the hires fix", ()),
-    "Hires steps": ("the hires fix", ()), "Hires upscaler": ("the hires fix", ()),
+    "Hires checkpoint": ("a second model for the hires pass", ("Use same checkpoint",)),
     "Variation seed": ("variation seeds", ()), "Variation seed strength": ("variation seeds", ("0", "0.0")),
     "Seed resize from": ("variation seeds", ("-1x-1",)),
     "Face restoration": ("face restoration", ()), "Refiner": ("A1111's refiner switch", ()),
@@ -228,7 +233,7 @@ NOT_APPLIED = {
 
 def unapplied(settings: dict[str, str]) -> list[str]:
     """Sentences, one per field of `NOT_APPLIED` in `settings` that asks for something sdlab does not apply:
-    "'Hires upscale: 2' asks for the hires fix"."""
+    "'Variation seed: 5' asks for variation seeds"."""
     found = []
     for key, (feature, neutral_values) in NOT_APPLIED.items():
         value = settings.get(key)

@@ -145,7 +145,9 @@ class ServeOptions:
         None, "USER:PASSWORD[,USER:PASSWORD]: HTTP Basic credentials for every request (or SDLAB_API_AUTH)"
     )
     data_dir: str | None = option(
-        None, "an A1111 folder: models/Stable-diffusion, models/Lora and embeddings inside it", metavar="DIR"
+        None,
+        "an A1111 folder: models/Stable-diffusion, models/Lora, models/ESRGAN and embeddings inside it",
+        metavar="DIR",
     )
     ckpt_dir: str | None = option(
         None, "folder(s) of checkpoints and diffusers models, comma-separated", metavar="DIR"
@@ -154,6 +156,10 @@ class ServeOptions:
     embeddings_dir: str | None = option(
         None, "folder(s) of textual-inversion embeddings, comma-separated", metavar="DIR"
     )
+    upscaler_dir: str | None = option(
+        None, "folder(s) of ESRGAN-family upscaler models for the hires fix (A1111's models/ESRGAN; needs spandrel)",
+        "--esrgan-models-path", metavar="DIR",
+    )  # fmt: skip
     checkpoints_limit: int = option(1, "models kept in memory at once (A1111's sd_checkpoints_limit)")
     checkpoints_memory_gb: float | None = option(
         None, "most GB of model weights kept in memory; the least recently used go first (default: 70%% of the "

@@ -54,6 +54,7 @@ def run_serve(opts: ServeOptions) -> None:
         "ckpt": _dirs(opts.ckpt_dir),
         "lora": _dirs(opts.lora_dir),
         "embeddings": _dirs(opts.embeddings_dir),
+        "upscalers": _dirs(opts.upscaler_dir),
     }
     if opts.data_dir:
         a1111 = ModelRegistry.from_a1111(opts.data_dir, **common)
@@ -61,9 +62,12 @@ def run_serve(opts: ServeOptions) -> None:
             ("ckpt", a1111.ckpt_dirs),
             ("lora", a1111.lora_dirs),
             ("embeddings", a1111.embedding_dirs),
+            ("upscalers", a1111.upscaler_dirs),
         ):
             folders[key] = [*found, *folders[key]]
-    registry = ModelRegistry(folders["ckpt"], folders["lora"], folders["embeddings"], **common)
+    registry = ModelRegistry(
+        folders["ckpt"], folders["lora"], folders["embeddings"], upscaler_dirs=folders["upscalers"], **common
+    )
 
     if opts.vae_decoder and opts.vae_decoder != "tiny":  # a bad folder stops here, in one sentence
         from sdlab.loading.decoder import load_vae_decoder

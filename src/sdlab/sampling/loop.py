@@ -103,12 +103,15 @@ class GenerationResult:
     unet_evaluations: int = 0  # per image: 2 per guided step, 1 per other step
     stopped_at_step: int | None = None  # steps run, when a callback stopped the loop early
     guide: dict[str, Any] = field(default_factory=dict)  # a gradient guide's recipe (digit, scale)
+    hires: dict[str, Any] = field(
+        default_factory=dict
+    )  # the hires fix's settings (`sampling.hires`), if it ran
 
     @property
     def settings(self) -> dict[str, Any]:
         """Every resolved setting of the call as the recipe records it (see `SamplingParams.recipe`)."""
         return {**self.params.recipe(), "unet_evaluations": self.unet_evaluations,
-                "stopped_at_step": self.stopped_at_step, **self.guide}  # fmt: skip
+                "stopped_at_step": self.stopped_at_step, **self.guide, **self.hires}  # fmt: skip
 
     def select(self, index: int) -> GenerationResult:
         """Image `index` alone, as a result of its own."""
@@ -116,6 +119,7 @@ class GenerationResult:
         return GenerationResult(
             self.images[i], self.pixels[i], self.latents[i], self.seeds[i], self.prompts[i],
             self.negative_prompts[i], self.params, self.unet_evaluations, self.stopped_at_step, self.guide,
+            self.hires,
         )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sdlab.errors import InputError
 from sdlab.metadata import parse_parameters
+from sdlab.sampling.hires import BUILT_IN_UPSCALERS, DEFAULT_HIRES_STRENGTH, DEFAULT_UPSCALER
 from sdlab.sampling.params import MASKED_CONTENT, neutral
 from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, schedule_settings
 from sdlab.service import GenerationRequest, RequestResult
@@ -45,7 +46,7 @@ NEUTRAL: dict[str, tuple] = {
     "s_tmax": (0, None, math.inf),
     "s_tmin": (0, None),
     "s_noise": (1, None),
-    "enable_hr": (False, None),
+    "hr_checkpoint_name": (None, "", "Use same checkpoint"),
     "refiner_checkpoint": (None, "", "None"),
     "refiner_switch_at": (ANY,),
     "disable_extra_networks": (False, None),
@@ -65,7 +66,6 @@ NEUTRAL: dict[str, tuple] = {
     "mask_round": (ANY,),  # sdlab's masks are always rounded to 0/1 at latent resolution
     "firstphase_width": (ANY,),
     "firstphase_height": (ANY,),
-    "denoising_strength": (ANY,),  # txt2img: hires fix only
 }
 HIRES = re.compile(r"^hr_")
 OVERRIDES_NEUTRAL = {"sd_vae": (None, "", "Automatic", "None")}
@@ -136,6 +136,35 @@ class Txt2ImgRequest(BaseModel):
         None, description="options for this request only, e.g. {'sd_model_checkpoint': 'digits'}"
     )
     send_images: bool = True
+    # the hires fix (txt2img): draw, upscale, re-draw at denoising_strength (`sdlab.sampling.hires`)
+    enable_hr: bool = Field(
+        False, description="hires fix: draw at width x height, upscale, re-draw the details"
+    )
+    denoising_strength: float | None = Field(
+        None, description=f"hires fix: how much the second pass re-draws (default {DEFAULT_HIRES_STRENGTH})"
+    )
+    hr_scale: float = Field(2.0, description="hires fix: upscale factor, unless hr_resize_x/y are given")
+    hr_resize_x: int = Field(
+        0, description="hires fix: final width in pixels (0: from hr_scale or the height)"
+    )
+    hr_resize_y: int = Field(
+        0, description="hires fix: final height in pixels (0: from hr_scale or the width)"
+    )
+    hr_upscaler: str | None = Field(
+        None,
+        description="hires fix: " + ", ".join(BUILT_IN_UPSCALERS) + ", or a model's name; default Latent",
+    )
+    hr_second_pass_steps: int = Field(0, description="hires fix: second-pass steps; 0: steps")
+    hr_sampler_name: str | None = Field(
+        None, description="hires fix: second-pass sampler; default: sampler_name"
+    )
+    hr_scheduler: str | None = Field(
+        None, description="hires fix: second-pass schedule type: the first pass's only"
+    )
+    hr_prompt: str = Field("", description="hires fix: second-pass prompt; empty: the prompt")
+    hr_negative_prompt: str = Field(
+        "", description="hires fix: second-pass negative prompt; empty: the negative"
+    )
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -207,6 +236,12 @@ def to_request(
         eta=eta if scheduler == "ddim" and eta is not None else 0.0,
         **{field: convert(chosen[key]) for key, (field, convert) in GENERATION_OPTIONS.items()},
     )
+    if not img2img:  # txt2img's denoising_strength is the hires pass's, and changes nothing without it
+        fields["strength"] = None
+    if body.enable_hr and img2img:
+        ignored["enable_hr"] = True  # A1111's img2img has no hires fix either
+    elif body.enable_hr:
+        fields.update(_hires_fields(body, sampler_name, scheduler, ignored))
     if img2img:
         assert isinstance(body, Img2ImgRequest)
         if not body.init_images:
@@ -223,6 +258,32 @@ def to_request(
     if fields.get("guidance_interval") is not None:
         fields["guidance_interval"] = tuple(fields["guidance_interval"])
     return GenerationRequest(**fields), ignored
+
+
+def _hires_fields(
+    body: Txt2ImgRequest, sampler_name: str | None, scheduler: str | None, ignored: dict[str, Any]
+) -> dict[str, Any]:
+    """The `HiresParams` fields of a txt2img body with `enable_hr` (A1111's defaults: scale 2, Latent, the
+    first pass's sampler and steps, denoising strength 0.7 as its UI's, since its API's None fails there)."""
+    hr_scheduler = None
+    if body.hr_sampler_name not in (None, "", "Use same sampler"):
+        hr_scheduler = resolve_sampler(body.hr_sampler_name, body.scheduler)
+    if body.hr_scheduler not in (None, "", "Use same scheduler") and body.hr_scheduler != body.scheduler:
+        ignored["hr_scheduler"] = body.hr_scheduler  # the second pass runs the first pass's schedule type
+    resize = body.hr_resize_x or body.hr_resize_y
+    return {
+        "hr_scale": None if resize else body.hr_scale,
+        "hr_resize_x": body.hr_resize_x or None,
+        "hr_resize_y": body.hr_resize_y or None,
+        "hr_upscaler": body.hr_upscaler or DEFAULT_UPSCALER,
+        "hr_second_pass_steps": body.hr_second_pass_steps,
+        "hr_denoising_strength": DEFAULT_HIRES_STRENGTH
+        if body.denoising_strength is None
+        else body.denoising_strength,
+        "hr_scheduler": None if hr_scheduler == scheduler else hr_scheduler,
+        "hr_prompt": body.hr_prompt or None,
+        "hr_negative_prompt": body.hr_negative_prompt or None,
+    }
 
 
 def decode_image(data: str, what: str) -> bytes:
@@ -271,7 +332,7 @@ def info(result: RequestResult, request: GenerationRequest, ignored: dict[str, A
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": first.get("strength"),
+        "denoising_strength": first.get("strength", first.get("hr_denoising_strength")),
         # sdlab's settings as the infotext has them: written when on, or when leaving them out turns them on
         "extra_generation_params": _extra_parameters(result.images[0].infotext) if result.images else {},
         "index_of_first_image": 0,

@@ -74,6 +74,16 @@ class LoraItem(BaseModel):
     metadata: dict[str, Any]
 
 
+class UpscalerItem(BaseModel):
+    """A1111's `UpscalerItem`: a hires-fix upscaler; `scale` is only known once a model is loaded."""
+
+    name: str
+    model_name: str | None = None
+    model_path: str | None = Field(None, description="the name, not a path on the server")
+    model_url: str | None = None
+    scale: float | None = None
+
+
 class EmbeddingItem(BaseModel):
     step: int | None = None
     sd_checkpoint: str | None = None

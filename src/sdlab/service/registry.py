@@ -32,7 +32,9 @@ from sdlab.pipeline import Pipeline
 
 DIGITS = "digits"
 # AUTOMATIC1111's folders under its data directory (its --data-dir)
-A1111_FOLDERS = {"ckpt": "models/Stable-diffusion", "lora": "models/Lora", "embeddings": "embeddings"}
+A1111_FOLDERS = {
+    "ckpt": "models/Stable-diffusion", "lora": "models/Lora", "embeddings": "embeddings", "upscalers": "models/ESRGAN",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class ModelRegistry:
         parts: dict[str, str | None] | None = None,
         cache_bytes: int | None = None,
         parts_where_they_fit: bool = False,
+        upscaler_dirs: Iterable[str | Path] = (),
     ) -> None:
         if not isinstance(cache_size, int) or cache_size < 1:
             raise InputError(f"the model cache must hold at least 1 model, got {cache_size!r}")
@@ -85,6 +88,7 @@ class ModelRegistry:
         self.ckpt_dirs = _folders(ckpt_dirs, "checkpoint")
         self.lora_dirs = _folders(lora_dirs, "LoRA")
         self.embedding_dirs = _folders(embedding_dirs, "embeddings")
+        self.upscaler_dirs = _folders(upscaler_dirs, "upscaler")
         self.load_kwargs = {
             "device": device, "dtype": dtype, "allow_pickle": allow_pickle, "config": config, "compile": compile,
             **(parts or {}),
@@ -97,6 +101,7 @@ class ModelRegistry:
         self.current = DIGITS
         self._cache: OrderedDict[str, Pipeline] = OrderedDict()
         self._decoders: dict[tuple[str, str, str], Any] = {}
+        self._upscaler: tuple[Path, Any] | None = None  # the last upscaler model used, kept loaded
         self._load_lock = threading.Lock()
         self.refresh()
 
@@ -107,7 +112,9 @@ class ModelRegistry:
         if not root.is_dir():
             raise InputError(f"data folder {root} does not exist")
         found = {key: [root / sub] if (root / sub).is_dir() else [] for key, sub in A1111_FOLDERS.items()}
-        return cls(found["ckpt"], found["lora"], found["embeddings"], **kwargs)
+        return cls(
+            found["ckpt"], found["lora"], found["embeddings"], upscaler_dirs=found["upscalers"], **kwargs
+        )
 
     # -- listing
 
@@ -122,6 +129,7 @@ class ModelRegistry:
         self._loras = _by_stem(_scan(folder, suffixes) for folder in self.lora_dirs)
         self._lora_aliases = _aliases(self._loras)
         self._embeddings = _by_stem(_scan(folder, suffixes) for folder in self.embedding_dirs)
+        self._upscalers = _by_stem(_scan(folder, suffixes) for folder in self.upscaler_dirs)
 
     def models(self) -> list[ModelEntry]:
         return list(self._models.values())
@@ -183,6 +191,29 @@ class ModelRegistry:
         if ref not in self._loras and ref in self._lora_aliases:
             return self._loras[self._lora_aliases[ref]]
         return self._find(ref, self._loras, "LoRA", "--lora-dir")
+
+    def upscalers(self) -> dict[str, Path]:
+        """Upscaler model files (ESRGAN family) by name: the folders' files, A1111's models/ESRGAN."""
+        return dict(self._upscalers)
+
+    def upscaler(self, ref: str, device: Any = "cpu") -> Any:
+        """The upscaler model `ref` (a name, or a path where paths are allowed) as a function image -> image
+        (`sdlab.sampling.hires.load_upscaler`), the last one kept loaded; `InputError` as `load_upscaler`."""
+        from sdlab.sampling.hires import BUILT_IN_UPSCALERS, load_upscaler
+
+        path = self._upscalers.get(ref)
+        if path is None and self.allow_paths and Path(ref).expanduser().is_file():
+            path = Path(ref).expanduser()
+        if path is None:
+            models = (
+                ", ".join(self._upscalers) or "none (no folder was given with --upscaler-dir, or it is empty)"
+            )
+            raise InputError(
+                f"unknown hr_upscaler {ref!r}; built in: {', '.join(BUILT_IN_UPSCALERS)}; models: {models}"
+            )
+        if self._upscaler is None or self._upscaler[0] != path:
+            self._upscaler = (path, load_upscaler(path, allow_pickle=self.allow_pickle, device=device))
+        return self._upscaler[1]
 
     def find_embedding(self, ref: str) -> Path:
         return self._find(ref, self._embeddings, "embedding", "--embeddings-dir")

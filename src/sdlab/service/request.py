@@ -13,6 +13,7 @@ from typing import Any
 
 from sdlab.errors import InputError
 from sdlab.options import option
+from sdlab.sampling.hires import HiresParams
 from sdlab.sampling.params import MAX_SEED, SamplingParams, check_int, check_number
 
 # A1111's extra-network syntax: <lora:NAME>, <lora:NAME:WEIGHT>; extra fields after a second ':'
@@ -33,7 +34,7 @@ class LoraRef:
 
 
 @dataclass(frozen=True)
-class GenerationRequest(SamplingParams):
+class GenerationRequest(HiresParams, SamplingParams):
     """One call as an application makes it: the sampling loop's `SamplingParams` plus what surrounds it.
 
     - `model`: a registry name (`"digits"`, a checkpoint's file name), or a path where the registry
@@ -45,6 +46,7 @@ class GenerationRequest(SamplingParams):
       `n_iter` x `batch_size`); image i of the whole request has seed `seed + i`.
     - `vae_decoder`: a tiny decoder (TAESD) for the final images: `"tiny"`, the model folder's own
       (`vae_tiny/`), or a diffusers folder where the registry allows paths (the CLI; never from HTTP).
+    - `hr_*` (`HiresParams`): the hires fix, A1111's two-pass text-to-image (`sdlab.sampling.hires`).
     - `mask_blur`: Gaussian blur radius in pixels applied to the mask before use (A1111's
       `mask_blur`); `invert_mask` repaints the black part instead (A1111's `inpainting_mask_invert`).
     Images (`init_image`, `mask_image`) may be paths, PIL images, or the bytes of an encoded file.
@@ -100,6 +102,10 @@ class GenerationRequest(SamplingParams):
             check_guide(self.guide_digit, self.guide_scale)
         for lora in self.all_loras():
             check_number(f"the weight of LoRA {lora.name!r}", lora.weight)
+        if self.hiresfix() is not None and self.init_image is not None:
+            raise InputError(
+                "the hires fix applies to text-to-image; leave out the init image, or the hr_ settings"
+            )
         return self
 
     def sampling(self, **changes: Any) -> SamplingParams:

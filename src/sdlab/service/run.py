@@ -22,6 +22,7 @@ from sdlab.images import image_bytes, load_image, load_mask, png_bytes
 from sdlab.loading.decoder import TINY
 from sdlab.outputs import infotext, recipe
 from sdlab.pipeline import Pipeline
+from sdlab.sampling.hires import check_upscaler, generate_hires
 from sdlab.sampling.loop import GenerationResult, StepInfo, generate
 from sdlab.sampling.params import MAX_SEED
 from sdlab.service.networks import extra_networks
@@ -88,6 +89,7 @@ def run_request(
     embeddings = {registry.find_embedding(e): e if e in known else None for e in request.embeddings}
     for name in registry.embeddings_in(prompts):
         embeddings.setdefault(registry.find_embedding(name), name)
+    hires = request.hiresfix()
     guide = None
     if request.guide_digit is not None:
         from sdlab.digits.guidance import digit_guide
@@ -98,6 +100,9 @@ def run_request(
     init_image, mask_image = _prepare_images(request)
     pipe = registry.pipeline(entry)
     decoder = registry.vae_decoder(request.vae_decoder, pipe) if request.vae_decoder else None
+    upscaler = None
+    if hires is not None and check_upscaler(hires.hr_upscaler) == "model":
+        upscaler = registry.upscaler(hires.hr_upscaler, pipe.device)
 
     # 3. Batches, with this request's extra networks on the model
     per_batch = request.num_images_per_prompt
@@ -122,9 +127,13 @@ def run_request(
                 mask_image=mask_image,
                 **_a1111_clip_skip(request, pipe),
             )  # fmt: skip
-            result = generate(
-                pipe, params, guide=guide, vae_decoder=decoder, callback=step_hook, observe=observe
-            )
+            if hires is None:
+                result = generate(
+                    pipe, params, guide=guide, vae_decoder=decoder, callback=step_hook, observe=observe
+                )
+            else:  # two passes: draw, upscale, re-draw (A1111's hires fix)
+                result = generate_hires(pipe, params, hires, upscaler_model=upscaler, guide=guide,
+                                        vae_decoder=decoder, callback=step_hook, observe=observe)  # fmt: skip
             for i, image in enumerate(result.images):
                 r = recipe(result, i, pipe, sources)
                 r["prompt"], r["negative_prompt"] = request.prompt, request.negative_prompt or ""

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from sdlab.embeddings import read_embedding
 from sdlab.errors import InputError
 from sdlab.loading.checkpoint import safetensors_metadata
+from sdlab.sampling.hires import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from sdlab.sampling.schedulers import SAMPLER_ALIASES, SCHEDULE_TYPES, SCHEDULERS
 from sdlab.server.responses import (
     EmbeddingItem,
@@ -18,15 +19,15 @@ from sdlab.server.responses import (
     SchedulerItem,
     ScriptsList,
     SDModelItem,
+    UpscalerItem,
 )
 from sdlab.server.routes import API, registry
 from sdlab.service.registry import ModelEntry, ModelRegistry
 
 router = APIRouter(prefix=API, tags=["models"])
 TheRegistry = Annotated[ModelRegistry, Depends(registry)]
-# A1111 lists sdlab has nothing in (VAE choice, upscalers, hypernetworks, face restorers, styles)
-EMPTY_LISTS = ("sd-vae", "upscalers", "latent-upscale-modes", "hypernetworks", "face-restorers",
-               "realesrgan-models", "prompt-styles")  # fmt: skip
+# A1111 lists sdlab has nothing in (VAE choice, hypernetworks, face restorers, styles)
+EMPTY_LISTS = ("sd-vae", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles")
 
 
 @router.get("/samplers")
@@ -40,6 +41,21 @@ def schedulers() -> list[SchedulerItem]:
         SchedulerItem(name=name, label=label, default_rho=7.0 if name == "karras" else -1)
         for name, label in SCHEDULE_TYPES.items()
     ]
+
+
+@router.get("/upscalers")
+def upscalers(r: TheRegistry) -> list[UpscalerItem]:
+    """The hires fix's pixel upscalers (A1111's order: None, Lanczos, Nearest, then the models by name)."""
+    built_in = [UpscalerItem(name=name) for name in PIXEL_UPSCALERS]
+    return built_in + [
+        UpscalerItem(name=name, model_name=name, model_path=name)
+        for name in sorted(r.upscalers(), key=str.lower)
+    ]
+
+
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes() -> list[dict[str, str]]:
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
 
 @router.get("/sd-models")
