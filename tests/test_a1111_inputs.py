@@ -9,6 +9,7 @@ import torch
 from PIL.PngImagePlugin import PngInfo
 
 from sdlab.cli.main import main
+from sdlab.errors import InputError
 from sdlab.images import read_png_text
 from sdlab.loading import load_pipeline
 from sdlab.sampling.loop import generate
@@ -88,7 +89,7 @@ def test_jpeg_and_webp_parameters_are_a1111s_exif_user_comment(tmp_path, capsys)
 
 @pytest.mark.parametrize(
     ("field", "feature"),
-    [("Hires upscale: 2", "the hires fix"), ("Variation seed: 5, Variation seed strength: 0.3", "variation seeds"),
+    [("Hires checkpoint: other, Hires upscale: 2", "a second model for the hires pass"), ("Variation seed: 5, Variation seed strength: 0.3", "variation seeds"),
      ("Face restoration: CodeFormer", "face restoration"), ("Eta: 0.67", "an ancestral eta"),
      ("Token merging ratio: 0.5", "token merging"), ("Noise multiplier: 0.9", "a noise multiplier")],
 )  # fmt: skip
@@ -160,6 +161,75 @@ def test_a_sigma_schedule_on_a_sampler_that_has_none_is_one_sentence(tiny):
 
     with pytest.raises(
         InputError,
-        match="sampler 'DDIM' has no Exponential schedule; sigma schedules work with: LMS, Euler, Heun",
+        match="sampler 'DDIM' has no Exponential schedule; it works with: LMS, Euler, Heun",
     ):
         generate(tiny, "a cat", scheduler="ddim", sigma_schedule="exponential", num_inference_steps=2)
+
+
+def test_a1111s_explicit_schedule_types_are_its_formulas():
+    """A1111 1.10's `sd_schedulers.py` on SD's noise levels: Align Your Steps' 10-step table interpolated
+    log-linearly (A1111's values), KL Optimal ending at sigma_min, Simple's and DDIM's whole timesteps (DDIM's
+    may be one more than asked), Normal from sigma_max to sigma_min."""
+    import numpy as np
+
+    from sdlab.sampling.schedulers import explicit_schedule, make_scheduler
+
+    sched = make_scheduler(
+        "euler", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    )
+    ays = explicit_schedule("align_your_steps", 10, sched)["sigmas"]
+    assert np.allclose(
+        ays, [14.615, 6.1135, 3.5651, 2.3939, 1.65, 1.1358, 0.7425, 0.445, 0.1692, 0.029, 0], atol=1e-3
+    )
+    assert explicit_schedule("align_your_steps", 11, sched)["sigmas"][:2] == [14.615, 6.475]
+    kl = explicit_schedule("kl_optimal", 5, sched)["sigmas"]
+    assert (
+        len(kl) == 6
+        and kl[0] == pytest.approx(14.6146, abs=1e-3)
+        and kl[-1] == pytest.approx(0.0292, abs=1e-3)
+    )
+    assert explicit_schedule("simple", 4, sched) == {"timesteps": [999, 749, 499, 249]}
+    assert len(explicit_schedule("ddim", 30, sched)["timesteps"]) == 31  # A1111's too: ceil(999 / 33)
+    normal = explicit_schedule("normal", 3, sched)["sigmas"]
+    assert normal[0] == pytest.approx(14.6146, abs=1e-3) and normal[2] == pytest.approx(0.0292, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule"),
+    [("Euler", "KL Optimal"), ("Euler", "Align Your Steps"), ("Euler", "Normal"), ("DPM++ 2M", "Simple"),
+     ("Heun", "DDIM"), ("Euler", "Polyexponential")],
+)  # fmt: skip
+def test_explicit_schedule_types_equal_diffusers_with_those_sigmas_and_round_trip(
+    tiny, tmp_path, sampler, schedule
+):
+    """The other A1111 types are diffusers' pipeline called with `sigmas=` (or `timesteps=`) from A1111's
+    formulas; Polyexponential at A1111's rho 1 is the exponential schedule; each is written and read back."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdlab.outputs import read_recipe, save_result
+    from sdlab.sampling.schedulers import (
+        explicit_schedule,
+        make_scheduler,
+        resolve_sampler,
+        schedule_settings,
+    )
+
+    name = resolve_sampler(sampler, schedule)
+    settings = schedule_settings(schedule, name)
+    kwargs = dict(num_inference_steps=5, guidance_scale=5.0, height=32, width=32)
+    ours = generate(tiny, "a cat", scheduler=name, seed=3, **kwargs, **settings)
+    sched = make_scheduler(name, tiny.scheduler_config, sigma_schedule=settings["sigma_schedule"])
+    ref = StableDiffusionPipeline(vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, unet=tiny.unet,
+                                  scheduler=sched, safety_checker=None, feature_extractor=None,
+                                  requires_safety_checker=False)  # fmt: skip
+    ref.set_progress_bar_config(disable=True)
+    given = {} if schedule == "Polyexponential" else explicit_schedule(settings["sigma_schedule"], 5, sched)
+    steps = given or {"num_inference_steps": 5}  # explicit sigmas or timesteps set the count themselves
+    theirs = ref("a cat", guidance_scale=5.0, height=32, width=32, **steps, output_type="pt",
+                 generator=[torch.Generator().manual_seed(3)]).images  # fmt: skip
+    assert (ours.pixels - theirs).abs().max() < 1e-4
+    (path,) = save_result(ours, tmp_path / "out.png", tiny)
+    assert f"Sampler: {sampler}, Schedule type: {schedule}" in read_png_text(path)["parameters"]
+    assert read_recipe(path).get("sigma_schedule") == settings["sigma_schedule"]
+    with pytest.raises(InputError, match=f"sampler 'DDIM' has no {schedule} schedule"):
+        generate(tiny, "a cat", scheduler="ddim", **{**kwargs, "num_inference_steps": 2}, **settings)

@@ -186,15 +186,19 @@ def test_recipes_are_read_from_every_a1111_version(tmp_path, text, expected):
     from sdlab.outputs import parameters_recipe, read_recipe
 
     path = save_png(PIL.Image.new("RGB", (8, 8)), tmp_path / "a1111.png", parameters=text)
-    if "Hires upscale" in text:  # a replay would not be that image: refused by name (issue 21)
-        with pytest.raises(
-            InputError, match="'Hires upscale: 2' asks for the hires fix, which sdlab does not"
-        ):
-            read_recipe(path)
-        recipe = parameters_recipe(text, "the text")  # read for the UI, which sends the rest with a warning
+    recipe = read_recipe(path)
+    if "Hires upscale" in text:  # the hires fix, read as A1111 writes it (issue 21)
+        assert parameters_recipe(text, "the text") == recipe
         assert "strength" not in recipe  # hires fix's denoising strength is not img2img's
-    else:
-        recipe = read_recipe(path)
+        hires = {
+            k: recipe[k] for k in ("hr_scale", "hr_upscaler", "hr_denoising_strength", "hr_second_pass_steps")
+        }
+        assert hires == {
+            "hr_scale": 2.0,
+            "hr_upscaler": "Latent",
+            "hr_denoising_strength": 0.7,
+            "hr_second_pass_steps": 0,
+        }
     assert {k: recipe[k] for k in expected} == expected
 
 
@@ -218,9 +222,9 @@ def test_an_unknown_schedule_type_is_one_sentence(tmp_path):
     from sdlab.images import save_png
     from sdlab.outputs import read_recipe
 
-    text = "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Align Your Steps, CFG scale: 7, Seed: 1, Size: 8x8"
-    path = save_png(PIL.Image.new("RGB", (8, 8)), tmp_path / "ays.png", parameters=text)
+    text = "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Turbo, CFG scale: 7, Seed: 1, Size: 8x8"  # Forge's
+    path = save_png(PIL.Image.new("RGB", (8, 8)), tmp_path / "turbo.png", parameters=text)
     with pytest.raises(
-        InputError, match="ays.png: schedule type 'Align Your Steps' is one of A1111's that sdlab does not"
+        InputError, match="turbo.png: unknown schedule type 'Turbo'; sdlab has: Automatic, Uniform"
     ):
         read_recipe(path)

@@ -339,3 +339,36 @@ def test_clip_skip_reads_an_earlier_layer_through_the_final_norm(tiny):
     default = generate(tiny, PROMPTS[0], **kwargs, scheduler="euler", seed=6)
     assert (ours.pixels - theirs).abs().mean() < TOL
     assert (ours.pixels - default.pixels).abs().mean() > 10 * TOL
+
+
+def test_vae_tiling_equals_diffusers_enable_tiling_for_txt2img_and_img2img(tiny):
+    """`vae_tiling`: encoding and decoding in overlapping tiles, as diffusers' pipelines do after
+    `vae.enable_tiling()` (the tiny VAE's tiles are 32 pixels: a 64-pixel image is four tiles); the model's VAE
+    is left untiled afterwards, and the tiled pixels differ from the whole decode only a little."""
+    kwargs = dict(prompt=PROMPTS[:1], num_inference_steps=3, guidance_scale=4.0, height=64, width=64)
+    ours = generate(tiny, **kwargs, scheduler="euler", seed=2, vae_tiling=True)
+    assert not tiny.vae.use_tiling
+    ref = StableDiffusionPipeline(
+        vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, unet=tiny.unet,
+        scheduler=make_scheduler("euler", tiny.scheduler_config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    ref.set_progress_bar_config(disable=True)
+    ref.vae.enable_tiling()
+    try:
+        theirs = ref(**kwargs, generator=[torch.Generator().manual_seed(2)], output_type="pt").images
+        image = PIL.Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+        img2img = StableDiffusionImg2ImgPipeline(**ref.components)
+        img2img.set_progress_bar_config(disable=True)
+        kw = {k: v for k, v in kwargs.items() if k not in ("height", "width")}
+        theirs_i2i = img2img(**kw, image=image, strength=0.6, generator=[torch.Generator().manual_seed(2)],
+                             output_type="pt").images  # fmt: skip
+    finally:
+        tiny.vae.disable_tiling()
+    assert (ours.pixels - theirs).abs().max() < 1e-4
+    whole = generate(tiny, **kwargs, scheduler="euler", seed=2)
+    assert (whole.pixels - ours.pixels).abs().max() > 0
+    ours_i2i = generate(
+        tiny, **kw, init_image=image, strength=0.6, scheduler="euler", seed=2, vae_tiling=True
+    )
+    assert (ours_i2i.pixels - theirs_i2i).abs().max() < 1e-4

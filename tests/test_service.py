@@ -278,3 +278,34 @@ def test_model_sizes_count_the_file_a_loader_reads_and_survive_a_damaged_header(
     assert weights_bytes(tmp_path / "m.safetensors", torch.float32) == 40
     (tmp_path / "bad.safetensors").write_bytes((16).to_bytes(8, "little") + b"{not json at all")
     assert weights_bytes(tmp_path / "bad.safetensors", torch.float32) == 24
+
+
+def test_folder_embeddings_are_found_as_a1111_finds_them(tmp_path, tiny_dir):
+    """A1111's `EmbeddingDatabase`: a name matches in any case (CLIP lower-cases) and in subfolders; a file for
+    another width (an SDXL or SD 2 embedding beside SD 1.5 ones) is skipped, its word left as text and the
+    request answered, listed as skipped; an empty file is no embedding."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dir, root / "models" / "Stable-diffusion" / "tiny")
+    (root / "embeddings" / "styles").mkdir(parents=True)
+    save_embedding(
+        root / "embeddings" / "styles" / "MyStyle.safetensors", "MyStyle", torch.randn(2, 32), a1111=True
+    )
+    save_embedding(root / "embeddings" / "wide.safetensors", "wide", torch.randn(1, 768), a1111=True)
+    (root / "embeddings" / "empty.pt").write_bytes(b"")
+    registry = ModelRegistry.from_a1111(root)
+    assert sorted(registry.embeddings()) == ["MyStyle", "wide"]
+    request = GenerationRequest("a mystyle cat", model="tiny", **FAST)
+    lower, exact = (
+        run_request(registry, request),
+        run_request(registry, request.replace(prompt="a MyStyle cat")),
+    )
+    plain = run_request(registry, request.replace(prompt="a cat"))
+    assert np.array_equal(pixels(lower), pixels(exact)) and not np.array_equal(pixels(lower), pixels(plain))
+    skipped = run_request(registry, request.replace(prompt="a wide cat"))
+    text = run_request(
+        ModelRegistry(allow_paths=True), request.replace(prompt="a wide cat", model=str(tiny_dir))
+    )
+    assert skipped.extra["skipped_embeddings"] == ["wide"]
+    assert np.array_equal(pixels(skipped), pixels(text))  # the word as text, as without the folder
+    with pytest.raises(InputError, match="width 768"):  # asked for by name, it must fit
+        run_request(registry, request.replace(prompt="a cat", embeddings=("wide",)))

@@ -111,6 +111,26 @@ def load_embedding(
     return token
 
 
+def embedding_fits(pipe: Pipeline, path: str | Path, *, allow_pickle: bool = False) -> bool:
+    """Whether the embedding in `path` is one `pipe` can take (A1111's `expected_shape` check: the family, and
+    the vectors' width of each text encoder); False also for a file that is not an embedding."""
+    try:
+        _, vectors = read_embedding(path, allow_pickle=allow_pickle)
+    except InputError:
+        return False
+    if isinstance(vectors, dict) != pipe.is_sdxl:
+        return False
+    pairs = vectors.items() if isinstance(vectors, dict) else [("", vectors)]
+    encoders = dict(SDXL_KEYS) if isinstance(vectors, dict) else {"": "text_encoder"}
+    for key, v in pairs:
+        encoder = getattr(pipe, encoders.get(key, ""), None)
+        if encoder is not None and (
+            v.ndim not in (1, 2) or v.shape[-1] != encoder.get_input_embeddings().weight.shape[1]
+        ):
+            return False
+    return True
+
+
 def save_embedding(
     path: str | Path, token: str, vectors: torch.Tensor | dict[str, torch.Tensor], *, a1111: bool = False
 ) -> Path:

@@ -249,6 +249,10 @@ def _parse_infotext_value(name: str, text: str) -> Any:
     if name == "clip_skip":
         return int(text) - 1
     kind = str(SamplingParams.__dataclass_fields__[name].type)  # "int", "int | None", "str", ...
+    if kind == "bool":
+        if text not in ("True", "False"):
+            raise ValueError(text)
+        return text == "True"
     if kind.startswith("str"):
         return text
     return int(text) if kind.startswith("int") else float(text)

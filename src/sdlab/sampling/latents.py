@@ -51,6 +51,21 @@ def full_precision_vae(vae: torch.nn.Module) -> Iterator[torch.nn.Module]:
             vae.to(torch.float16)
 
 
+@contextmanager
+def tiled_vae(vae: torch.nn.Module, on: bool) -> Iterator[torch.nn.Module]:
+    """The VAE encoding and decoding in overlapping tiles for the duration when `on` (diffusers' `enable_tiling`:
+    tiles of the config's sample_size, 25% overlap blended linearly), so that memory stays that of one tile; a
+    VAE without tiling, or `on` False, passes through."""
+    if not on or not hasattr(vae, "enable_tiling") or getattr(vae, "use_tiling", False):
+        yield vae
+        return
+    vae.enable_tiling()
+    try:
+        yield vae
+    finally:
+        vae.disable_tiling()
+
+
 @torch.no_grad()
 def encode_images(
     vae: AutoencoderKL, images: torch.Tensor, generators: list[torch.Generator]

@@ -46,9 +46,10 @@ from sdlab.sampling.latents import (
     initial_noise,
     predicted_x0,
     start_step,
+    tiled_vae,
 )
 from sdlab.sampling.params import SamplingParams
-from sdlab.sampling.schedulers import make_scheduler, scheduler_name_from_config
+from sdlab.sampling.schedulers import make_scheduler, scheduler_name_from_config, set_schedule
 
 if TYPE_CHECKING:
     from sdlab.pipeline import Pipeline
@@ -87,7 +88,8 @@ class StopSampling(Exception):  # noqa: N818 (a signal, not an error)
     """Raised by a step callback to end the denoising loop early (interrupt, skip).
 
     The loop decodes the latents it has, as AUTOMATIC1111 does when a job is interrupted, and records
-    the number of steps it ran as `settings["stopped_at_step"]`.
+    the number of steps it ran as `settings["stopped_at_step"]`. Raised inside a model call instead (a
+    module hook: a hard interrupt, a time limit), it leaves `generate` with no result.
     """
 
 
@@ -171,8 +173,9 @@ def generate(
     # 2. Timesteps: image-to-image skips the first (1 - strength) of the schedule
     sched = make_scheduler(p.scheduler, pipe.scheduler_config, inpainting=p.mask_image is not None,
                            timestep_spacing=p.timestep_spacing, sigma_schedule=p.sigma_schedule)  # fmt: skip
-    sched.set_timesteps(p.num_inference_steps, device=pipe.device)
-    first = start_step(p.num_inference_steps, p.strength) if init is not None else 0
+    set_schedule(sched, p.num_inference_steps, p.sigma_schedule, pipe.device, sdxl=pipe.is_sdxl)
+    steps = sched.num_inference_steps or p.num_inference_steps  # A1111's DDIM schedule type may run one more
+    first = start_step(steps, p.strength) if init is not None else 0
     timesteps = sched.timesteps[first * sched.order :]
     if first > 0 and hasattr(sched, "set_begin_index"):
         sched.set_begin_index(first * sched.order)
@@ -185,7 +188,8 @@ def generate(
     )
 
     # 4. Latents: pure noise, or the init image's latents noised to the first timestep
-    latents, noise, image_latents = _initial_latents(pipe, p, init, sched, timesteps, generators)
+    with tiled_vae(pipe.vae, p.vae_tiling):
+        latents, noise, image_latents = _initial_latents(pipe, p, init, sched, timesteps, generators)
 
     # 5. Inpainting: the mask at latent resolution; 9-channel UNets also see the masked image's latents
     mask = masked_latents = None
@@ -233,7 +237,8 @@ def generate(
             break
 
     # 8. Decode
-    with full_precision_vae(pipe.vae if vae_decoder is None else vae_decoder) as decoder:
+    decoder = pipe.vae if vae_decoder is None else vae_decoder
+    with full_precision_vae(decoder), tiled_vae(decoder, p.vae_tiling):
         pixels = processor.postprocess(decode_latents(decoder, latents.to(decoder.dtype)), output_type="pt")
     images = processor.numpy_to_pil(processor.pt_to_numpy(pixels))
     if crop is not None:  # "only masked": each result pasted back into the original

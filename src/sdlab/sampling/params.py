@@ -87,8 +87,10 @@ class SamplingParams:
         choices=list(TIMESTEP_SPACINGS), metavar="|".join(TIMESTEP_SPACINGS),
     )  # fmt: skip
     sigma_schedule: str | None = option(
-        None, "how the steps spread over the noise levels, A1111's schedule types Karras, Exponential and Beta "
-        "(diffusers' use_*_sigmas) for LMS, Euler, Heun, DPM++ 2M and UniPC (default: the sampler's own)",
+        None, "how the steps spread over the noise levels, A1111's schedule types: Karras, Exponential, "
+        "Polyexponential and Beta (diffusers' use_*_sigmas: LMS, Euler, Heun, DPM++ 2M, UniPC); KL Optimal, Align "
+        "Your Steps and Normal (explicit sigmas: Euler); Simple and DDIM (explicit timesteps: Euler, Heun, DPM++ 2M, "
+        "DDPM, LCM) (default: the sampler's own)",
         choices=list(SIGMA_SCHEDULES), metavar="|".join(SIGMA_SCHEDULES),
     )  # fmt: skip
     num_inference_steps: int | None = option(
@@ -143,6 +145,10 @@ class SamplingParams:
         None, "inpaint only the masked area: the mask's box plus N pixels, sampled at the output size and pasted "
         "back (A1111's 'Only masked' and its padding; diffusers' padding_mask_crop)", metavar="N",
         infotext="Masked area padding",
+    )  # fmt: skip
+    vae_tiling: bool = option(
+        False, "encode and decode with the VAE in overlapping tiles (diffusers' enable_tiling): large images in "
+        "the memory of one tile, within a few levels of the whole decode", infotext="VAE tiling",
     )  # fmt: skip
     eta: float = option(0.0, "DDIM's eta: 0 is deterministic, 1 is DDPM-like", infotext="Eta DDIM")
     eta_noise_seed_delta: int = option(
@@ -232,6 +238,8 @@ class SamplingParams:
                 raise InputError(f"{name} {value} is larger than the maximum of {MAX_SIDE} pixels")
         check_int("num_images_per_prompt (--num-images)", self.num_images_per_prompt, 1, None)
         check_number("eta", self.eta, low=0, high=1)
+        if not isinstance(self.vae_tiling, bool):
+            raise InputError(f"vae_tiling must be true or false, got {self.vae_tiling!r}")
         check_int("clip_skip (--clip-skip)", self.clip_skip, 0, 48, unit="0: the model's own layer")
         for name in SDXL_PAIRS:
             check_pair(name, getattr(self, name), crop="crops" in name)
@@ -441,6 +449,13 @@ def _check_texts(name: str, value: Any) -> None:
     texts = value if isinstance(value, list) else [value]
     if not texts or not all(isinstance(t, str) for t in texts):
         raise InputError(f"{name} must be text or a list of texts, got {type(value).__name__}")
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate ("\ud800") from JSON: no character at all
+            raise InputError(
+                f"{name} holds {text[err.start]!r}, which is not a character (a lone surrogate)"
+            ) from None
 
 
 def _interval(interval: Any) -> tuple[float, float | None] | None:

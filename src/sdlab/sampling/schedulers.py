@@ -44,22 +44,44 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
 }
 
 
-# A1111 1.9+'s "Schedule type". Uniform is the timestep spacing the model's config gives, as automatic;
-# SGM Uniform is diffusers' "trailing" spacing (the last step at t = 999), which SDXL-Turbo and Lightning use;
-# Karras, Exponential and Beta are diffusers' `use_karras_sigmas`, `use_exponential_sigmas` and
-# `use_beta_sigmas` (Beta with alpha = beta = 0.6, A1111's defaults too)
+# A1111 1.10's "Schedule type" (`modules/sd_schedulers.py`). Uniform is the timestep spacing the model's config
+# gives, as automatic; SGM Uniform is diffusers' "trailing" spacing (the last step at t = 999), which SDXL-Turbo
+# and Lightning use; Karras, Exponential and Beta are diffusers' `use_karras_sigmas`, `use_exponential_sigmas`
+# and `use_beta_sigmas` (Beta with alpha = beta = 0.6, A1111's defaults too), and Polyexponential at A1111's
+# rho 1 is the exponential one; the others are A1111's functions, given to the scheduler as explicit sigmas
+# (Euler) or, where they are whole timesteps (Simple, DDIM), as explicit timesteps (`explicit_schedule`)
 SCHEDULE_TYPES = {
     "automatic": "Automatic",
     "uniform": "Uniform",
     "karras": "Karras",
     "exponential": "Exponential",
+    "polyexponential": "Polyexponential",
     "sgm_uniform": "SGM Uniform",
+    "kl_optimal": "KL Optimal",
+    "align_your_steps": "Align Your Steps",
+    "simple": "Simple",
+    "normal": "Normal",
+    "ddim": "DDIM",
     "beta": "Beta",
 }
-SIGMA_SCHEDULES = ("karras", "exponential", "beta")  # sigma spacings, on samplers that walk sigmas
-# A1111 1.10's other schedule types, refused by name until sdlab has them
-A1111_ONLY_SCHEDULES = {"polyexponential": "Polyexponential", "kl_optimal": "KL Optimal",
-                        "align_your_steps": "Align Your Steps", "simple": "Simple", "normal": "Normal", "ddim": "DDIM"}  # fmt: skip
+DIFFUSERS_SIGMAS = {
+    "karras": "karras",
+    "exponential": "exponential",
+    "polyexponential": "exponential",
+    "beta": "beta",
+}
+EXPLICIT_SIGMAS = (
+    "kl_optimal",
+    "align_your_steps",
+    "normal",
+)  # continuous sigmas: schedulers taking `sigmas`
+EXPLICIT_TIMESTEPS = ("simple", "ddim")  # whole timesteps: schedulers taking `timesteps`
+SIGMA_SCHEDULES = (*DIFFUSERS_SIGMAS, *EXPLICIT_SIGMAS, *EXPLICIT_TIMESTEPS)
+# Align Your Steps' 10-step noise levels (NVIDIA's, as A1111 ships them), interpolated log-linearly to other counts
+AYS_SIGMAS = {
+    "sd": [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029],
+    "sdxl": [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029],
+}
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")  # diffusers' `timestep_spacing`
 SAMPLER_ALIASES = {name: [name, f"k_{name}"] for name in SCHEDULERS}
 
@@ -92,16 +114,18 @@ def make_scheduler(
     # understands (the noise schedule, prediction type, spacing), but not another sampler's options
     # such as Karras sigmas, which only `spec.overrides` may set.
     own = set(inspect.signature(cls.__init__).parameters)
-    accepted = own - {"self", "algorithm_type", "solver_order", *(f"use_{s}_sigmas" for s in SIGMA_SCHEDULES)}
+    flags = {f"use_{flag}_sigmas" for flag in DIFFUSERS_SIGMAS.values()}
+    accepted = own - {"self", "algorithm_type", "solver_order", *flags}
     base = {k: v for k, v in config.items() if k in accepted}
     if sigma_schedule is not None:
-        if f"use_{sigma_schedule}_sigmas" not in own:
-            able = [spec.a1111 for n, spec in SCHEDULERS.items() if _walks_sigmas(n)]
+        able = [spec.a1111 for n, spec in SCHEDULERS.items() if takes_schedule(n, sigma_schedule)]
+        if not takes_schedule(name, sigma_schedule):
             raise InputError(
                 f"sampler {spec.a1111!r} has no {SCHEDULE_TYPES.get(sigma_schedule, sigma_schedule)} schedule; "
-                f"sigma schedules work with: {', '.join(able)}"
+                f"it works with: {', '.join(able)}"
             )
-        base[f"use_{sigma_schedule}_sigmas"] = True
+        if sigma_schedule in DIFFUSERS_SIGMAS:
+            base[f"use_{DIFFUSERS_SIGMAS[sigma_schedule]}_sigmas"] = True
     if timestep_spacing is not None:
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise InputError(
@@ -120,11 +144,72 @@ def make_scheduler(
     return scheduler
 
 
-def _walks_sigmas(name: str) -> bool:
+def takes_schedule(name: str, schedule: str) -> bool:
+    """Whether sampler `name` can walk schedule type `schedule`: diffusers' own sigma options, or explicit sigmas
+    or timesteps in its `set_timesteps` (Euler takes both, DPM++ 2M, Heun, DDPM and LCM take timesteps)."""
     import diffusers
 
     cls = getattr(diffusers, SCHEDULERS[name].cls)
-    return "use_karras_sigmas" in inspect.signature(cls.__init__).parameters and not name.endswith("_karras")
+    if name.endswith("_karras"):
+        return False
+    if schedule in DIFFUSERS_SIGMAS:
+        return f"use_{DIFFUSERS_SIGMAS[schedule]}_sigmas" in inspect.signature(cls.__init__).parameters
+    wanted = "sigmas" if schedule in EXPLICIT_SIGMAS else "timesteps"
+    return (
+        wanted in inspect.signature(cls.set_timesteps).parameters and name != "unipc"
+    )  # UniPC's: flow models only
+
+
+def set_schedule(
+    sched: SchedulerMixin,
+    num_inference_steps: int,
+    sigma_schedule: str | None,
+    device: Any,
+    *,
+    sdxl: bool = False,
+) -> None:
+    """`sched.set_timesteps` for `num_inference_steps`, with A1111's explicit schedule types where asked
+    (`explicit_schedule`); `sched.num_inference_steps` is then the count that runs (A1111's DDIM type may
+    give one more)."""
+    if sigma_schedule in EXPLICIT_SIGMAS or sigma_schedule in EXPLICIT_TIMESTEPS:
+        sched.set_timesteps(
+            device=device, **explicit_schedule(sigma_schedule, num_inference_steps, sched, sdxl=sdxl)
+        )
+    else:
+        sched.set_timesteps(num_inference_steps, device=device)
+
+
+def explicit_schedule(
+    kind: str, n: int, sched: SchedulerMixin, *, sdxl: bool = False
+) -> dict[str, list[float]]:
+    """A1111 1.10's schedule type `kind` for `n` steps on the model's training noise levels, as its
+    `sd_schedulers.py` computes them: {"sigmas": [..., last]} (KL Optimal ends at sigma_min, the others at 0) or
+    {"timesteps": [...]} for the types made of whole timesteps (Simple, DDIM)."""
+    import numpy as np
+
+    acp = np.asarray(sched.alphas_cumprod, dtype=np.float64)
+    sigmas = ((1 - acp) / acp) ** 0.5  # k-diffusion's DiscreteSchedule.sigmas, t = 0 .. T-1
+    total = len(sigmas)
+    if kind == "simple":  # sigmas[-(1 + int(x * T / n))]
+        return {"timesteps": [total - 1 - int(x * total / n) for x in range(n)]}
+    if kind == "ddim":  # every T // n-th timestep from 1, reversed
+        return {"timesteps": list(range(1, total, max(total // n, 1)))[::-1]}
+    if kind == "normal":  # n timesteps evenly from T - 1 to 0, the noise level interpolated in log sigma
+        t = np.linspace(total - 1, 0, n)
+        low, high = np.floor(t).astype(int), np.ceil(t).astype(int)
+        logs = np.log(sigmas)
+        values = np.exp((1 - (t - low)) * logs[low] + (t - low) * logs[high])
+        return {"sigmas": [*values.tolist(), 0.0]}
+    if kind == "kl_optimal":  # tan of a linear ramp between arctan(sigma_max) and arctan(sigma_min)
+        i = np.arange(n + 1) / n
+        return {"sigmas": np.tan(i * np.arctan(sigmas[0]) + (1 - i) * np.arctan(sigmas[-1])).tolist()}
+    if kind == "align_your_steps":
+        table = AYS_SIGMAS["sdxl" if sdxl else "sd"]
+        if n == len(table):
+            return {"sigmas": [*table, 0.0]}
+        xs, ys = np.linspace(0, 1, len(table)), np.log(table[::-1])  # A1111's loglinear_interp
+        return {"sigmas": [*np.exp(np.interp(np.linspace(0, 1, n), xs, ys))[::-1].tolist(), 0.0]}
+    raise InputError(f"schedule type {kind!r} has no explicit schedule")
 
 
 def scheduler_spec(name: str) -> SchedulerSpec:
@@ -159,8 +244,8 @@ def a1111_sampler(
 
 def schedule_settings(schedule: str | None, scheduler: str | None = None) -> dict[str, str | None]:
     """The `SamplingParams` settings an A1111 schedule type asks for with `scheduler`: `timestep_spacing`
-    ("trailing" for SGM Uniform) and `sigma_schedule` (Karras, Exponential, Beta; none where the scheduler's
-    name already says Karras). `InputError` naming an A1111 type sdlab does not have, or an unknown one."""
+    ("trailing" for SGM Uniform) and `sigma_schedule` (the others but Automatic and Uniform; none where the
+    scheduler's name already says Karras). `InputError` naming an unknown type."""
     kind = _schedule_kind(schedule)
     sigmas = kind if kind in SIGMA_SCHEDULES and not (scheduler or "").endswith("_karras") else None
     return {"timestep_spacing": "trailing" if kind == "sgm_uniform" else None, "sigma_schedule": sigmas}
@@ -168,11 +253,7 @@ def schedule_settings(schedule: str | None, scheduler: str | None = None) -> dic
 
 def _schedule_kind(schedule: str | None) -> str:
     kind = (schedule or "automatic").strip().lower().replace(" ", "_")
-    if kind in A1111_ONLY_SCHEDULES:
-        raise InputError(
-            f"schedule type {A1111_ONLY_SCHEDULES[kind]!r} is one of A1111's that sdlab does not have yet; "
-            f"sdlab has: {', '.join(SCHEDULE_TYPES.values())}"
-        )
+    kind = {"sgmuniform": "sgm_uniform"}.get(kind, kind)  # A1111's alias
     if kind not in SCHEDULE_TYPES:
         raise InputError(
             f"unknown schedule type {schedule!r}; sdlab has: {', '.join(SCHEDULE_TYPES.values())}"

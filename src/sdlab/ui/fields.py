@@ -22,6 +22,7 @@ from sdlab.outputs import interval_text
 from sdlab.sampling.params import MAX_SEED, SamplingParams, parse_guidance_interval, parse_pair
 from sdlab.sampling.presets import PRESETS
 from sdlab.sampling.schedulers import (
+    SCHEDULE_TYPES,
     SCHEDULERS,
     a1111_sampler,
     resolve_sampler,
@@ -34,11 +35,7 @@ from sdlab.service.worker import Worker
 SAMPLERS = [
     spec.a1111 for spec in SCHEDULERS.values() if not spec.a1111.endswith(" Karras")
 ]  # Karras: a schedule
-SCHEDULES = [
-    "Automatic",
-    "Karras",
-    "SGM Uniform",
-]  # A1111's "Schedule type": the model's, Karras sigmas, trailing
+SCHEDULES = list(SCHEDULE_TYPES.values())  # A1111 1.10's "Schedule type"s
 # SDXL's micro-conditioning fields (SamplingParams names), as "H,W" or "TOP,LEFT" text; empty: the default
 SIZE_FIELDS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size")
 MODELS_OWN = "the model's"  # deep cache and guidance interval: the recommendation's (at its settings)
