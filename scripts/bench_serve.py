@@ -9,6 +9,11 @@ It prints p50/p95 latency, images per second and both memory readings.
 
     python scripts/bench_serve.py                       # 8 clients x 25 requests = 200
     python scripts/bench_serve.py --clients 4 --requests 10 --steps 20
+    python scripts/bench_serve.py --soak 10             # 8 clients for 10 minutes, abuse mixed in
+
+The soak (issue 22) keeps N clients sending for M minutes; every fifth request is one the server must refuse
+(over its pixel, step or prompt limits, a malformed body): those must get 422 and the others 200. The server's
+memory is read every 30 s and must end within 5% of its reading after the warm-up, and never pass it by 10%.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,7 +41,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=25, help="requests per client")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps per request")
     parser.add_argument("--warmup", type=int, default=20, help="requests before the first memory reading")
+    parser.add_argument(
+        "--soak", type=float, default=None, metavar="MINUTES", help="send for this long instead"
+    )
     args = parser.parse_args()
+    if args.soak:
+        return soak(args)
 
     bodies = [
         {
@@ -90,15 +101,75 @@ def main() -> int:
     return 0 if ok else 1
 
 
+ABUSE = [  # what the server must refuse with 422, before any work
+    {"prompt": "a digit", "width": 4096, "height": 4096},
+    {"prompt": "a digit", "steps": 10_000},
+    {"prompt": "x" * 200_000},
+    {"prompt": "a BREAK " * 50, "batch_size": 64},
+    '{"prompt": ' + "[" * 3000 + "]" * 3000 + "}",
+]
+
+
+def soak(args) -> int:
+    """N clients for `args.soak` minutes, a fifth of the requests abusive; see the module doc."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/sdapi/v1"
+    server = subprocess.Popen([sys.executable, "-m", "sdlab.cli.main", "serve", "--port", str(port)])
+    readings, results = [], []
+    try:
+        _wait(url, server)
+        process = psutil.Process(server.pid)
+        send = _sender(url)
+        end = time.monotonic() + args.soak * 60
+
+        def client(k: int) -> None:
+            i = 0
+            while time.monotonic() < end:
+                abusive = i % 5 == 4
+                body = ABUSE[(i + k) % len(ABUSE)] if abusive else {
+                    "prompt": f"a handwritten digit {(i + k) % 10}", "seed": 1000 * k + i, "steps": args.steps,
+                    "sampler_name": SAMPLERS[(i + k) % len(SAMPLERS)],
+                }  # fmt: skip
+                result = send(body)
+                results.append((abusive, result["status"]))
+                i += 1
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            warmed = len(results) >= args.warmup
+            time.sleep(30 if readings else 1)
+            if warmed:
+                readings.append(process.memory_info().rss)
+        for thread in threads:
+            thread.join()
+    finally:
+        server.terminate()
+        server.wait(30)
+    wrong = [(abusive, status) for abusive, status in results if status != (422 if abusive else 200)]
+    warm, last, peak = readings[0], readings[-1], max(readings)
+    print(f"soak: {args.clients} clients for {args.soak:g} min, {len(results)} requests "
+          f"({sum(a for a, _ in results)} abusive); wrong status: {len(wrong)} {wrong[:3]}")  # fmt: skip
+    print(f"server memory: {warm / 2**20:.0f} MiB after warm-up, {last / 2**20:.0f} MiB at the end "
+          f"({last / warm - 1:+.1%}), peak {peak / 2**20:.0f} MiB ({peak / warm - 1:+.1%})")  # fmt: skip
+    ok = not wrong and abs(last / warm - 1) <= 0.05 and peak / warm - 1 <= 0.10
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
 def _sender(url: str):
     session_per_thread: dict[int, requests.Session] = {}
 
-    def send(body: dict) -> dict:
-        import threading
-
+    def send(body: dict | str) -> dict:
         session = session_per_thread.setdefault(threading.get_ident(), requests.Session())
         start = time.perf_counter()
-        response = session.post(f"{url}/txt2img", json=body, timeout=600)
+        if isinstance(body, str):  # a malformed body, sent as it is
+            response = session.post(
+                f"{url}/txt2img", data=body, headers={"Content-Type": "application/json"}, timeout=600
+            )
+        else:
+            response = session.post(f"{url}/txt2img", json=body, timeout=600)
         seconds = time.perf_counter() - start
         images = response.json().get("images", []) if response.status_code == 200 else []
         return {"status": response.status_code, "seconds": seconds, "images": images}

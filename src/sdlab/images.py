@@ -258,7 +258,9 @@ def _png_parts(
         # PNG keywords are 1-79 Latin-1 characters; we keep to printable ASCII, which every reader takes.
         if not 1 <= len(key) <= 79 or not key.isprintable() or not key.isascii():
             raise InputError(f"PNG text key {key!r} is invalid; use 1 to 79 printable ASCII characters.")
-        info.add_text(key, str(value))  # Pillow writes iTXt (UTF-8) when Latin-1 can't hold it
+        # Pillow writes iTXt (UTF-8) when Latin-1 can't hold it; sdlab's own chunks (the recipe, which repeats
+        # the prompts) are compressed (zTXt), A1111's `parameters` stays plain text for every reader
+        info.add_text(key, str(value), zip=key != "parameters")
     if image.mode not in _PNG_MODES:
         image = _to_rgb(image, "image to save")
     return image, info
@@ -305,6 +307,13 @@ def _open_checked(source: Path | bytes, what: str, max_pixels: int) -> Iterator[
     with image:
         _check_pixels(image.size, label, max_pixels)
         yield image
+
+
+def check_image(source: Source, *, what: str = "image", max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """The (width, height) of an encoded image (a path or the bytes of a file), read from its header only;
+    `InputError` as `load_image` for a bomb, a file that is not an image, or more than `max_pixels` pixels."""
+    with _open_checked(source if isinstance(source, bytes) else Path(source), what, max_pixels) as image:
+        return image.size
 
 
 def _check_pixels(size: tuple[int, int], label: str, max_pixels: int) -> None:

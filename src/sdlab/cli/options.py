@@ -167,6 +167,26 @@ class ServeOptions:
     )  # fmt: skip
     queue_size: int = option(16, "requests that may wait behind the running one; more get HTTP 503")
     max_body_mb: float = option(32.0, "largest request body, MiB (base64 images included)")
+    # what one request may cost (`sdlab.service.limits`); left out: the device's default; 0: no limit
+    max_pixels: int | None = option(
+        None, "most pixels (width x height) of one image, the hires fix's final size too (default: 1048576 on "
+        "a CPU, from the GPU's memory on a GPU; 0: no limit)", metavar="N",
+    )  # fmt: skip
+    max_steps: int | None = option(
+        None, "most denoising steps of one pass (default 150; 0: no limit)", metavar="N"
+    )
+    max_prompt_tokens: int | None = option(
+        None, "most tokens of one prompt, counted in 75-token chunks (default 600 on a CPU, 2400 on a GPU; 0: no "
+        "limit)", metavar="N",
+    )  # fmt: skip
+    max_work: float | None = option(
+        None, "most work of one request: megapixels x steps x images x UNet evaluations per step (default 64 on a "
+        "CPU, about 20 minutes of SD 1.5 on 2 cores; none on a GPU; 0: no limit)", metavar="X",
+    )  # fmt: skip
+    request_timeout: float | None = option(
+        None, "seconds a request may run before it is stopped, within one UNet or VAE block (default 600; 0: no "
+        "limit)", metavar="S",
+    )  # fmt: skip
     vae_decoder: str | None = option(
         None, "a tiny decoder for the live previews: 'tiny' (each model's own, where it has one) or a "
         "TAESD folder (diffusers AutoencoderTiny)", metavar="tiny|DIR",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from sdlab.cli.options import ServeOptions
 from sdlab.errors import InputError
 from sdlab.server.security import LOOPBACK_HOSTS, parse_credentials
 from sdlab.service import ModelRegistry
+from sdlab.service.limits import Limits
 
 
 def run_serve(opts: ServeOptions) -> None:
@@ -74,13 +76,24 @@ def run_serve(opts: ServeOptions) -> None:
 
         load_vae_decoder(opts.vae_decoder)
 
-    # 3. The worker (it loads the default model at once), the app, uvicorn
+    # 3. The worker (it loads the default model at once), the app, uvicorn; gradio's uploads and the UI's images
+    #    in a folder of this server's own (owner-only, removed on exit), not the shared /tmp/gradio
+    import atexit
+    import shutil
+    import tempfile
+
     import uvicorn
+
+    private = tempfile.mkdtemp(prefix="sdlab-serve-")  # mode 0700
+    os.environ["GRADIO_TEMP_DIR"] = private  # read when gradio is imported, below
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
 
     from sdlab.server.app import create_app
     from sdlab.service.worker import Worker
 
-    worker = Worker(registry, max_queue=opts.queue_size, preview_decoder=opts.vae_decoder)
+    worker = Worker(
+        registry, max_queue=opts.queue_size, preview_decoder=opts.vae_decoder, limits=_limits(opts)
+    )
     worker.submit(lambda w: w.registry.pipeline(w.registry.find_model()))
     app = create_app(
         registry,
@@ -99,7 +112,31 @@ def run_serve(opts: ServeOptions) -> None:
         file=sys.stderr,
         flush=True,
     )
+    # uvicorn re-raises a SIGTERM it caught once it has shut down; as an exception here, the exit cleans up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(app, host=host, port=opts.port, log_level="warning", server_header=False)
+
+
+def _limits(opts) -> Limits:
+    """What one request may cost: the device's defaults (`Limits.for_device`), each flag given replacing its
+    own (0: no limit); `InputError` for a negative one."""
+    import dataclasses
+
+    import torch
+
+    from sdlab.loading import resolve_device
+
+    device = resolve_device(opts.device)
+    memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    limits = Limits.for_device(device.type, memory)
+    for f in dataclasses.fields(Limits):
+        value = getattr(opts, f.name)
+        if value is None:
+            continue
+        if value < 0:
+            raise InputError(f"--{f.name.replace('_', '-')} must be 0 (no limit) or positive, got {value}")
+        limits = dataclasses.replace(limits, **{f.name: value or None})
+    return limits
 
 
 def _dirs(value: str | None) -> list[str]:

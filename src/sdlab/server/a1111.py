@@ -21,7 +21,7 @@ from sdlab.errors import InputError
 from sdlab.metadata import parse_parameters
 from sdlab.sampling.hires import BUILT_IN_UPSCALERS, DEFAULT_HIRES_STRENGTH, DEFAULT_UPSCALER
 from sdlab.sampling.params import MASKED_CONTENT, neutral
-from sdlab.sampling.schedulers import SCHEDULERS, resolve_sampler, schedule_settings
+from sdlab.sampling.schedulers import SCHEDULE_TYPES, SCHEDULERS, resolve_sampler, schedule_settings
 from sdlab.service import GenerationRequest, RequestResult
 from sdlab.service.request import a1111_fields
 from sdlab.version import __version__
@@ -116,7 +116,7 @@ class Txt2ImgRequest(BaseModel):
     )
     scheduler: str | None = Field(
         None,
-        description="schedule type: 'automatic', 'uniform', 'karras', 'exponential', 'beta' or 'sgm_uniform' (trailing timesteps)",
+        description="schedule type, A1111 1.10's: " + ", ".join(SCHEDULE_TYPES) + " (or their labels)",
     )
     batch_size: int = 1
     n_iter: int = Field(1, description="batch count: batches run one after another")
@@ -345,6 +345,8 @@ def info(result: RequestResult, request: GenerationRequest, ignored: dict[str, A
         ),
         "version": f"sdlab {__version__}",
         "ignored": ignored,
+        # folder embeddings a prompt named that do not fit this model: their words stayed text (A1111's skipped)
+        "skipped_embeddings": result.extra.get("skipped_embeddings", []),
         "interrupted": result.extra.get("interrupted"),
         "stopped_at_step": [r.get("stopped_at_step") for r in recipes],
     }

@@ -11,14 +11,18 @@ the next request is served as usual.
 from __future__ import annotations
 
 import logging
+import warnings
 
+import PIL.Image
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdlab.errors import InputError
+from sdlab.images import MAX_PIXELS
 from sdlab.server.routes import generation, models, options, utilities
 from sdlab.server.security import LOOPBACK_HOSTS, Guard
 from sdlab.service import ModelRegistry
@@ -26,6 +30,9 @@ from sdlab.service.worker import QueueFull, Worker
 from sdlab.version import __version__
 
 log = logging.getLogger("sdlab.server")
+# gradio routes the UI does not use: its monitoring dashboard (served even with monitoring off) and the
+# dev-mode reload stream
+GRADIO_CLOSED = ("/monitoring", "/gradio_api/dev", "/dev")
 
 
 def create_app(
@@ -63,7 +70,7 @@ def create_app(
         app = _mount_ui(app)
     return Guard(
         app, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins, credentials=credentials or [],
-        max_body=max_body,
+        max_body=max_body, closed_paths=GRADIO_CLOSED if ui else (),
     )  # fmt: skip
 
 
@@ -74,7 +81,13 @@ def _mount_ui(app: FastAPI) -> FastAPI:
     from sdlab.ui.app import CSS, THEME, build_ui
 
     # no allowed_paths: gradio serves only its own cache; no SSR node server, no analytics
-    blocks = build_ui(app.state.worker)
+    worker = app.state.worker
+    blocks = build_ui(worker).queue(
+        max_size=worker.max_queue
+    )  # the UI waits in a queue as bounded as the API's
+    # images gradio decodes itself (uploads) are refused past sdlab's decompression-bomb limit, as the API's are
+    PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    warnings.filterwarnings("error", category=PIL.Image.DecompressionBombWarning)
     app = gr.mount_gradio_app(
         app, blocks, path="/", theme=THEME, css=CSS, ssr_mode=False, footer_links=["api", "settings"],
     )  # fmt: skip
@@ -92,7 +105,7 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def bad_input(request: Request, err: InputError) -> JSONResponse:
-        return _error(422, "InputError", str(err))
+        return _error(422, "InputError", request.app.state.worker.registry.public(str(err)))
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -102,6 +115,19 @@ def _add_error_handlers(app: FastAPI) -> None:
             return _error(422, "InputError", f"the request body is not valid JSON (at character {at})")
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
         return _error(422, "InputError", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if (
+            err.status_code == 400 and err.detail == "There was an error parsing the body"
+        ):  # FastAPI's own words
+            cause = err.__cause__
+            why = {RecursionError: "it is nested too deeply", ValueError: "a number in it is too long"}
+            reason = next(
+                (text for kind, text in why.items() if isinstance(cause, kind)), "it is not valid JSON"
+            )
+            return _error(422, "InputError", f"the request body cannot be read: {reason}")
+        return _error(err.status_code, type(err).__name__, str(err.detail))
 
     @app.exception_handler(QueueFull)
     async def busy(request: Request, err: QueueFull) -> JSONResponse:

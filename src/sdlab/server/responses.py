@@ -119,6 +119,16 @@ class OptionsResponse(BaseModel):
     sdlab_compile: bool = Field(
         False, description="sdlab: models are compiled (torch.compile) when they load"
     )
+    # what one request may cost (read only; `sdlab serve --max-*`, `--request-timeout`); null: no limit
+    sdlab_max_pixels: int | None = Field(None, description="sdlab: width x height of one image")
+    sdlab_max_steps: int | None = Field(None, description="sdlab: denoising steps of one pass")
+    sdlab_max_prompt_tokens: int | None = Field(
+        None, description="sdlab: tokens of one prompt, in 75-token chunks"
+    )
+    sdlab_max_work: float | None = Field(
+        None, description="sdlab: megapixels x steps x images x UNet evaluations per step, per request"
+    )
+    sdlab_request_timeout: float | None = Field(None, description="sdlab: seconds a request may run")
 
 
 class SetOptionsResponse(BaseModel):

@@ -8,11 +8,18 @@ huge bodies could exhaust memory. In order, for every HTTP (and websocket) reque
    rebinding: the attacker's page arrives with its own host name.
 2. Auth: with credentials configured, HTTP Basic credentials must match one pair (compared in
    constant time); otherwise 401 with a `WWW-Authenticate` challenge.
-3. Origin: a request that can change state (anything but GET/HEAD/OPTIONS) that carries an `Origin`
-   must come from this server's own origin or an allowed one; `Origin: null` is refused. Clients
-   that are not browsers send no Origin and pass.
+3. Origin: a request that carries an `Origin` must come from this server's own origin or an allowed
+   one; `Origin: null` is refused. Browsers send Origin on every cross-origin fetch (and on same-origin
+   ones that can change state), so no other page can change state or read a response, whatever CORS
+   headers a route (gradio's) would answer with. An allowed origin's preflight passes. Clients that are
+   not browsers send no Origin and pass.
 4. Size: a body larger than `max_body` bytes is refused with 413, whether it says so in
    `Content-Length` or streams without one.
+5. Closed routes: paths under `closed_paths` (routes a mounted app serves that sdlab does not use, such
+   as gradio's monitoring and dev-reload routes) are answered 404.
+
+A header these rules read (Host, Origin, Authorization, Content-Length) that appears twice is refused
+with 400: the guard and the routes behind it must read the same one.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Guard:
@@ -46,6 +52,7 @@ class Guard:
         allowed_origins: Iterable[str] = (),
         credentials: Iterable[tuple[str, str]] = (),
         max_body: int = 32 * 2**20,
+        closed_paths: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.allowed_hosts = None if allowed_hosts is None else {h.lower().strip("[]") for h in allowed_hosts}
@@ -53,6 +60,7 @@ class Guard:
         # digests: compare_digest is constant-time only for equal lengths, so lengths must not differ
         self.credentials = [(_digest(u.encode()), _digest(p.encode())) for u, p in credentials]
         self.max_body = max_body
+        self.closed_paths = tuple(closed_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -71,7 +79,7 @@ class Guard:
         method = (
             scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
         )  # a socket changes state
-        refusal = self._refusal(headers, method)
+        refusal = self._refusal(headers, method) or self._closed(scope.get("path", ""))
         if refusal is not None:
             status, message, extra = refusal
             await _respond(scope, send, status, message, extra)
@@ -116,13 +124,19 @@ class Guard:
                 "this server needs a user name and password (HTTP Basic)",
                 {"www-authenticate": 'Basic realm="sdlab"'},
             )
-        if method not in SAFE_METHODS and origin is not None:
+        if origin is not None and not preflight:
             own = {f"{scheme}://{headers.get('host', '')}".lower() for scheme in ("http", "https")}
             if origin.lower() == "null" or origin.rstrip("/").lower() not in own | self.allowed_origins:
                 return 403, f"requests from the web page at origin {origin!r} are not allowed", {}
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return 413, self._too_large(), {}
+        return None
+
+    def _closed(self, path: str) -> tuple[int, str, dict[str, str]] | None:
+        for closed in self.closed_paths:
+            if path == closed or path.startswith(closed.rstrip("/") + "/"):
+                return 404, f"{path} is not served here", {}
         return None
 
     def _authorized(self, header: str) -> bool:
@@ -189,4 +203,4 @@ async def _respond(scope: Scope, send: Send, status: int, message: str, extra: d
     await send({"type": "http.response.body", "body": body})
 
 
-_REASONS = {401: "Unauthorized", 403: "Forbidden", 413: "Payload Too Large"}
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large"}

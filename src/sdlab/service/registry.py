@@ -215,13 +215,29 @@ class ModelRegistry:
             self._upscaler = (path, load_upscaler(path, allow_pickle=self.allow_pickle, device=device))
         return self._upscaler[1]
 
+    def public(self, message: str) -> str:
+        """`message` without this machine's paths, for a server's answers: a file in one of the registry's
+        folders is named as requests name it (its path inside the folder), and the working directory, the
+        home folder and the temporary folder are left out; no absolute path of those remains."""
+        import tempfile
+
+        roots = [*self.ckpt_dirs, *self.lora_dirs, *self.embedding_dirs, *self.upscaler_dirs]
+        roots += [Path.cwd(), Path.home(), Path(tempfile.gettempdir())]
+        for root in sorted(
+            {str(r.resolve()) for r in roots} | {str(r) for r in roots}, key=len, reverse=True
+        ):
+            message = message.replace(root.rstrip("/") + "/", "")
+        return message
+
     def find_embedding(self, ref: str) -> Path:
         return self._find(ref, self._embeddings, "embedding", "--embeddings-dir")
 
     def embeddings_in(self, texts: Iterable[str]) -> list[str]:
-        """Names of the folder embeddings that a prompt mentions as a word (how A1111 applies them)."""
+        """Names of the folder embeddings that a prompt mentions as a word, in any case (A1111 matches the
+        name's CLIP tokens, and CLIP's tokenizer lower-cases), longest names first."""
         text = "\n".join(texts)
-        return [name for name in self._embeddings if re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text)]
+        names = sorted(self._embeddings, key=len, reverse=True)
+        return [name for name in names if re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE)]
 
     def _find(self, ref: str, known: dict[str, Path], what: str, flag: str) -> Path:
         if ref in known:
@@ -327,6 +343,8 @@ def _scan(root: Path, suffixes: tuple[str, ...], *, diffusers_folders: bool = Fa
         for f in sorted(filenames):
             path = here / f
             if not f.startswith(".") and path.suffix.lower() in suffixes and _inside(path, real_root):
+                if path.is_file() and path.stat().st_size == 0:
+                    continue  # an empty file is nothing (A1111 skips them too)
                 found[path.relative_to(root).as_posix()] = path
     return found
 

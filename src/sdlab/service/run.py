@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,13 @@ import PIL.Image
 import torch
 from PIL import ImageFilter, ImageOps
 
+from sdlab.embeddings import embedding_fits
 from sdlab.images import image_bytes, load_image, load_mask, png_bytes
 from sdlab.loading.decoder import TINY
 from sdlab.outputs import infotext, recipe
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.hires import check_upscaler, generate_hires
-from sdlab.sampling.loop import GenerationResult, StepInfo, generate
+from sdlab.sampling.loop import GenerationResult, StepInfo, StopSampling, generate
 from sdlab.sampling.params import MAX_SEED
 from sdlab.service.networks import extra_networks
 from sdlab.service.registry import ModelEntry, ModelRegistry
@@ -76,7 +78,8 @@ def run_request(
 ) -> RequestResult:
     """Generate what `request` asks for. Raises `InputError` (one sentence) for anything wrong in it.
 
-    `on_step` sees every denoising step and may raise `StopSampling` to end the current batch early;
+    `on_step` sees every denoising step and may raise `StopSampling` to end the current batch early
+    (raised inside a model call instead, it ends the request with the batches done before);
     `keep_going()` is asked before each further batch (False after an interrupt); `observe` sees
     each step's predictions (`sdlab.sampling.loop.StepInfo`), as the lab uses them.
     """
@@ -99,6 +102,12 @@ def run_request(
     # 2. Images: read once (paths, uploads), the mask blurred and inverted as asked
     init_image, mask_image = _prepare_images(request)
     pipe = registry.pipeline(entry)
+    # folder embeddings a prompt mentions that were made for another model family or width are skipped, and the
+    # word stays text, as A1111's `skipped_embeddings` (named embeddings must fit: a request asked for them)
+    skipped = [name for path, name in embeddings.items() if name is not None and name not in request.embeddings
+               and not embedding_fits(pipe, path, allow_pickle=registry.allow_pickle)]  # fmt: skip
+    embeddings = {path: name for path, name in embeddings.items() if name not in skipped}
+    words = [name for name in embeddings.values() if name is not None]
     decoder = registry.vae_decoder(request.vae_decoder, pipe) if request.vae_decoder else None
     upscaler = None
     if hires is not None and check_upscaler(hires.hr_upscaler) == "model":
@@ -120,20 +129,24 @@ def run_request(
             if on_step is not None:
                 step_hook = _bind_batch(on_step, batch)
             params = request.sampling(
-                prompt=strip_extra_networks(request.prompt),
-                negative_prompt=None if request.negative_prompt is None else strip_extra_networks(request.negative_prompt),
+                prompt=_as_named(strip_extra_networks(request.prompt), words),
+                negative_prompt=None if request.negative_prompt is None else _as_named(
+                    strip_extra_networks(request.negative_prompt), words),
                 seed=[first_seed + batch * per_batch + j for j in range(per_batch)],
                 init_image=init_image,
                 mask_image=mask_image,
                 **_a1111_clip_skip(request, pipe),
             )  # fmt: skip
-            if hires is None:
-                result = generate(
-                    pipe, params, guide=guide, vae_decoder=decoder, callback=step_hook, observe=observe
-                )
-            else:  # two passes: draw, upscale, re-draw (A1111's hires fix)
-                result = generate_hires(pipe, params, hires, upscaler_model=upscaler, guide=guide,
-                                        vae_decoder=decoder, callback=step_hook, observe=observe)  # fmt: skip
+            try:
+                if hires is None:
+                    result = generate(
+                        pipe, params, guide=guide, vae_decoder=decoder, callback=step_hook, observe=observe
+                    )
+                else:  # two passes: draw, upscale, re-draw (A1111's hires fix)
+                    result = generate_hires(pipe, params, hires, upscaler_model=upscaler, guide=guide,
+                                            vae_decoder=decoder, callback=step_hook, observe=observe)  # fmt: skip
+            except StopSampling:  # stopped inside a model call (a hard interrupt): this batch has no image
+                break
             for i, image in enumerate(result.images):
                 r = recipe(result, i, pipe, sources)
                 r["prompt"], r["negative_prompt"] = request.prompt, request.negative_prompt or ""
@@ -144,7 +157,18 @@ def run_request(
         pipe=pipe,
         seeds=[g.recipe["seed"] for g in images],
         last=result,
+        extra={"skipped_embeddings": skipped} if skipped else {},
     )
+
+
+def _as_named(prompt: str, names: list[str]) -> str:
+    """`prompt` with each folder embedding's name written as its file names it, wherever the prompt has it in
+    another case ("mystyle" for MyStyle.pt): A1111 matches names case-insensitively (CLIP lower-cases)."""
+    for name in sorted(names, key=len, reverse=True):
+        prompt = re.sub(
+            rf"(?<!\w){re.escape(name)}(?!\w)", lambda _, name=name: name, prompt, flags=re.IGNORECASE
+        )
+    return prompt
 
 
 def _a1111_clip_skip(request: GenerationRequest, pipe: Pipeline) -> dict[str, int]:

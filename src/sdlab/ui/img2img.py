@@ -9,23 +9,54 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import PIL.Image
+from gradio.components.base import server
 
+from sdlab.errors import InputError
+from sdlab.images import check_image
 from sdlab.sampling.params import DEFAULT_STRENGTH
 from sdlab.service.worker import Worker
 from sdlab.ui.fields import ModelSettings, request_from, sampling_fields
 from sdlab.ui.results import OutputFolder, result_area, watch
 from sdlab.ui.txt2img import wire_generation
 
+MAX_LAYERS = 8  # image-editor layers a page may upload (sdlab's brush draws on one)
+MAX_EDITOR_UPLOADS = 32  # editor uploads kept until their event reads them; the oldest go first
+
+
+def bound_uploads(editor: gr.ImageMask) -> gr.ImageMask:
+    """`editor` with its uploads bounded: `accept_blobs` (the `component_server` route that takes each layer)
+    checks the layer index and the image's size from its header with sdlab's safe loader, as the API's images
+    are checked, and at most `MAX_EDITOR_UPLOADS` uploads wait for their event. (An instance method, not a
+    subclass: gradio writes a `.pyi` file beside the module of every component class.)"""
+    accept = editor.accept_blobs
+
+    @server
+    def accept_blobs(data: Any) -> None:
+        index = data.data.get("index") if isinstance(data.data, dict) else getattr(data.data, "index", None)
+        if index not in (None, "", "null") and not (str(index).isdigit() and int(index) < MAX_LAYERS):
+            raise gr.Error(f"an image-editor layer index must be below {MAX_LAYERS}, got {index!r}")
+        for _, blob in data.files:
+            try:
+                check_image(blob, what="the uploaded layer")
+            except InputError as err:
+                raise gr.Error(str(err)) from None
+        accept(data)
+        while len(editor.blob_storage) > MAX_EDITOR_UPLOADS:
+            editor.blob_storage.pop(next(iter(editor.blob_storage)))
+
+    editor.accept_blobs = accept_blobs
+    return editor
+
 
 def build(worker: Worker, models: list[str], settings: ModelSettings, files: OutputFolder) -> dict[str, Any]:
     """The tab's components (`init`: the image editor; `out`: the result area); events wired."""
     with gr.Row():
-        init = gr.ImageMask(
+        init = bound_uploads(gr.ImageMask(
             label="Image (draw on it to inpaint that area)", type="pil", elem_id="i2i-image",
             image_mode="RGBA", sources=["upload", "clipboard"], canvas_size=(512, 512),
             # a see-through brush, 3 px in the image's own pixels (resizable in the page)
             brush=gr.Brush(default_size=3, colors=[("#ff3366", 0.6)], color_mode="fixed"),
-        )  # fmt: skip
+        ))  # fmt: skip
         mask_upload = gr.Image(
             label="Mask (optional upload: white = repaint)", type="pil", elem_id="i2i-mask"
         )

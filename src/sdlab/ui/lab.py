@@ -44,9 +44,10 @@ def build(worker: Worker, models: list[str], settings: ModelSettings) -> dict[st
         if digit != "none":
             request = request.replace(guide_digit=int(digit))
         try:
+            worker.limits.check(request)
             seen = worker.run(lambda w: watch(w.registry, request, split_step=int(step), attention=True))
         except (InputError, QueueFull) as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(worker.registry.public(str(err))) from None
         label = [f"step {f.step}{' (guided)' if f.guided else ''}" for f in seen.frames]
         branches = []
         if (s := seen.split) is not None:

@@ -102,7 +102,7 @@ def watch(worker: Worker, request: GenerationRequest, files: OutputFolder) -> It
     try:
         future = worker.submit(request)
     except (InputError, QueueFull) as err:
-        raise gr.Error(str(err)) from None
+        raise gr.Error(worker.registry.public(str(err))) from None
     unchanged = (gr.skip(),) * (OUTPUTS - 2)
     while not future.done():
         p = worker.progress()
@@ -116,7 +116,7 @@ def watch(worker: Worker, request: GenerationRequest, files: OutputFolder) -> It
     try:
         result: RequestResult = future.result()
     except InputError as err:
-        raise gr.Error(str(err)) from None
+        raise gr.Error(worker.registry.public(str(err))) from None
     paths = [files.write(image) for image in result.images]
     gallery = [
         (path, f"seed {image.recipe['seed']}") for path, image in zip(paths, result.images, strict=True)

@@ -34,9 +34,10 @@ def build(worker: Worker, models: list[str], settings: ModelSettings, files: Out
         base = request_from(values).replace(num_images_per_prompt=int(count), init_image=image)
         try:
             xs, ys = parse_values(xa, xv), parse_values(ya, yv)
+            worker.limits.check(base.replace(batch_count=len(xs) * len(ys)))  # every cell at the base's cost
             plot = worker.run(lambda w: xy_grid(w.registry, base, xa, xs, ya, ys))
         except (InputError, QueueFull) as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(worker.registry.public(str(err))) from None
         path = files.save(plot.grid, "xy")
         return path, accuracy_table(plot), path
 

@@ -8,8 +8,9 @@ import io
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from sdlab.server import a1111
@@ -22,14 +23,17 @@ router = APIRouter(prefix=API, tags=["generation"])
 TheWorker = Annotated[Worker, Depends(worker)]
 
 
-@router.post("/txt2img")
-async def txt2img(body: a1111.Txt2ImgRequest, w: TheWorker) -> GenerationResponse:
-    return await _generate(w, body, img2img=False)
+DISCONNECT_POLL = 0.25  # seconds between checks that a waiting client is still there
 
 
-@router.post("/img2img")
-async def img2img(body: a1111.Img2ImgRequest, w: TheWorker) -> GenerationResponse:
-    return await _generate(w, body, img2img=True)
+@router.post("/txt2img", response_model=GenerationResponse)
+async def txt2img(body: a1111.Txt2ImgRequest, w: TheWorker, http: Request) -> GenerationResponse | Response:
+    return await _generate(w, body, http, img2img=False)
+
+
+@router.post("/img2img", response_model=GenerationResponse)
+async def img2img(body: a1111.Img2ImgRequest, w: TheWorker, http: Request) -> GenerationResponse | Response:
+    return await _generate(w, body, http, img2img=True)
 
 
 @router.get("/progress")
@@ -61,9 +65,17 @@ async def skip(w: TheWorker) -> dict:
     return {}
 
 
-async def _generate(w: Worker, body: a1111.Txt2ImgRequest, *, img2img: bool) -> GenerationResponse:
+async def _generate(
+    w: Worker, body: a1111.Txt2ImgRequest, http: Request, *, img2img: bool
+) -> GenerationResponse | Response:
     request, ignored = a1111.to_request(body, img2img=img2img, options=w.registry.options)
-    result: RequestResult = await asyncio.wrap_future(w.submit(request))
+    future = w.submit(request)
+    waiter = asyncio.wrap_future(future)
+    while not (await asyncio.wait({waiter}, timeout=DISCONNECT_POLL))[0]:
+        if await http.is_disconnected():  # the client has gone: its job leaves the queue, or stops
+            w.abandon(future)
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    result: RequestResult = waiter.result()
     fmt = a1111.SAMPLES_FORMATS[w.registry.options.get("samples_format", "png")]  # A1111's encoder option
     images = await run_in_threadpool(
         lambda: [base64.b64encode(g.encoded(fmt)).decode() for g in result.images]

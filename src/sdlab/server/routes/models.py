@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from sdlab.embeddings import read_embedding
+from sdlab.embeddings import embedding_fits, read_embedding
 from sdlab.errors import InputError
 from sdlab.loading.checkpoint import safetensors_metadata
 from sdlab.sampling.hires import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
@@ -82,7 +82,10 @@ def loras(r: TheRegistry) -> list[LoraItem]:
 
 @router.get("/embeddings")
 def embeddings(r: TheRegistry) -> EmbeddingsResponse:
+    """The embedding folder's files: `loaded` those the current model can take, `skipped` the others (another
+    family or width, or not an embedding), as A1111 splits them."""
     loaded, skipped = {}, {}
+    pipe = r.cached(r.find_model().name)
     for name, path in r.embeddings().items():
         try:
             _, vectors = read_embedding(path, allow_pickle=r.allow_pickle)
@@ -94,7 +97,9 @@ def embeddings(r: TheRegistry) -> EmbeddingsResponse:
             skipped[name] = EmbeddingItem(vectors=0)
             continue
         vectors = vectors.reshape(-1, vectors.shape[-1])
-        loaded[name] = EmbeddingItem(shape=int(vectors.shape[1]), vectors=int(vectors.shape[0]))
+        item = EmbeddingItem(shape=int(vectors.shape[1]), vectors=int(vectors.shape[0]))
+        fits = pipe is None or embedding_fits(pipe, path, allow_pickle=r.allow_pickle)
+        (loaded if fits else skipped)[name] = item
     return EmbeddingsResponse(loaded=loaded, skipped=skipped)
 
 

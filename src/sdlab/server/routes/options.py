@@ -9,22 +9,26 @@ from fastapi import APIRouter, Depends
 from sdlab.errors import InputError
 from sdlab.server import a1111
 from sdlab.server.responses import OptionsResponse, SetOptionsResponse
-from sdlab.server.routes import API, registry
+from sdlab.server.routes import API, registry, worker
 from sdlab.server.routes.models import model_item
 from sdlab.service.registry import ModelRegistry
+from sdlab.service.worker import Worker
 
 router = APIRouter(prefix=API, tags=["options"])
 TheRegistry = Annotated[ModelRegistry, Depends(registry)]
+TheWorker = Annotated[Worker, Depends(worker)]
 
 
 @router.get("/options")
-def get_options(r: TheRegistry) -> OptionsResponse:
+def get_options(w: TheWorker) -> OptionsResponse:
+    r = w.registry
     item = model_item(r, r.find_model())
     return OptionsResponse(
         sd_model_checkpoint=item.title,
         sd_checkpoint_hash=item.sha256,
         sd_checkpoints_limit=r.cache_size,
         sdlab_compile=r.compile,
+        **w.limits.report(),
         **{**a1111.OPTION_DEFAULTS, **r.options},  # samples_format too, where set
     )
 
