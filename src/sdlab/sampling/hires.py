@@ -191,12 +191,6 @@ def hires_from_infotext(s: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def hires_fields(values: dict[str, Any]) -> dict[str, Any]:
-    """The `HiresParams` fields among `values` (e.g. a request's or a recipe's)."""
-    names = {f.name for f in fields(HiresParams)}
-    return {k: v for k, v in values.items() if k in names}
-
-
 def target_size(width: int, height: int, hires: HiresParams, factor: int = 8) -> tuple[int, int, int, int]:
     """(upscale_width, upscale_height, crop_x, crop_y) in pixels for a first pass of `width` x `height`.
 
@@ -305,6 +299,7 @@ def load_upscaler(
 
     def upscale(image: PIL.Image.Image) -> PIL.Image.Image:
         import numpy as np
+        import PIL.Image
         import torch
 
         x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
@@ -437,5 +432,5 @@ def _scheduler_name(pipe: Pipeline) -> str:
 
 __all__ = [
     "DEFAULT_UPSCALER", "HiresParams", "LATENT_UPSCALE_MODES", "PIXEL_UPSCALERS", "generate_hires",
-    "hires_fields", "load_upscaler", "second_pass_schedule", "target_size", "upscale_images", "upscale_latents",
+    "load_upscaler", "second_pass_schedule", "target_size", "upscale_images", "upscale_latents",
 ]  # fmt: skip
