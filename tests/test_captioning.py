@@ -28,6 +28,14 @@ def test_caption_command_writes_what_the_digits_captioner_reads(tmp_path, capsys
     assert (tmp_path / "digit-7.txt").read_text().strip() == rows[1]["text"]
     assert main(["caption", str(tmp_path)]) == 2  # no silent overwrite
     assert "--overwrite" in capsys.readouterr().err
+    # an image deleted since: --overwrite captions what is there (it used to fail on the old line naming it)
+    (tmp_path / "digit-3.png").unlink()
+    (tmp_path / "digit-3.txt").unlink()
+    assert main(["caption", str(tmp_path), "--captioner", "digits", "--overwrite"]) == 0, (
+        capsys.readouterr().err
+    )
+    rows = [json.loads(line) for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    assert [r["file_name"] for r in rows] == ["digit-7.png"]
     with pytest.raises(InputError, match="unknown captioner"):
         load_captioner("gpt")
 

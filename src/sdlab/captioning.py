@@ -83,7 +83,7 @@ def caption_folder(
     folder = Path(folder)
     if (folder / METADATA).exists() and not overwrite:
         raise InputError(f"{folder / METADATA} already exists; pass --overwrite to replace its captions")
-    paths = [item.path for item in read_folder(folder, require_captions=False)]
+    paths = [item.path for item in read_folder(folder, require_captions=False, metadata=False)]
     captions: dict[Path, str] = {}
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]

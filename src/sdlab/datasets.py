@@ -50,12 +50,16 @@ class CaptionedImage:
     caption: str | None  # None: the folder gives no caption for it
 
 
-def read_folder(folder: str | Path, *, require_captions: bool = True) -> list[CaptionedImage]:
-    """Every image under `folder` (recursively, sorted) with its caption; checks every image opens."""
+def read_folder(
+    folder: str | Path, *, require_captions: bool = True, metadata: bool = True
+) -> list[CaptionedImage]:
+    """Every image under `folder` (recursively, sorted) with its caption; checks every image opens.
+    `metadata` False leaves metadata.jsonl unread (a captioner about to replace it: a line naming a deleted
+    image is no error then)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"dataset folder {folder} does not exist or is not a folder")
-    captions = _metadata_captions(folder)
+    captions = _metadata_captions(folder) if metadata else {}
     images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise InputError(f"dataset folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")

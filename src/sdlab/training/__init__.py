@@ -43,5 +43,5 @@ RECIPES = [
     Recipe("distill-decoder", "sdlab.training.tiny_decoder", "DecoderDistillConfig", "distill_decoder",
            "distill a tiny decoder (AutoencoderTiny, TAESD's architecture) from the model's VAE"),
     Recipe("distill", "sdlab.training.lcm", "LCMDistillConfig", "distill",
-           "latent consistency distillation: a 2-4-step LCM variant of the model"),
+           "latent consistency distillation: a 1-4-step LCM variant of the model"),
 ]  # fmt: skip
