@@ -131,3 +131,18 @@ def test_a_sidecar_in_another_encoding_is_named(tmp_path):
     (tmp_path / "a.txt").write_bytes("café".encode("latin-1"))
     with pytest.raises(InputError, match=r"a\.txt is not UTF-8 text .*save it as UTF-8"):
         read_folder(tmp_path)
+
+
+def test_a_grid_sdlab_wrote_beside_its_images_is_no_training_image(tmp_path):
+    """`sdlab generate -n 2 -o out.png` writes out-0.png, out-1.png and out-grid.png; a dataset (and `sdlab
+    caption`) reads the two images, not the grid."""
+    from sdlab.outputs import write_pngs
+
+    images = [Image.new("RGB", (8, 8), (i * 90, 0, 0)) for i in range(2)]
+    recipes = [{"prompt": "a", "negative_prompt": "", "seed": i} for i in range(2)]
+    written = write_pngs(images, recipes, tmp_path / "out.png", ["a\nSteps: 1, Seed: 0, Size: 8x8"] * 2)
+    assert [p.name for p in written] == ["out-0.png", "out-1.png", "out-grid.png"]
+    assert [item.path.name for item in read_folder(tmp_path, require_captions=False)] == [
+        "out-0.png",
+        "out-1.png",
+    ]

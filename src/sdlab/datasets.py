@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageOps
 
 from sdlab.errors import InputError
-from sdlab.images import load_image
+from sdlab.images import GRID_CHUNK, load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CAPTION_COLUMNS = ("text", "caption", "prompt")
@@ -60,7 +60,9 @@ def read_folder(
     if not folder.is_dir():
         raise InputError(f"dataset folder {folder} does not exist or is not a folder")
     captions = _metadata_captions(folder) if metadata else {}
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _grid(p)
+    )
     if not images:
         raise InputError(f"dataset folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     items = [CaptionedImage(p, captions.get(p.resolve(), _sidecar_caption(p))) for p in images]
@@ -163,6 +165,18 @@ def _metadata_captions(folder: Path) -> dict[Path, str]:
             raise InputError(f"{file} line {number} names {name}, which is not in {folder}")
         captions[(folder / name).resolve()] = caption.strip()
     return captions
+
+
+def _grid(path: Path) -> bool:
+    """Whether `path` is a grid sdlab wrote beside its images (`-n N`), which is no training image: a PNG with the
+    `GRID_CHUNK` text chunk."""
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        with Image.open(path) as image:
+            return GRID_CHUNK in getattr(image, "text", {})
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False  # load_image names what is wrong with it
 
 
 def _sidecar_caption(image: Path) -> str | None:

@@ -40,6 +40,7 @@ _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
 Source = str | os.PathLike | Image.Image | bytes  # bytes: an encoded file, e.g. from an HTTP request
 
+GRID_CHUNK = "sdlab-grid"  # a PNG text chunk marking a grid of N images (the value), not an image of its own
 MAX_PIXELS = 8192 * 8192  # 67 megapixels (200 MB as RGB): far beyond any SD resolution
 
 # Output formats by suffix. JPEG and WebP carry the parameters as A1111 writes them there: in the EXIF

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from sdlab.errors import InputError
-from sdlab.images import OUTPUT_FORMATS, make_grid, read_image_text, save_image
+from sdlab.images import GRID_CHUNK, OUTPUT_FORMATS, make_grid, read_image_text, save_image
 from sdlab.metadata import format_parameters, parse_parameters
 from sdlab.pipeline import Pipeline
 from sdlab.sampling.hires import hires_from_infotext, hires_infotext, records_hires
@@ -132,7 +132,8 @@ def write_pngs(
         written.append(save_image(image, target, parameters=text, extra={"sdlab": json.dumps(r)}))
     if len(images) > 1:  # the grid carries its first image's parameters, as A1111's grids do
         grid = output.with_name(f"{output.stem}-grid{output.suffix}")
-        written.append(save_image(make_grid(images), grid, parameters=infotexts[0]))
+        marked = {GRID_CHUNK: str(len(images))}  # datasets leave grids out (`sdlab.datasets.read_folder`)
+        written.append(save_image(make_grid(images), grid, parameters=infotexts[0], extra=marked))
     return written
 
 
