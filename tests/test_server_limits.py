@@ -62,6 +62,17 @@ def test_a_request_over_a_cpu_limit_is_one_sentence_naming_the_flag(request_fiel
     assert time.perf_counter() - start < 2  # priced from the text's length before any tokenizing of 1 MB
 
 
+def test_img2img_is_priced_at_the_init_images_size_and_and_at_one_evaluation_per_part():
+    """An init image sets the size when the request gives none; each AND part is one more UNet row per step."""
+    limits = Limits.for_device("cpu")
+    with pytest.raises(LimitExceeded, match="2048x2048 is 4,194,304 pixels"):
+        limits.check(GenerationRequest("a cat", init_image=png(2048)), size=32, steps=6)
+    limits.check(GenerationRequest("a cat", init_image=png(512)), size=32, steps=6)
+    anded = GenerationRequest(" AND ".join(["a cat"] * 20), width=512, height=512, num_inference_steps=30)
+    with pytest.raises(LimitExceeded, match="x 21 per step"):
+        limits.check(anded, size=32, steps=6)
+
+
 def test_limits_come_from_the_device_and_0_means_none():
     cpu = Limits.for_device("cpu")
     assert (cpu.max_pixels, cpu.max_steps, cpu.max_prompt_tokens, cpu.request_timeout) == (

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdlab.errors import InputError
 from sdlab.options import option
-from sdlab.sampling.params import MAX_SIDE, MAX_STEPS, check_int, check_number
+from sdlab.sampling.params import MAX_SIDE, MAX_STEPS, check_int, check_number, check_texts
 from sdlab.sampling.schedulers import SCHEDULERS
 
 if TYPE_CHECKING:
@@ -113,9 +113,9 @@ class HiresParams:
         upscaler = self.hr_upscaler
         if not isinstance(upscaler, str) or not upscaler:
             raise InputError(f"hr_upscaler must be an upscaler's name, got {upscaler!r}")
-        for texts in (self.hr_prompt, self.hr_negative_prompt):
-            if texts is not None and not isinstance(texts, str):
-                raise InputError("hr_prompt and hr_negative_prompt must be text")
+        for name in ("hr_prompt", "hr_negative_prompt"):
+            if getattr(self, name) is not None:
+                check_texts(name, getattr(self, name))
         return self
 
     def hires_settings(self) -> dict[str, Any]:
@@ -369,6 +369,13 @@ def generate_hires(
     factor = pipe.vae_scale_factor
     width, height = resolved.width or pipe.default_size, resolved.height or pipe.default_size
     up_w, up_h, crop_x, crop_y = target_size(width, height, hires, factor)
+    total, strength = second_pass_schedule(second_steps, hires.hr_denoising_strength)
+    trained = pipe.scheduler_config.get("num_train_timesteps", 1000)
+    if total > trained:
+        raise InputError(
+            f"{second_steps} hires steps at hr_denoising_strength {hires.hr_denoising_strength:g} need a schedule of "
+            f"{total} steps, more than the model's {trained} noise levels; raise the strength or lower the hires steps"
+        )
     first = generate(pipe, params, callback=first_callback, **generate_kwargs)
     if first.stopped_at_step is not None:
         return replace(first, hires=hires.hires_settings())
@@ -389,7 +396,6 @@ def generate_hires(
 
     # 3. The second pass: image-to-image at the hires size, exactly `second_steps` steps, each image with the
     #    first pass's prompt (or the hires prompt) and seed
-    total, strength = second_pass_schedule(second_steps, hires.hr_denoising_strength)
     batch = len(first.images)
     second_params = p.replace(
         prompt=[hires.hr_prompt] * batch if hires.hr_prompt else first.prompts,
@@ -412,7 +418,9 @@ def generate_hires(
         second,
         prompts=first.prompts,
         negative_prompts=first.negative_prompts,
-        params=p,
+        params=p.replace(
+            original_size=params.original_size, target_size=params.target_size
+        ),  # SDXL: as given
         unet_evaluations=first.unet_evaluations + second.unet_evaluations,
         stopped_at_step=None if second.stopped_at_step is None else first_total[0] + second.stopped_at_step,
         hires=hires.hires_settings(),

@@ -197,9 +197,9 @@ class SamplingParams:
 
         Sizes must also be multiples of the model's VAE factor, and images must decode: both are checked
         when the model and the images are at hand (`sdlab.sampling.inputs`)."""
-        _check_texts("prompt", self.prompt)
+        check_texts("prompt", self.prompt)
         if self.negative_prompt is not None:
-            _check_texts("negative_prompt", self.negative_prompt)
+            check_texts("negative_prompt", self.negative_prompt)
             lists = isinstance(self.prompt, list) and isinstance(self.negative_prompt, list)
             if lists and len(self.negative_prompt) != len(self.prompt):
                 raise InputError(
@@ -445,7 +445,8 @@ def check_number(
         raise InputError(f"{name} must be from {low:g} to {high:g}, got {value}")
 
 
-def _check_texts(name: str, value: Any) -> None:
+def check_texts(name: str, value: Any) -> None:
+    """`InputError` unless `value` is text (or a list of texts) that encodes as UTF-8."""
     texts = value if isinstance(value, list) else [value]
     if not texts or not all(isinstance(t, str) for t in texts):
         raise InputError(f"{name} must be text or a list of texts, got {type(value).__name__}")

@@ -332,7 +332,7 @@ def info(result: RequestResult, request: GenerationRequest, ignored: dict[str, A
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": first.get("strength", first.get("hr_denoising_strength")),
+        "denoising_strength": first.get("strength") or first.get("hr_denoising_strength"),
         # sdlab's settings as the infotext has them: written when on, or when leaving them out turns them on
         "extra_generation_params": _extra_parameters(result.images[0].infotext) if result.images else {},
         "index_of_first_image": 0,

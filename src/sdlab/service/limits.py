@@ -16,6 +16,7 @@ prompts may have 32 chunks.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -65,8 +66,9 @@ class Limits:
         request leaves them out; unknown (the model is not loaded yet), they are guessed high."""
         from sdlab.sampling.hires import target_size
 
-        width = request.width or size or GUESSED_SIDE
-        height = request.height or size or GUESSED_SIDE
+        given = _init_size(request.init_image)  # img2img runs at the init image's size unless told otherwise
+        width = request.width or (given[0] // 8 * 8 if given else None) or size or GUESSED_SIDE
+        height = request.height or (given[1] // 8 * 8 if given else None) or size or GUESSED_SIDE
         hires = request.hiresfix()
         final_w, final_h = width, height
         if hires is not None:
@@ -92,11 +94,13 @@ class Limits:
         if self.max_work is not None:
             guided = request.guidance_scale is None or request.guidance_scale > 1
             images = request.num_images_per_prompt * request.batch_count
-            work = (width * height * first + final_w * final_h * second) / 1e6 * images * (2 if guided else 1)
+            parts = len(re.split(r"\bAND\b", request.prompt)) if isinstance(request.prompt, str) else 1
+            evaluations = parts + 1 if guided else parts  # AND: one UNet row per part (composable diffusion)
+            work = (width * height * first + final_w * final_h * second) / 1e6 * images * evaluations
             if work > self.max_work:
                 raise LimitExceeded(
                     f"this request is {work:,.0f} megapixel-evaluations of the UNet (pixels x steps x {images} "
-                    f"images x {2 if guided else 1} per step), over this server's limit of {self.max_work:g} (sdlab "
+                    f"images x {evaluations} per step), over this server's limit of {self.max_work:g} (sdlab "
                     "serve --max-work); ask for fewer images, steps or pixels"
                 )
 
@@ -130,3 +134,20 @@ def _tokenizer() -> Any:
     from sdlab.loading.tokenizer import clip_tokenizer
 
     return clip_tokenizer()
+
+
+def _init_size(image: Any) -> tuple[int, int] | None:
+    """(width, height) of an init image given as a file's bytes, a path or a PIL image, from its header; None
+    for none, for latents, or for a file the request's own checks will name."""
+    if image is None:
+        return None
+    if hasattr(image, "size") and isinstance(image.size, tuple):
+        return image.size
+    if isinstance(image, bytes | str) or hasattr(image, "__fspath__"):
+        from sdlab.images import check_image
+
+        try:
+            return check_image(image)
+        except InputError:
+            return None
+    return None

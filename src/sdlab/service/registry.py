@@ -226,7 +226,8 @@ class ModelRegistry:
         for root in sorted(
             {str(r.resolve()) for r in roots} | {str(r) for r in roots}, key=len, reverse=True
         ):
-            message = message.replace(root.rstrip("/") + "/", "")
+            if root.rstrip("/"):  # a working directory of "/" (a service, a container) is no prefix to drop
+                message = message.replace(root.rstrip("/") + "/", "")
         return message
 
     def find_embedding(self, ref: str) -> Path:

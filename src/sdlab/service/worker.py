@@ -139,6 +139,9 @@ class Worker:
         """
         if isinstance(task, GenerationRequest):
             task.validate()
+            task = task.replace(
+                model=self.registry.find_model(task.model).name
+            )  # priced and run on one model
             self.limits.check(task, **self._model_defaults(task.model))
         job = _Job(task, Future())
         job.future.job_id = job.id  # type: ignore[attr-defined]  # matches Progress.job while it runs
@@ -160,24 +163,30 @@ class Worker:
         last step's time;
         later batches are not run. `hard` (and a second interrupt) stops within one block at once, with no
         image for the batch. Idle: nothing."""
+        self._interrupt(reason, hard=hard)
+
+    def _interrupt(self, reason: str, *, hard: bool, job: str | None = None) -> None:
+        """`interrupt`, of job `job` only when given (checked under the same lock)."""
         with self._lock:
             p = self._progress
-            if not p.job:
+            if not p.job or (job is not None and p.job != job):
                 return
             if p.interrupted or hard:
                 p.hard_stop = True
-            if not p.interrupted:
-                p.interrupted, p.interrupt_step, p.interrupt_reason = True, p.sampling_step, reason
-                p.interrupt_time = time.monotonic()
+            if not p.interrupted:  # the time first: the worker thread reads these without the lock
+                p.interrupt_time, p.interrupt_step, p.interrupt_reason = (
+                    time.monotonic(),
+                    p.sampling_step,
+                    reason,
+                )
+                p.interrupted = True
 
     def abandon(self, future: Future) -> None:
         """The client of `future` has gone: take its job out of the queue, or interrupt it if it runs."""
+        future.abandoned = True  # type: ignore[attr-defined]  # a job that starts after this never runs
         if future.cancel():
             return
-        with self._lock:
-            running = self._progress.job == getattr(future, "job_id", None)
-        if running:
-            self.interrupt("the client went away", hard=True)
+        self._interrupt("the client went away", hard=True, job=getattr(future, "job_id", None))
 
     def skip(self) -> None:
         """End the running batch after its current step and go on with the next. Idle: nothing."""
@@ -199,7 +208,9 @@ class Worker:
 
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
-            if not job.future.set_running_or_notify_cancel():
+            if getattr(job.future, "abandoned", False) or not job.future.set_running_or_notify_cancel():
+                if not job.future.cancelled() and not job.future.done():
+                    job.future.set_exception(InputError("the client went away before the request ran"))
                 continue  # cancelled while it waited (its client went away)
             with self._lock:
                 started = time.monotonic()
@@ -312,10 +323,10 @@ class Worker:
             p.job_no, p.sampling_step, p.sampling_steps = batch, step + 1, total
             p.latents, p.decoded = latest, decoded
             now = time.monotonic()
-            p.step_seconds, p.step_ended = (
-                now - (p.step_ended or p.started),
-                now,
-            )  # step 1: with the prompt encoding
+            p.step_seconds = now - (p.step_ended or p.started)  # step 1's includes the prompt encoding
+            p.step_ended = now
+            if step + 1 == total:
+                p.acknowledged = True  # sampling is done: a soft interrupt lets the decode finish its image
             if p.interrupted and not p.hard_stop:
                 p.acknowledged = True  # the loop decodes what it has; the VAE's blocks let it
                 raise StopSampling
