@@ -208,8 +208,8 @@ def test_an_interrupt_stops_a_4096_request_inside_step_0(slow_server):
     info = response.json()
     assert response.status_code == 200 and info["images"] == []
     # before: no stop until step 0 ended, minutes later; now the grace second plus one layer's pass (a 3x3
-    # convolution over 1024x1024 latents takes 1-4 s on 2 cores)
-    assert took < 6, took
+    # convolution over 1024x1024 latents takes 1-4 s on 2 cores; 3-6 s were measured, more under load)
+    assert took < 15, took
     assert json.loads(info["info"])["interrupted"]["stopped_at_step"] == 0
     small = requests.post(slow_server + TXT2IMG, json=SMALL, timeout=60)
     assert small.status_code == 200 and len(small.json()["images"]) == 1
