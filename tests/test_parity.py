@@ -348,21 +348,14 @@ def test_vae_tiling_equals_diffusers_enable_tiling_for_txt2img_and_img2img(tiny)
     kwargs = dict(prompt=PROMPTS[:1], num_inference_steps=3, guidance_scale=4.0, height=64, width=64)
     ours = generate(tiny, **kwargs, scheduler="euler", seed=2, vae_tiling=True)
     assert not tiny.vae.use_tiling
-    ref = StableDiffusionPipeline(
-        vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, unet=tiny.unet,
-        scheduler=make_scheduler("euler", tiny.scheduler_config), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )  # fmt: skip
-    ref.set_progress_bar_config(disable=True)
-    ref.vae.enable_tiling()
+    image = PIL.Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    kw = {k: v for k, v in kwargs.items() if k not in ("height", "width")}
+    tiny.vae.enable_tiling()
     try:
-        theirs = ref(**kwargs, generator=[torch.Generator().manual_seed(2)], output_type="pt").images
-        image = PIL.Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
-        img2img = StableDiffusionImg2ImgPipeline(**ref.components)
-        img2img.set_progress_bar_config(disable=True)
-        kw = {k: v for k, v in kwargs.items() if k not in ("height", "width")}
-        theirs_i2i = img2img(**kw, image=image, strength=0.6, generator=[torch.Generator().manual_seed(2)],
-                             output_type="pt").images  # fmt: skip
+        theirs = reference(StableDiffusionPipeline, tiny, "euler", 2, **kwargs)
+        theirs_i2i = reference(
+            StableDiffusionImg2ImgPipeline, tiny, "euler", 2, **kw, image=image, strength=0.6
+        )
     finally:
         tiny.vae.disable_tiling()
     assert (ours.pixels - theirs).abs().max() < 1e-4
