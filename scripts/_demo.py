@@ -1,18 +1,19 @@
-"""Shared pieces of the teaching demonstrations (scripts/demo_*.py): data folders, timing, reports."""
+"""Shared pieces of the teaching demonstrations (scripts/demo_*.py): timing and reports."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from sdlab.atomic import atomic_path
 from sdlab.cli.main import main as sdlab
+from sdlab.evaluation.provenance import provenance
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "demos"
+# results land here, never over tracked files; the docs' figures are copies made on purpose (docs/data/demos)
+RESULTS = Path("runs") / "demos"
+STARTED = time.perf_counter()
 
 
 # The sampling settings the demos were measured with (the digits model's defaults before issue 13 chose
@@ -22,26 +23,14 @@ DEMO_SAMPLING = dict(
 )
 
 
-def write_digits(folder: Path, images: np.ndarray, *, scale: float = 1.0) -> list[Path]:
-    """(N, 28, 28) digits (uint8, or float in [0, 1]) as 32x32 RGB PNGs, padded like the digits model's data;
-    `scale` shrinks them about the centre."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if images.dtype != np.uint8:
-        images = (np.asarray(images).clip(0, 1) * 255).round().astype(np.uint8)
-    paths = []
-    for i, digit in enumerate(images):
-        picture = Image.fromarray(digit)
-        if scale != 1.0:
-            side = max(1, round(28 * scale))
-            small = picture.resize((side, side), Image.Resampling.LANCZOS)
-            picture = Image.new("L", (28, 28))
-            picture.paste(small, ((28 - side) // 2, (28 - side) // 2))
-        canvas = Image.new("L", (32, 32))
-        canvas.paste(picture, (2, 2))
-        path = folder / f"{i:04d}.png"
-        canvas.convert("RGB").save(path)
-        paths.append(path)
-    return paths
+def fresh(folder: str | Path) -> Path:
+    """The demo's own output folder, emptied: a rerun measures a run from scratch (the recipes themselves refuse
+    to write over an earlier run's checkpoints without --resume)."""
+    folder = Path(folder)
+    if folder.exists():
+        print(f"removing the previous run in {folder}")
+        shutil.rmtree(folder)
+    return folder
 
 
 def run(*argv) -> float:
@@ -54,10 +43,12 @@ def run(*argv) -> float:
 
 
 def publish(name: str, report: dict, table: str) -> None:
-    """docs/demos/NAME.json and NAME.md."""
-    DOCS.mkdir(parents=True, exist_ok=True)
-    with atomic_path(DOCS / f"{name}.json") as tmp:
+    """runs/demos/NAME.json (the report, with the whole script's wall time and its provenance) and NAME.md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = {**report, "total_seconds": time.perf_counter() - STARTED, "provenance": provenance()}
+    with atomic_path(RESULTS / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_path(DOCS / f"{name}.md") as tmp:
+    with atomic_path(RESULTS / f"{name}.md") as tmp:
         tmp.write_text(table)
     print(table)
+    print(f"wrote {RESULTS / name}.json in {report['total_seconds'] / 60:.1f} min")

@@ -13,14 +13,14 @@ accuracy and diversity). Prior preservation should reduce the drift.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
-from _demo import DEMO_SAMPLING, publish, run, write_digits
+from _demo import DEMO_SAMPLING, fresh, publish, run
 from PIL import Image
 
 from sdlab.digits.attributes import measure
 from sdlab.digits.data import train_test_split
+from sdlab.digits.folders import write_digits
 from sdlab.evaluation.digits import Judge
 from sdlab.evaluation.teaching import subject_report
 from sdlab.loading import load_pipeline
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--class-images", type=int, default=100)
     parser.add_argument("-n", type=int, default=100, help="images generated per measurement")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = fresh(args.out)
     train, _ = train_test_split()
     fours = train.images[train.labels == 4]
     subject = fours[np.argmax(measure(fours).slant)]

@@ -19,12 +19,12 @@ to the right") in four captions of five, the look binds to those words, and plai
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
-from _demo import DEMO_SAMPLING, publish, run, write_digits
+from _demo import DEMO_SAMPLING, fresh, publish, run
 
 from sdlab.digits.data import train_test_split
+from sdlab.digits.folders import write_digits
 from sdlab.evaluation.digits import Judge
 from sdlab.evaluation.teaching import DOMAINS, domain_report
 from sdlab.loading import load_pipeline
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--per-digit", type=int, default=20)
     args = parser.parse_args()
-    out = Path(args.out)
+    out = fresh(args.out)
     train, _ = train_test_split()
     pick = np.random.default_rng(0).permutation(len(train))[: args.images]
     data = out / "data"

@@ -20,35 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
-from _demo import DEMO_SAMPLING, publish, run, write_digits
+from _demo import DEMO_SAMPLING, fresh, publish, run
 from PIL import Image
 
 from sdlab.digits.captioner import DigitsCaptioner
 from sdlab.digits.data import train_test_split
+from sdlab.digits.folders import shrink, stretch, write_digits
 from sdlab.embeddings import load_embedding
 from sdlab.evaluation.digits import Judge
 from sdlab.evaluation.teaching import aspect, shape_report
 from sdlab.loading import DEFAULT_MODEL, load_pipeline
 
-
-def stretch(digits: np.ndarray, factor: float = 1.35) -> np.ndarray:
-    """(N, 28, 28) uint8 digits stretched sideways about the centre, cropped back to 28x28."""
-    width = round(28 * factor)
-    left = (width - 28) // 2
-    out = [
-        Image.fromarray(d).resize((width, 28), Image.Resampling.LANCZOS).crop((left, 0, left + 28, 28))
-        for d in digits
-    ]
-    return np.stack([np.asarray(o) for o in out])
-
-
 # name -> how the training digits are made, the token's initial word, the control prompt, the measure
 CONCEPTS = {
-    "wide": dict(make=stretch, scale=1.0, initializer="thick", control="a thick handwritten digit {d}"),
-    "tiny": dict(make=lambda digits: digits, scale=0.5, initializer="small", control="a small handwritten digit {d}"),
+    "wide": dict(make=stretch, initializer="thick", control="a thick handwritten digit {d}"),
+    "tiny": dict(make=shrink, initializer="small", control="a small handwritten digit {d}"),
 }  # fmt: skip
 
 
@@ -63,13 +51,13 @@ def main() -> None:
     parser.add_argument("--per-digit", type=int, default=20)
     args = parser.parse_args()
     concept, token = CONCEPTS[args.concept], f"<{args.concept}>"
-    out = Path(args.out)
+    out = fresh(args.out)
     train, _ = train_test_split()
     # one digit of each class (then more at random): the token must learn the concept, not "these digits"
     rng = np.random.default_rng(1)
     pick = [int(rng.choice(np.flatnonzero(train.labels == d))) for d in range(10)][: args.images]
     data = out / "data"
-    paths = write_digits(data, concept["make"](train.images[pick]), scale=concept["scale"])
+    paths = write_digits(data, concept["make"](train.images[pick] / 255.0))
     # the digits captioner reads each digit; the caption names the digit, and the token where a style word goes
     facts = DigitsCaptioner.load(DEFAULT_MODEL / "captioner.safetensors").facts(train.images[pick])
     lines = [

@@ -146,3 +146,45 @@ def test_a_grid_sdlab_wrote_beside_its_images_is_no_training_image(tmp_path):
         "out-0.png",
         "out-1.png",
     ]
+
+
+# `sdlab make-digits`: the teaching recipes' data, written by sdlab itself
+
+
+def test_make_digits_writes_a_captioned_folder_the_trainers_read(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sdlab.datasets import read_folder
+    from sdlab.digits.data import train_test_split
+    from sdlab.digits.folders import LINE_COLS, LINE_ROWS, make_digits_folder
+
+    paths = make_digits_folder(tmp_path / "under", count=12, look="underline", seed=3)
+    items = read_folder(tmp_path / "under")
+    assert [i.path.name for i in items] == [p.name for p in paths] and len(items) == 12
+    assert all(i.caption.startswith("a ") and "handwritten digit" in i.caption for i in items)
+    gray = np.stack([np.asarray(Image.open(p).convert("L"))[2:-2, 2:-2] for p in paths]) / 255
+    assert gray.shape == (12, 28, 28) and (gray[:, LINE_ROWS, LINE_COLS] == 1).all()  # the line is drawn
+    # the token form names each digit by its own label, and only the training split is drawn from
+    make_digits_folder(tmp_path / "fours", count=5, digit=4, look="tiny", token="<tiny>")
+    assert {i.caption for i in read_folder(tmp_path / "fours")} == {"a <tiny> handwritten digit 4"}
+    train, test = train_test_split()
+    written = (np.asarray(Image.open(paths[0]).convert("L"))[2:-2, 2:-2] / 255)[:26]
+    assert not any(np.array_equal(written, t[:26] / 255) for t in test.images)
+
+
+def test_make_digits_refuses_in_one_sentence(tmp_path, capsys):
+    from sdlab.cli.main import main
+
+    assert main(["make-digits", str(tmp_path / "a"), "--count", "3", "--no-captions"]) == 0
+    assert not (tmp_path / "a" / "metadata.jsonl").exists()
+    for argv, words in (
+        ([str(tmp_path / "a"), "--count", "3"], "already holds images"),
+        ([str(tmp_path / "b"), "--look", "fancy"], "unknown look 'fancy'"),
+        ([str(tmp_path / "c"), "--digit", "4", "--count", "401"], "--count must be 1 to 400"),
+        ([str(tmp_path / "d"), "--digit", "12"], "--digit must be 0 to 9"),
+    ):
+        capsys.readouterr()
+        assert main(["make-digits", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -136,6 +136,22 @@ class CaptionOptions:
 
 
 @dataclass(frozen=True)
+class MakeDigitsOptions:
+    """`sdlab make-digits`: a captioned folder of training digits, the data the teaching recipes start from."""
+
+    folder: str = option("", "new folder to write the PNGs and metadata.jsonl into", positional=True)
+    count: int = option(200, "how many digits (1 to 4,000; 1 to 400 with --digit)")
+    digit: int | None = option(None, "only this digit, 0-9 (default: every digit, in a random order)")
+    look: str = option(
+        "plain", "plain, underline (a line under each digit), italic (leaning right), wide (stretched "
+        "sideways) or tiny (half size)",
+    )  # fmt: skip
+    token: str = option("", 'caption every image "a TOKEN handwritten digit D" (for textual inversion)')
+    captions: bool = option(True, "write metadata.jsonl with the digits captioner's captions")
+    seed: int = option(0, "which digits are drawn, and in what order")
+
+
+@dataclass(frozen=True)
 class ServeOptions:
     """`sdlab serve`: flags named as AUTOMATIC1111 names them (--port, --listen, --api-auth, --*-dir)."""
 

@@ -1,4 +1,4 @@
-"""`sdlab caption`, `finetune`, `lora`, `textual-inversion`, `dreambooth`: the teaching commands."""
+"""`sdlab make-digits`, `caption`, `finetune`, `lora`, `textual-inversion`, `dreambooth`: the teaching commands."""
 
 from __future__ import annotations
 
@@ -6,7 +6,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sdlab.cli.options import CaptionOptions
+from sdlab.cli.options import CaptionOptions, MakeDigitsOptions
+
+
+def run_make_digits(opts: MakeDigitsOptions) -> list[Path]:
+    from sdlab.digits.folders import make_digits_folder
+
+    paths = make_digits_folder(
+        opts.folder, count=opts.count, digit=opts.digit, look=opts.look, token=opts.token,
+        captions=opts.captions, seed=opts.seed,
+    )  # fmt: skip
+    captions = " and metadata.jsonl" if opts.captions else ""
+    print(f"{len(paths)} digits ({opts.look}) written to {opts.folder}{captions}")
+    return paths
 
 
 def run_caption(opts: CaptionOptions) -> dict:

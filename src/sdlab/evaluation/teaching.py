@@ -19,13 +19,12 @@ from scipy import ndimage
 
 from sdlab.digits.attributes import measure
 from sdlab.digits.data import to_gray
+from sdlab.digits.folders import LINE_COLS, LINE_ROWS, SHEAR, shear, underline
 from sdlab.evaluation.digits import Judge
 from sdlab.evaluation.metrics import diversity, prompt_accuracy
 from sdlab.pipeline import Pipeline
 
-SHEAR = 0.5  # the italic domain: x' = x + 0.5 (y - centre)
 ITALIC = 0.45  # measured slant above which a digit counts as italic
-LINE_ROWS, LINE_COLS = slice(26, 28), slice(5, 23)  # the underline: 2 px tall, below where MNIST draws digits
 UNDERLINED = 0.3  # mean brightness of the underline's place above which a digit counts as underlined
 
 
@@ -39,12 +38,6 @@ class Domain:
     restore: Callable[[np.ndarray], np.ndarray]  # how the classifier reads a digit drawn in the domain
 
 
-def underline(gray: np.ndarray) -> np.ndarray:
-    out = np.array(gray, dtype=np.float32, copy=True)
-    out[:, LINE_ROWS, LINE_COLS] = 1.0
-    return out
-
-
 def is_underlined(gray: np.ndarray, threshold: float = UNDERLINED) -> np.ndarray:
     """True where a bright line lies under the digit (none of the 5,000 MNIST digits passes)."""
     return gray[:, LINE_ROWS, LINE_COLS].mean(axis=(1, 2)) > threshold
@@ -54,17 +47,6 @@ def remove_underline(gray: np.ndarray) -> np.ndarray:
     out = np.array(gray, copy=True)
     out[:, LINE_ROWS.start - 1 :] = 0.0
     return out
-
-
-def shear(gray: np.ndarray, k: float = SHEAR) -> np.ndarray:
-    """Lean digits right, x' = x + k (y - 14), as PIL's affine transform does it."""
-    out = []
-    for digit in np.asarray(gray, dtype=np.float32):
-        picture = Image.fromarray(digit, mode="F").transform(
-            (28, 28), Image.Transform.AFFINE, (1, k, -k * 14, 0, 1, 0), resample=Image.Resampling.BILINEAR
-        )
-        out.append(np.asarray(picture))
-    return np.stack(out).clip(0, 1)
 
 
 def is_italic(gray: np.ndarray, threshold: float = ITALIC) -> np.ndarray:
