@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdlab.evaluation.provenance import provenance
+
 
 def seconds(run, repeat: int = 3) -> float:
     times = []
@@ -99,7 +101,7 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"),
             "rows": rows,
         }
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
     return 0
 
 

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdlab.evaluation.provenance import provenance
+
 warnings.filterwarnings("ignore")
 
 
@@ -260,7 +262,7 @@ def main() -> None:
             ratio = "—" if "per CFG step" in r["path"] else f"{base / r['seconds_per_image']:.1f}x"
             print(f"| {r['path']} {r['note']} | {r['seconds_per_image']:.1f} s | {ratio} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from sdlab.evaluation.provenance import provenance
+
 SDLAB = """
 import resource, sys, torch
 from diffusers import AutoencoderTiny
@@ -54,7 +56,7 @@ def main() -> None:
     parser.add_argument(
         "--file", required=True, help="an SD 1.5 single file (bench_fast.py --sd15 writes one)"
     )
-    parser.add_argument("--json", default="docs/bench_memory.json", help="where the rows are written")
+    parser.add_argument("--json", default="runs/bench/bench_memory.json", help="where the rows are written")
     args = parser.parse_args()
     rows = []
     for label, code, extra in (
@@ -70,7 +72,9 @@ def main() -> None:
             continue
         rows.append({"path": label, "peak_rss_gb": gb, "seconds": seconds})
         print(f"  {label}: peak {gb:.2f} GB in {seconds:.0f} s", flush=True)
-    Path(args.json).write_text(json.dumps({"file": str(args.file), "rows": rows}, indent=2) + "\n")
+    Path(args.json).write_text(
+        json.dumps({"file": str(args.file), "rows": rows, "provenance": provenance()}, indent=2) + "\n"
+    )
     print(
         "\n| path (one 512x512 image, 1 step with CFG, decode) | peak RSS | wall time |\n| --- | --- | --- |"
     )

@@ -212,7 +212,7 @@ def main() -> None:
         "--memory-only", action="store_true", help="only the peak-memory rows, added to --json"
     )
     parser.add_argument("--file", default="runs/bench/random-sdxl-f16.safetensors", help="the single file")
-    parser.add_argument("--json", default="docs/bench_sdxl.json", help="where the rows are written")
+    parser.add_argument("--json", default="runs/bench/bench_sdxl.json", help="where the rows are written")
     args = parser.parse_args()
     from sdlab.loading import cpu_runs_bfloat16
 

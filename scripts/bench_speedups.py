@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdlab.evaluation.provenance import provenance
+
 warnings.filterwarnings("ignore")
 
 
@@ -214,7 +216,9 @@ def main() -> None:
     parser.add_argument(
         "--sd15", action="store_true", help="also time an SD 1.5-architecture UNet at 512x512"
     )
-    parser.add_argument("--output", default="docs/bench_speedups.json", help="where the rows are written")
+    parser.add_argument(
+        "--output", default="runs/bench/bench_speedups.json", help="where the rows are written"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     from sdlab.loading import cpu_runs_bfloat16
@@ -225,7 +229,7 @@ def main() -> None:
     if args.sd15:
         print("SD 1.5 UNet, random weights, 512x512, one CFG step (batch 2):")
         report["sd15"] = sd15_rows()
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    Path(args.output).write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
     print(markdown(report))
 
 

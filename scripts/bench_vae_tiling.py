@@ -22,6 +22,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from sdlab.evaluation.provenance import provenance
+
 DECODE = """
 import resource, sys, time, torch
 from diffusers import AutoencoderKL
@@ -75,7 +77,9 @@ def main() -> None:
             (work / f"vae-{size}-{mode}.pt").unlink()
     machine = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
                "torch": torch.__version__, "date": date.today().isoformat(), "dtype": "float32"}  # fmt: skip
-    Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    Path(args.json).write_text(
+        json.dumps({"machine": machine, "rows": rows, "provenance": provenance()}, indent=1) + "\n"
+    )
     print("| size | decode | peak RSS (GB) | above baseline (GB) | time (s) | max / mean diff (levels) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdlab.evaluation.provenance import provenance
+
 warnings.filterwarnings("ignore")
 
 
@@ -36,7 +38,7 @@ def main() -> None:
     parser.add_argument("--lcm", help="an LCM model folder made by `sdlab distill` (its OUTPUT/model)")
     parser.add_argument("--per-digit", type=int, default=100, help="images per digit per row")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16, every row")
-    parser.add_argument("-o", "--output", default="docs/eval", help="folder for distilled.json and .md")
+    parser.add_argument("-o", "--output", default="runs/eval", help="folder for distilled.json and .md")
     args = parser.parse_args()
 
     import sdlab
@@ -113,7 +115,7 @@ def main() -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     report = {"dtype": args.dtype, "images_per_row": len(prompts), "rows": rows}
-    (out / "distilled.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "distilled.json").write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
     lines = [
         f"The digits model's distilled parts, {len(prompts)} images per row, {args.dtype} "
         "(`python scripts/eval_distilled.py --lcm runs/lcm/model`).",

@@ -25,7 +25,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", default="docs/ui", help="folder for the screenshots")
+    parser.add_argument(
+        "--out", default="runs/ui", help="folder for the screenshots (docs/ui holds the docs' copies)"
+    )
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     out = Path(args.out)

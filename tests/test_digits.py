@@ -122,6 +122,10 @@ def test_train_base_tiny_runs_every_stage_and_loads_in_diffusers(tmp_path):
     pipe = load_pipeline(model)
     assert pipe.vae.config.scaling_factor != 0.18215 and pipe.vae_scale_factor == 4
     assert json.loads((tmp_path / "run" / "config.json").read_text())["unet_steps"] == 40
+    # each stage's wall time, with the machine and date, for the docs' training-time table
+    timings = json.loads((tmp_path / "run" / "timings.json").read_text())
+    assert [s["stage"] for s in timings["stages"]] == ["captioner", "vae", "text", "unet"]
+    assert all(s["seconds"] > 0 for s in timings["stages"]) and timings["provenance"]["cores"] >= 1
     # a second run in the same folder must not silently start over
     from sdlab.errors import InputError
 

@@ -71,8 +71,10 @@ def run_eval(opts: EvalOptions) -> dict:
     out = Path(opts.output)
     main = state.is_main_process  # every process generates its share; the main one writes
     if main:
+        from sdlab.evaluation.provenance import provenance
+
         with atomic_path(out / "eval.json") as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            tmp.write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
         with atomic_path(out / "eval.md") as tmp:
             tmp.write_text(markdown(report))
         print(markdown(report))
@@ -159,6 +161,9 @@ def markdown(r: dict) -> str:
         f"| classifier-FID vs held-out digits | {h['fid']:.2f} |",
         f"| real-vs-real floor (same count) | {h['fid_floor_real_vs_real']:.2f} |",
         f"| FID / floor | {h['fid'] / h['fid_floor_real_vs_real']:.2f} |",
+        f"| KID (unbiased; real-vs-real beside it) | {h['kid']:.4f} ({h['kid_real_vs_real']:.4f}) |",
+        f"| precision / recall (real digits' own) | {h['precision']:.3f} / {h['recall']:.3f} "
+        f"({h['precision_real']:.3f} / {h['recall_real']:.3f}) |",
         f"| diversity (generated / real) | {h['diversity']:.2f} / {h['diversity_real']:.2f} |",
         "",
         '| negative prompt "thick" on "a handwritten digit 7" | stroke thickness change | accuracy with / without |',

@@ -1,7 +1,7 @@
 """`sdlab train-base`: a complete Stable Diffusion trained from scratch on handwritten digits.
 
 Stages, each leaving its artifact in the run folder so that a rerun skips what is done:
-    1. captioner  - a digit classifier (captions are written by it, as the seed's recipe asks)
+    1. captioner  - a digit classifier (captions are written by it, as the lesson notes' recipe asks)
     2. vae        - AutoencoderKL on 32x32 digits; its latent std sets `scaling_factor`
     3. latents    - the training set encoded once (posterior mean and std, sampled afresh every step)
     4. text       - optional (`text_pretrain_steps`): the text encoder pretrained CLIP-style, captions
@@ -22,6 +22,7 @@ import functools
 import json
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +159,7 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool | None = None, limit_train:
     _check_stages(cfg, run, resume)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list) + "\n")
+    timings: dict[str, float] = {}  # wall seconds of each stage run by this call (finished ones are skipped)
     if cfg.data:
         # a folder of captioned images (metadata.jsonl or .txt sidecars) instead of the MNIST digits
         items = read_folder(cfg.data)
@@ -173,10 +175,12 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool | None = None, limit_train:
         captioner_file = run / "captioner.safetensors"
         with PartialState().main_process_first():  # trained once; the other processes read it
             if not captioner_file.exists():
+                start = time.perf_counter()
                 clf = train_classifier(
                     train.images, train.labels, seed=cfg.seed, epochs=cfg.classifier_epochs
                 )
                 clf.save(captioner_file)
+                timings["captioner"] = time.perf_counter() - start
                 print(f"captioner: held-out accuracy {accuracy(clf, test.images, test.labels):.4f}")
         facts = DigitsCaptioner.load(captioner_file).facts(train.images)
         pixels = to_pixels(train.images)
@@ -186,7 +190,9 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool | None = None, limit_train:
     # 2. VAE
     vae_dir = run / "vae"
     if not (vae_dir / "config.json").exists():
+        start = time.perf_counter()
         train_vae(cfg, TrainLoop(stages["vae"], options=stage_options(cfg, "vae")), pixels, vae_dir)
+        timings["vae"] = time.perf_counter() - start
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
 
     # 3. Latents: posterior mean and std of every training image, and the scaling factor
@@ -202,12 +208,15 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool | None = None, limit_train:
             "--data: no captioner features to pretrain the text encoder against; stage skipped"
         )
     elif cfg.text_pretrain_steps and not (text_dir / "config.json").exists():
+        start = time.perf_counter()
         features = digit_features(captioner_file, train.images)
         loop = TrainLoop(stages["text"], options=stage_options(cfg, "text"))
         pretrain_text_encoder(cfg, loop, captions, features, text_dir)
+        timings["text"] = time.perf_counter() - start
     text_encoder = CLIPTextModel.from_pretrained(text_dir) if (text_dir / "config.json").exists() else None
 
     # 5. UNet + text encoder
+    start = time.perf_counter()
     pipe = train_unet(
         cfg,
         TrainLoop(stages["unet"], options=stage_options(cfg, "unet")),
@@ -219,6 +228,7 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool | None = None, limit_train:
         run,
         text_encoder=text_encoder,
     )
+    timings["unet"] = time.perf_counter() - start
 
     # 6. The model folder
     output = Path(cfg.output or run / "model")
@@ -227,7 +237,27 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool | None = None, limit_train:
         save_folder(pipe, output, weights_dtype=torch.float16 if cfg.half else None)
         if captioner_file is not None:
             (output / "captioner.safetensors").write_bytes(captioner_file.read_bytes())
+        _write_timings(run / "timings.json", cfg, timings)
     return output
+
+
+def _write_timings(path: Path, cfg: BaseTrainConfig, timings: dict[str, float]) -> None:
+    """`RUN/timings.json`: each stage's wall seconds in this call, with the command, machine and date (the docs'
+    training-time table is rendered from it)."""
+    from sdlab.evaluation.provenance import provenance
+
+    work = {
+        "captioner": f"{cfg.classifier_epochs} epochs", "vae": f"{cfg.vae_steps} steps",
+        "text": f"{cfg.text_pretrain_steps} steps", "unet": f"{cfg.unet_steps} steps",
+    }  # fmt: skip
+    record = {
+        "stages": [
+            {"stage": name, "work": work[name], "seconds": round(s, 1)} for name, s in timings.items()
+        ],
+        "total_seconds": round(sum(timings.values()), 1),
+        "provenance": provenance(),
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 # Options that shape only a later stage: a stage's checkpoints are compared with the others, so a finished
