@@ -17,7 +17,13 @@ import torch
 from sdlab.digits.attributes import measure
 from sdlab.digits.classifier import EVAL_CLASSIFIER, DigitClassifier
 from sdlab.digits.data import to_gray, to_pixels, train_test_split
-from sdlab.evaluation.metrics import diversity, frechet_distance, prompt_accuracy
+from sdlab.evaluation.metrics import (
+    diversity,
+    frechet_distance,
+    kernel_distance,
+    precision_recall,
+    prompt_accuracy,
+)
 from sdlab.pipeline import Pipeline
 
 
@@ -44,9 +50,20 @@ class Judge:
         return self.classifier.features_of(torch.as_tensor(gray, dtype=torch.float32)).numpy()
 
     def fid(self, gray: np.ndarray) -> float:
+        return frechet_distance(self.features(gray), self.reference_features())
+
+    def reference_features(self) -> np.ndarray:
         if self._reference_features is None:
             self._reference_features = self.features(self.reference)
-        return frechet_distance(self.features(gray), self._reference_features)
+        return self._reference_features
+
+    def kid(self, gray: np.ndarray) -> float:
+        """KID (unbiased MMD^2, cubic kernel) of these digits' features against the held-out digits'."""
+        return kernel_distance(self.features(gray), self.reference_features())[0]
+
+    def precision_recall(self, gray: np.ndarray) -> tuple[float, float]:
+        """(precision, recall) of these digits against the held-out digits, k = 3 (Kynkäänniemi et al. 2019)."""
+        return precision_recall(self.reference_features(), self.features(gray))
 
     def floor(self, n: int, seed: int = 0) -> float:
         """FID of n real digits (class-balanced, from the training split): the best a model can score at n."""
@@ -96,15 +113,26 @@ def sample_digits(
 
 
 def evaluate(pipe: Pipeline, judge: Judge, per_digit: int = 50, **kwargs) -> dict:
-    """The headline numbers at the given sampling settings."""
+    """The headline numbers at the given sampling settings: prompt accuracy, FID and KID against the held-out
+    digits (each beside the same measure for as many real training digits), precision and recall (fidelity and
+    coverage, Kynkäänniemi et al. 2019; the real digits' own values beside them), diversity and style."""
     gray, wanted = sample_digits(pipe, per_digit, **kwargs)
     predicted = judge.predict(gray)
     style = measure(gray)
+    real = judge.real_sample(len(gray))
+    precision, recall = judge.precision_recall(gray)
+    real_precision, real_recall = judge.precision_recall(real)
     return {
         "samples": len(gray),
         "prompt_accuracy": prompt_accuracy(predicted, wanted),
         "fid": judge.fid(gray),
-        "fid_floor_real_vs_real": judge.floor(len(gray)),
+        "fid_floor_real_vs_real": judge.fid(real),
+        "kid": judge.kid(gray),
+        "kid_real_vs_real": judge.kid(real),
+        "precision": precision,
+        "recall": recall,
+        "precision_real": real_precision,
+        "recall_real": real_recall,
         "diversity": diversity(judge.features(gray), wanted),
         "diversity_real": diversity(judge.features(judge.reference), judge.predict(judge.reference)),
         "thickness": float(style.thickness.mean()),
