@@ -1,6 +1,6 @@
 """`--guide-digit D`: steer sampling towards digit D with the evaluation classifier's gradient.
 
-The seed's picture of diffusion: a network that says how digit-like an image is also says, through its
+The lesson notes' picture of diffusion: a network that says how digit-like an image is also says, through its
 gradient, how to change every pixel to make it more so. Here that network is the digit classifier and
 the score is its log-probability of D on each step's predicted clean image (see
 `sdlab.sampling.gradient_guidance`). It works without any prompt.

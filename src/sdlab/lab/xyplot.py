@@ -3,7 +3,7 @@
 Axes: CFG scale, steps, sampler, seed, denoising strength, and prompt S/R (search and replace: the
 first value is searched for in the prompt and each value put in its place). On the digits model each
 cell also carries the evaluation classifier's verdict, the share of its images read as the digit the
-prompt names, so the seed's lessons on guidance scale and strength become pictures with numbers.
+prompt names, so the lesson notes' points on guidance scale and strength become pictures with numbers.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Gradient guidance: steer sampling with the gradient of a score computed on the predicted clean image.
 
-The seed's explanation made runnable. At every step the UNet's noise prediction implies a prediction of
+The lesson notes' explanation made runnable. At every step the UNet's noise prediction implies a prediction of
 the clean latent, x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a), with a = alphas_cumprod[t]. Decode x0 to
 pixels, score the pixels (e.g. a classifier's log-probability of "digit 7"), and move x0 along the
 gradient of that score: x0' = x0 + scale * d score / d x0. The prediction is then rewritten so that the

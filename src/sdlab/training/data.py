@@ -73,7 +73,7 @@ class LatentData:
 class CaptionTokens:
     """Captions as CLIP token ids (B, 77) int64, each distinct caption tokenized once: a training run draws
     the same captions thousands of times, and tokenizing them on every step cost the digits UNet stage on
-    a GPU as much time as its EMA update (issue 23's profile)."""
+    a GPU as much time as its EMA update."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer

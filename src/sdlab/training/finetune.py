@@ -1,6 +1,6 @@
 """`sdlab finetune DATA`: full fine-tuning of the UNet (and optionally the text encoder) on image-caption pairs.
 
-The seed's recipe: caption your images with a captioning model (`sdlab caption`), then continue
+The lesson notes' recipe: caption your images with a captioning model (`sdlab caption`), then continue
 training Stable Diffusion on them with its own objective. EMA weights are what is saved.
 """
 
