@@ -161,7 +161,7 @@ def markdown(r: dict) -> str:
         f"| classifier-FID vs held-out digits | {h['fid']:.2f} |",
         f"| real-vs-real floor (same count) | {h['fid_floor_real_vs_real']:.2f} |",
         f"| FID / floor | {h['fid'] / h['fid_floor_real_vs_real']:.2f} |",
-        f"| KID (unbiased; real-vs-real beside it) | {h['kid']:.4f} ({h['kid_real_vs_real']:.4f}) |",
+        f"| KID × 1000 (real-vs-real beside it) | {h['kid'] * 1000:.2f} ({h['kid_real_vs_real'] * 1000:.2f}) |",
         f"| precision / recall (real digits' own) | {h['precision']:.3f} / {h['recall']:.3f} "
         f"({h['precision_real']:.3f} / {h['recall_real']:.3f}) |",
         f"| diversity (generated / real) | {h['diversity']:.2f} / {h['diversity_real']:.2f} |",
