@@ -131,5 +131,7 @@ def test_eval_splits_its_images_across_processes_and_reports_what_one_process_re
         done = run(["eval", "--per-digit", "20", "-o", str(out)], processes)  # 2 batches of 100
         assert done.returncode == 0, done.stderr[-2000:]
         reports[processes] = json.loads((out / "eval.json").read_text())
+    # where each ran differs (its command line, the threads each process had); every figure is the same
+    assert reports[1].pop("provenance")["command"] != reports[2].pop("provenance")["command"]
     assert reports[1]["headline"]["samples"] == 200
     assert reports[1] == reports[2]
