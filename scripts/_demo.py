@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 
 from sdlab.atomic import atomic_path
 from sdlab.cli.main import main as sdlab
-from sdlab.evaluation.provenance import provenance
+from sdlab.evaluation.provenance import write_measurement
 
 # results land here, never over tracked files; the docs' figures are copies made on purpose (docs/data/demos)
 RESULTS = Path("runs") / "demos"
@@ -44,10 +43,9 @@ def run(*argv) -> float:
 
 def publish(name: str, report: dict, table: str) -> None:
     """runs/demos/NAME.json (the report, with the whole script's wall time and its provenance) and NAME.md."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {**report, "total_seconds": time.perf_counter() - STARTED, "provenance": provenance()}
-    with atomic_path(RESULTS / f"{name}.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    report = write_measurement(
+        RESULTS / f"{name}.json", {**report, "total_seconds": time.perf_counter() - STARTED}
+    )
     with atomic_path(RESULTS / f"{name}.md") as tmp:
         tmp.write_text(table)
     print(table)

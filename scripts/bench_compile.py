@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from sdlab.evaluation.provenance import provenance
+from sdlab.evaluation.provenance import write_measurement
 
 
 def seconds(run, repeat: int = 3) -> float:
@@ -94,14 +91,7 @@ def main() -> int:
             row("SD 1.5 architecture (random weights), 512x512, 2 DPM++ steps with CFG", pipe, run_sd)
         )
     if args.out:
-        report = {
-            "command": "python scripts/bench_compile.py" + (" --sd15" if args.sd15 else ""),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"),
-            "rows": rows,
-        }
-        Path(args.out).write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
+        write_measurement(args.out, {"rows": rows})
     return 0
 
 

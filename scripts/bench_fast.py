@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdlab.evaluation.provenance import provenance
+from sdlab.evaluation.provenance import write_measurement
 
 warnings.filterwarnings("ignore")
 
@@ -262,7 +262,7 @@ def main() -> None:
             ratio = "—" if "per CFG step" in r["path"] else f"{base / r['seconds_per_image']:.1f}x"
             print(f"| {r['path']} {r['note']} | {r['seconds_per_image']:.1f} s | {ratio} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
+        write_measurement(args.json, report)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,11 @@ resident set size (`ru_maxrss`, what `/usr/bin/time -v` reports), in GB, and its
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from sdlab.evaluation.provenance import provenance
+from sdlab.evaluation.provenance import write_measurement
 
 SDLAB = """
 import resource, sys, torch
@@ -72,9 +70,7 @@ def main() -> None:
             continue
         rows.append({"path": label, "peak_rss_gb": gb, "seconds": seconds})
         print(f"  {label}: peak {gb:.2f} GB in {seconds:.0f} s", flush=True)
-    Path(args.json).write_text(
-        json.dumps({"file": str(args.file), "rows": rows, "provenance": provenance()}, indent=2) + "\n"
-    )
+    write_measurement(args.json, {"file": str(args.file), "rows": rows})
     print(
         "\n| path (one 512x512 image, 1 step with CFG, decode) | peak RSS | wall time |\n| --- | --- | --- |"
     )

@@ -214,11 +214,10 @@ def main() -> None:
     parser.add_argument("--file", default="runs/bench/random-sdxl-f16.safetensors", help="the single file")
     parser.add_argument("--json", default="runs/bench/bench_sdxl.json", help="where the rows are written")
     args = parser.parse_args()
+    from sdlab.evaluation.provenance import cpu_name, write_measurement
     from sdlab.loading import cpu_runs_bfloat16
 
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-    native = cpu_runs_bfloat16()
+    cpu, native = cpu_name(), cpu_runs_bfloat16()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, native bfloat16: {native}",
         flush=True,
@@ -229,15 +228,13 @@ def main() -> None:
     else:
         pipe = random_sdxl()
         rows, deviation = timings(pipe, [torch.float32, torch.bfloat16] if native else [torch.float32])
-        result = {"cpu": cpu, "threads": torch.get_num_threads(), "native_bfloat16": native, "timings": rows,
-                  "bfloat16_vs_float32_4_steps": deviation}  # fmt: skip
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        result = write_measurement(out, {"timings": rows, "bfloat16_vs_float32_4_steps": deviation})
     if args.memory or args.memory_only:
         file = Path(args.file)
         if not file.exists():
             write_file(file)
         result["memory"] = memory(file, "bfloat16" if native else "float32")
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        result = write_measurement(out, {k: v for k, v in result.items() if k != "provenance"})
     print("\n| row | seconds |\n| --- | --- |")
     for r in result["timings"]:
         print(f"| {r['row']} | {r['seconds']:.1f} |")

@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from sdlab.evaluation.provenance import provenance
+from sdlab.evaluation.provenance import write_measurement
 
 warnings.filterwarnings("ignore")
 
@@ -229,7 +227,7 @@ def main() -> None:
     if args.sd15:
         print("SD 1.5 UNet, random weights, 512x512, one CFG step (batch 2):")
         report["sd15"] = sd15_rows()
-    Path(args.output).write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
+    write_measurement(args.output, report)
     print(markdown(report))
 
 

@@ -14,15 +14,11 @@ give textures unlike a real model's, so it bounds the seams' size, not how visib
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import subprocess
 import sys
-import time
-from datetime import date
 from pathlib import Path
 
-from sdlab.evaluation.provenance import provenance
+from sdlab.evaluation.provenance import write_measurement
 
 DECODE = """
 import resource, sys, time, torch
@@ -75,18 +71,14 @@ def main() -> None:
         rows[-1].update(max_levels=int(diff.max()), mean_levels=round(float(diff.mean()), 3))
         for mode in ("whole", "tiled"):
             (work / f"vae-{size}-{mode}.pt").unlink()
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
-               "torch": torch.__version__, "date": date.today().isoformat(), "dtype": "float32"}  # fmt: skip
-    Path(args.json).write_text(
-        json.dumps({"machine": machine, "rows": rows, "provenance": provenance()}, indent=1) + "\n"
-    )
+    record = write_measurement(args.json, {"dtype": "float32", "rows": rows})
     print("| size | decode | peak RSS (GB) | above baseline (GB) | time (s) | max / mean diff (levels) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         diff = f"{r['max_levels']} / {r['mean_levels']}" if "max_levels" in r else ""
         print(f"| {r['size']}² | {r['mode']} | {r['peak_gb']} | {r['peak_gb'] - r['baseline_gb']:.2f} | "
               f"{r['decode_s']} | {diff} |")  # fmt: skip
-    print(f"{machine}; {time.strftime('%H:%M')}")
+    print(record["provenance"])
 
 
 if __name__ == "__main__":

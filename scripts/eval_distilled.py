@@ -20,7 +20,6 @@ Each row: ms per image, UNet passes per image, prompt accuracy and classifier-FI
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdlab.evaluation.provenance import provenance
+from sdlab.evaluation.provenance import write_measurement
 
 warnings.filterwarnings("ignore")
 
@@ -115,7 +114,7 @@ def main() -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     report = {"dtype": args.dtype, "images_per_row": len(prompts), "rows": rows}
-    (out / "distilled.json").write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
+    write_measurement(out / "distilled.json", report)
     lines = [
         f"The digits model's distilled parts, {len(prompts)} images per row, {args.dtype} "
         "(`python scripts/eval_distilled.py --lcm runs/lcm/model`).",

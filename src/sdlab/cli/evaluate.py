@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sdlab.atomic import atomic_path
@@ -71,10 +70,9 @@ def run_eval(opts: EvalOptions) -> dict:
     out = Path(opts.output)
     main = state.is_main_process  # every process generates its share; the main one writes
     if main:
-        from sdlab.evaluation.provenance import provenance
+        from sdlab.evaluation.provenance import write_measurement
 
-        with atomic_path(out / "eval.json") as tmp:
-            tmp.write_text(json.dumps({**report, "provenance": provenance()}, indent=2) + "\n")
+        write_measurement(out / "eval.json", report)
         with atomic_path(out / "eval.md") as tmp:
             tmp.write_text(markdown(report))
         print(markdown(report))

@@ -7,6 +7,7 @@ each of those files carries this record, so every table can name what produced i
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import shlex
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from sdlab.atomic import atomic_path
 from sdlab.loading import cpu_runs_bfloat16
 from sdlab.version import __version__
 
@@ -59,3 +61,14 @@ def provenance(command: str | None = None) -> dict:
         "sdlab": __version__,
         "os_cpu_count": os.cpu_count(),
     }
+
+
+def write_measurement(path: str | Path, report: dict, command: str | None = None) -> dict:
+    """Write `report` as JSON to `path` with its `provenance` record added (complete or not at all, its folder
+    made if missing); returns what was written. Every benchmark, demo and eval file goes through here."""
+    record = {**report, "provenance": provenance(command)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -244,20 +244,14 @@ def train_base(cfg: BaseTrainConfig, *, resume: bool | None = None, limit_train:
 def _write_timings(path: Path, cfg: BaseTrainConfig, timings: dict[str, float]) -> None:
     """`RUN/timings.json`: each stage's wall seconds in this call, with the command, machine and date (the docs'
     training-time table is rendered from it)."""
-    from sdlab.evaluation.provenance import provenance
+    from sdlab.evaluation.provenance import write_measurement
 
     work = {
         "captioner": f"{cfg.classifier_epochs} epochs", "vae": f"{cfg.vae_steps} steps",
         "text": f"{cfg.text_pretrain_steps} steps", "unet": f"{cfg.unet_steps} steps",
     }  # fmt: skip
-    record = {
-        "stages": [
-            {"stage": name, "work": work[name], "seconds": round(s, 1)} for name, s in timings.items()
-        ],
-        "total_seconds": round(sum(timings.values()), 1),
-        "provenance": provenance(),
-    }
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    stages = [{"stage": name, "work": work[name], "seconds": round(s, 1)} for name, s in timings.items()]
+    write_measurement(path, {"stages": stages, "total_seconds": round(sum(timings.values()), 1)})
 
 
 # Options that shape only a later stage: a stage's checkpoints are compared with the others, so a finished
