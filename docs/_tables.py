@@ -85,28 +85,27 @@ def eval_headline() -> str:
     d = _load(path)
     h, neg = d["headline"], d["negative_prompt"]
     s = d["sampling"]
+    judges = h["judges"]
+    names = list(judges)
+    per_judge = lambda label, cell: [label, *(cell(judges[n]) for n in names)]  # noqa: E731
     rows = [
-        [f"prompt accuracy ({h['samples']:,} images)", f"**{h['prompt_accuracy']:.3f}**"],
-        ["classifier-FID / real-vs-real floor", f"{h['fid']:.1f} / {h['fid_floor_real_vs_real']:.2f} = "
-         f"**{h['fid'] / h['fid_floor_real_vs_real']:.2f}×**"],
-        ["diversity, generated / real", f"{h['diversity']:.1f} / {h['diversity_real']:.1f}"],
+        per_judge(f"prompt accuracy ({h['samples']:,} images)", lambda j: f"{j['prompt_accuracy']:.3f}"),
+        per_judge("classifier-FID / real-vs-real floor",
+                  lambda j: f"{j['fid']:.3g} / {j['fid_floor_real_vs_real']:.3g} = **{j['fid_ratio']:.2f}×**"),
+        per_judge("KID × 1000, generated (real-vs-real)",
+                  lambda j: f"{j['kid'] * 1000:.2f} ({j['kid_real_vs_real'] * 1000:.2f})"),
+        per_judge("precision / recall, generated (real-vs-real)",
+                  lambda j: f"{j['precision']:.3f} / {j['recall']:.3f} ({j['precision_real']:.3f} / {j['recall_real']:.3f})"),
+        per_judge("diversity, generated / real", lambda j: f"{j['diversity']:.3g} / {j['diversity_real']:.3g}"),
     ]  # fmt: skip
-    if "kid" in h:
-        rows += [
-            ["KID × 1000, generated (real-vs-real)", f"{h['kid'] * 1000:.2f} ({h['kid_real_vs_real'] * 1000:.2f})"],
-            ["precision / recall, generated (real-vs-real)",
-             f"{h['precision']:.3f} / {h['recall']:.3f} ({h['precision_real']:.3f} / {h['recall_real']:.3f})"],
-        ]  # fmt: skip
+    blank = [""] * (len(names) - 1)
     rows += [
-        [
-            f'negative prompt "thick": stroke thickness at CFG {n["guidance_scale"]:g}',
-            _pct(n["thickness_change"]),
-        ]
+        [f'negative prompt "thick": stroke thickness at CFG {n["guidance_scale"]:g}', _pct(n["thickness_change"]), *blank]
         for n in neg
-    ]
+    ]  # fmt: skip
     rows += [
         [f"img2img to another digit, strength {r['strength']:g}: keeps the source / becomes the prompted",
-         f"{r['keeps_source']:.2f} / {r['becomes_prompted']:.2f}"]
+         f"{r['keeps_source']:.2f} / {r['becomes_prompted']:.2f} ({names[0]})", *blank]
         for r in d["strength"]
     ]  # fmt: skip
     interval = s.get("guidance_interval")
@@ -115,11 +114,44 @@ def eval_headline() -> str:
         + (f" at σ ≤ {interval[1]:g}" if interval and interval[1] else "")
         + f", deep cache {s.get('deep_cache', 1)}, {d['dtype']}: {d['unet_evaluations']} UNet evaluations per image"
     )
+    worst = h["worst_judge"]
     return (
-        f"Settings: {setting}.\n\n"
-        + _table(["measure", "value"], rows)
+        f"Settings: {setting}. Held-out seeds {h['seed']}–{h['seed'] + h['samples'] - 1}.\n\n"
+        f"**Worse of the judges: prompt accuracy {h['prompt_accuracy']:.3f} ({worst['prompt_accuracy']}), "
+        f"FID / floor {h['fid_ratio']:.2f}× ({worst['fid_ratio']}).**\n\n"
+        + _table(["measure", *names], rows)
         + "\n"
         + provenance_line(path, d, "sdlab eval -o docs/eval --per-digit 100")
+    )
+
+
+def eval_judges() -> str:
+    path = "eval/judges.json"
+    d = _load(path)
+    names = list(d["judges"])
+    rows = [
+        [r["label"], r["unet_evaluations"], f"{r['ms_per_image']:.1f}",
+         *(f"{r['headline']['judges'][n]['prompt_accuracy']:.3f} / {r['headline']['judges'][n]['fid_ratio']:.2f}×"
+           for n in names),
+         _pct(r["thick_change"])]
+        for r in d["rows"]
+    ]  # fmt: skip
+    table = _table(["setting", "UNet evals", "ms / image", *(f"{n}: accuracy / FID÷floor" for n in names),
+                    '"thick"'], rows)  # fmt: skip
+    verdicts = [
+        [v["speedup"], f"{v['time_saved']:.0%}",
+         *(f"{_pct(v['judges'][n]['fid_change'])}, {v['judges'][n]['accuracy_change']:+.3f}" for n in names),
+         "**holds**" if v["holds"] else "no"]
+        for v in d["speedups"]
+    ]  # fmt: skip
+    speedups = _table(["speed-up", "time saved", *(f"{n}: FID, accuracy change" for n in names), "verdict"],
+                      verdicts)  # fmt: skip
+    command = "python scripts/eval_judges.py"
+    return (
+        f'{d["per_digit"] * 10:,} images per row, held-out seeds; "thick" on {d["sevens"]} sevens.\n\n'
+        + table
+        + "\nEach speed-up against the same setting without it (holds: FID ÷ floor within 10 % and accuracy not "
+        "lower, under every judge):\n\n" + speedups + "\n" + provenance_line(path, d, command)
     )
 
 
@@ -358,6 +390,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "train-base-quick": train_base_quick,
     "guide": guide_sweep,
     "eval": eval_headline,
+    "judges": eval_judges,
     "demo-finetune": demo_finetune,
     "demo-finetune-italic": lambda: demo_finetune("finetune-italic"),
     "demo-textual-inversion": demo_textual_inversion,

@@ -118,18 +118,19 @@ def parity(report: dict) -> None:
 
 
 def evaluation(report: dict) -> None:
-    from sdlab.evaluation.digits import Judge, evaluate
+    from sdlab.evaluation.digits import evaluate, load_judges
     from sdlab.loading import load_pipeline
 
     pipe = load_pipeline(device=DEVICE, dtype="auto")
-    judge = Judge.load()
+    judges = load_judges()
     start = time.perf_counter()
-    h = evaluate(pipe, judge, per_digit=S["per_digit"])
+    h = evaluate(pipe, judges, per_digit=S["per_digit"])
     report["eval"] = {
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "images": h["samples"],
         "prompt_accuracy": round(h["prompt_accuracy"], 3),
-        "fid_over_floor": round(h["fid"] / h["fid_floor_real_vs_real"], 2),
+        "fid_over_floor": round(h["fid_ratio"], 2),  # the worse of the judges
+        "worst_judge": h["worst_judge"],
         "seconds": round(time.perf_counter() - start, 1),
     }
 

@@ -58,3 +58,17 @@ def test_precision_and_recall_separate_fidelity_from_coverage():
     assert precision_recall(small_real, small_gen, k=3) == pytest.approx(
         (_coverage_by_loops(small_real, small_gen, 3), _coverage_by_loops(small_gen, small_real, 3))
     )
+
+
+def test_the_headline_is_the_worse_of_the_judges_and_names_each():
+    from sdlab.evaluation.digits import worse_of
+
+    reports = {
+        "a": {"prompt_accuracy": 0.99, "fid_ratio": 1.7},
+        "b": {"prompt_accuracy": 0.97, "fid_ratio": 1.1},
+    }
+    assert worse_of(reports) == {
+        "prompt_accuracy": 0.97,
+        "fid_ratio": 1.7,
+        "worst_judge": {"prompt_accuracy": "b", "fid_ratio": "a"},
+    }

@@ -131,7 +131,20 @@ def test_eval_splits_its_images_across_processes_and_reports_what_one_process_re
         done = run(["eval", "--per-digit", "20", "-o", str(out)], processes)  # 2 batches of 100
         assert done.returncode == 0, done.stderr[-2000:]
         reports[processes] = json.loads((out / "eval.json").read_text())
-    # where each ran differs (its command line, the threads each process had); every figure is the same
+    # where each ran differs (its command line, the threads each process had, its time); every figure is the same
     assert reports[1].pop("provenance")["command"] != reports[2].pop("provenance")["command"]
-    assert reports[1]["headline"]["samples"] == 200
+    assert (
+        reports[1]["headline"].pop("sampling_seconds") > 0
+        and reports[2]["headline"].pop("sampling_seconds") > 0
+    )
+    headline = reports[1]["headline"]
+    assert headline["samples"] == 200
     assert reports[1] == reports[2]
+    # every judge reports, and the headline is the worse of them (issue 19)
+    judges = headline["judges"]
+    assert set(judges) == {"cnn", "normalised"} == set(reports[1]["judges"])
+    assert headline["prompt_accuracy"] == min(j["prompt_accuracy"] for j in judges.values())
+    assert headline["fid_ratio"] == max(j["fid_ratio"] for j in judges.values())
+    assert judges[headline["worst_judge"]["fid_ratio"]]["fid_ratio"] == headline["fid_ratio"]
+    table = (tmp_path / "1" / "eval.md").read_text()
+    assert "| metric | cnn | normalised |" in table and "Worse of the judges" in table

@@ -13,7 +13,7 @@ from sdlab.sampling.params import PACKAGE
 
 
 def run_eval(opts: EvalOptions) -> dict:
-    from sdlab.evaluation.digits import Judge, evaluate, negative_prompt_effect, strength_effect
+    from sdlab.evaluation.digits import JUDGES, evaluate, load_judges, negative_prompt_effect, strength_effect
     from sdlab.evaluation.sweeps import SWEEPS, write_sweep
     from sdlab.sampling.guidance import planned_unet_evaluations
     from sdlab.sampling.params import SamplingParams
@@ -28,7 +28,7 @@ def run_eval(opts: EvalOptions) -> dict:
     asked = SamplingParams(**{name: getattr(opts, name) for name in PACKAGE}).validate()
     state, opts = process_state(opts)
     pipe = load_model(opts)
-    judge = Judge.load()
+    judges = load_judges()
     # the model's recommendation as `generate` applies it: its interval and cache only at its settings
     resolved = asked.resolve(pipe.recommended, scheduler_name_from_config(pipe.scheduler_config))
     sampling = resolved.package()
@@ -55,17 +55,20 @@ def run_eval(opts: EvalOptions) -> dict:
         "sampling": resolved.to_json(),
         "unet_evaluations": evaluations,
         "vae_decoder": opts.vae_decoder,
-        "headline": evaluate(pipe, judge, opts.per_digit, **sampling, **decoder),
+        "judges": {name: description for name, (_, _, description) in JUDGES.items()},
+        "headline": evaluate(pipe, judges, opts.per_digit, seed=opts.seed, **sampling, **decoder),
         # negative prompts act through guidance: measured at the chosen scale and at SD's usual 7.5 (which,
         # as `generate --cfg 7.5` would, leaves the model's interval and cache out unless they were asked for)
         "negative_prompt": [
             {
                 "guidance_scale": scale,
-                **negative_prompt_effect(pipe, judge, **_at_scale(asked, scale, pipe), **decoder),
+                **negative_prompt_effect(
+                    pipe, judges, seed=opts.seed, **_at_scale(asked, scale, pipe), **decoder
+                ),
             }
             for scale in dict.fromkeys([resolved.guidance_scale, 7.5])
         ],
-        "strength": strength_effect(pipe, judge, **sampling, **decoder),
+        "strength": strength_effect(pipe, judges[0], **sampling, **decoder),
     }
     out = Path(opts.output)
     main = state.is_main_process  # every process generates its share; the main one writes
@@ -78,16 +81,18 @@ def run_eval(opts: EvalOptions) -> dict:
         print(markdown(report))
     for name in sweeps:
         caption = (
-            f"{sweep_settings(name, sampling)} {opts.sweep_per_digit * 10} images per point; the model's guidance "
-            "interval and deep cache only at its own sampler, steps and CFG, as `sdlab generate` applies them."
+            f"{sweep_settings(name, sampling)} {opts.sweep_per_digit * 10} images per point (validation seeds); the "
+            "model's guidance interval and deep cache only at its own sampler, steps and CFG, as `sdlab generate` "
+            "applies them."
         )
         if name == "fast":
             caption = (
-                f"Stage 1: {opts.sweep_per_digit * 10} images and 50 sevens per setting; stage 2: the best "
-                "that met the accuracy and negative-prompt targets, at 1,000 images and 100 sevens."
+                f"Stage 1: {opts.sweep_per_digit * 10} images and 50 sevens per setting; stage 2: the best that met "
+                "the accuracy and negative-prompt targets, at 1,000 images and 100 sevens, on the validation seeds "
+                "(where they were chosen) and the held-out seeds (where they are reported). Worse of the judges."
             )
         # only what was asked: each point resolves the model's recommendation as `generate` would for it
-        sweep = SWEEPS[name](pipe, judge, opts.sweep_per_digit, **asked.package())
+        sweep = SWEEPS[name](pipe, judges, opts.sweep_per_digit, **asked.package())
         if main:
             for path in write_sweep(sweep, out, caption):
                 print(path)
@@ -148,21 +153,38 @@ def describe(s: dict) -> str:
 
 def markdown(r: dict) -> str:
     h = r["headline"]
+    judges = h["judges"]
+    names = list(judges)
+    row = lambda label, cell: f"| {label} | " + " | ".join(cell(judges[n]) for n in names) + " |"  # noqa: E731
+    worst = h["worst_judge"]
     lines = [
         f"Model `{r['model']}` ({r.get('dtype', 'float32')}), {describe(r['sampling'])}"
         + (f" Decoded with the tiny decoder `{r['vae_decoder']}`." if r.get("vae_decoder") else ""),
+        f"{h['samples']} images, seeds {h['seed']}-{h['seed'] + h['samples'] - 1}; "
+        f"{r.get('unet_evaluations', '')} UNet evaluations per image.",
         "",
-        "| metric | value |",
-        "| --- | --- |",
-        f"| UNet evaluations per image | {r.get('unet_evaluations', '')} |",
-        f"| prompt accuracy ({h['samples']} images) | {h['prompt_accuracy']:.3f} |",
-        f"| classifier-FID vs held-out digits | {h['fid']:.2f} |",
-        f"| real-vs-real floor (same count) | {h['fid_floor_real_vs_real']:.2f} |",
-        f"| FID / floor | {h['fid'] / h['fid_floor_real_vs_real']:.2f} |",
-        f"| KID × 1000 (real-vs-real beside it) | {h['kid'] * 1000:.2f} ({h['kid_real_vs_real'] * 1000:.2f}) |",
-        f"| precision / recall (real digits' own) | {h['precision']:.3f} / {h['recall']:.3f} "
-        f"({h['precision_real']:.3f} / {h['recall_real']:.3f}) |",
-        f"| diversity (generated / real) | {h['diversity']:.2f} / {h['diversity_real']:.2f} |",
+        f"**Worse of the judges: prompt accuracy {h['prompt_accuracy']:.3f} ({worst['prompt_accuracy']}), "
+        f"FID / floor {h['fid_ratio']:.2f} ({worst['fid_ratio']}).**",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|" + " --- |" * (len(names) + 1),
+        row("prompt accuracy", lambda j: f"{j['prompt_accuracy']:.3f}"),
+        row("classifier-FID vs held-out digits", lambda j: f"{j['fid']:.3g}"),
+        row("real-vs-real floor (same count)", lambda j: f"{j['fid_floor_real_vs_real']:.3g}"),
+        row("FID / floor", lambda j: f"{j['fid_ratio']:.2f}"),
+        row(
+            "KID × 1000 (real-vs-real)",
+            lambda j: f"{j['kid'] * 1000:.2f} ({j['kid_real_vs_real'] * 1000:.2f})",
+        ),
+        row(
+            "precision / recall (real digits' own)",
+            lambda j: (
+                f"{j['precision']:.3f} / {j['recall']:.3f} ({j['precision_real']:.3f} / {j['recall_real']:.3f})"
+            ),
+        ),
+        row("diversity (generated / real)", lambda j: f"{j['diversity']:.3g} / {j['diversity_real']:.3g}"),
+        "",
+        f"Stroke thickness {h['thickness']:.2f} px, slant {h['slant']:.3f}, size {h['size']:.1f} px (from the pixels).",
         "",
         '| negative prompt "thick" on "a handwritten digit 7" | stroke thickness change | accuracy with / without |',
         "| --- | --- | --- |",
@@ -174,11 +196,12 @@ def markdown(r: dict) -> str:
     ]
     lines += [
         "",
-        "| img2img strength | keeps the source digit | becomes the prompted digit |",
+        f"| img2img strength ({names[0]} judge) | keeps the source digit | becomes the prompted digit |",
         "| --- | --- | --- |",
     ]
     lines += [
         f"| {row['strength']} | {row['keeps_source']:.2f} | {row['becomes_prompted']:.2f} |"
         for row in r["strength"]
     ]
+    lines += ["", "Judges:"] + [f"- **{name}**: {text}" for name, text in r.get("judges", {}).items()]
     return "\n".join(lines) + "\n"

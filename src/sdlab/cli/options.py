@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdlab.evaluation.seeds import HELD_OUT_SEED
 from sdlab.options import add_options, from_namespace, option, same_as
 from sdlab.sampling.params import SamplingParams
 from sdlab.service.request import GenerationRequest
@@ -110,6 +111,10 @@ class ConvertOptions(ModelOptions):
 @dataclass(frozen=True)
 class EvalOptions(ModelOptions):
     per_digit: int = option(50, "images generated per digit for accuracy, FID and diversity")
+    seed: int = option(
+        HELD_OUT_SEED, "seed of the first image (image i has seed + i); the default, the held-out seeds, is where "
+        "settings are reported, and sweeps choose settings on seeds from 0",
+    )  # fmt: skip
     scheduler: str | None = same_as(SamplingParams, "scheduler")
     timestep_spacing: str | None = same_as(SamplingParams, "timestep_spacing")
     sigma_schedule: str | None = same_as(SamplingParams, "sigma_schedule")

@@ -1,13 +1,17 @@
-"""`sdlab eval`: the digits model measured by an evaluation classifier trained apart from the captioner.
+"""`sdlab eval`: the digits model measured by judges, classifiers trained apart from the captioner and each other.
 
-The evaluation classifier (its own seed, never shown the held-out split) judges generated digits:
-prompt accuracy, classifier-feature FID against held-out real digits next to the real-vs-real floor
-computed the same way with the same sample count, diversity, and measured style (thickness, slant,
-size) with and without negative prompts.
+Each judge (its own architecture, input, augmentation and seed; never shown the held-out split) reads the
+generated digits: prompt accuracy, classifier-feature FID and KID against held-out real digits next to the
+real-vs-real value computed the same way at the same count, precision and recall, and diversity. A figure
+tuned to one judge's features is tuned to that judge, so the headline is the worse of the judges. Style
+(thickness, slant, size) is measured from the pixels, judge-free.
+
+Seeds: settings are chosen on the validation seeds and reported on the held-out seeds (`seeds`).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +19,14 @@ import numpy as np
 import torch
 
 from sdlab.digits.attributes import measure
-from sdlab.digits.classifier import EVAL_CLASSIFIER, DigitClassifier
+from sdlab.digits.captioner import WORDS
+from sdlab.digits.classifier import (
+    EVAL_CLASSIFIER,
+    EVAL_CLASSIFIER_NORMALISED,
+    DigitClassifier,
+    DigitReader,
+    NormalisedDigitNet,
+)
 from sdlab.digits.data import to_gray, to_pixels, train_test_split
 from sdlab.evaluation.metrics import (
     diversity,
@@ -24,27 +35,50 @@ from sdlab.evaluation.metrics import (
     precision_recall,
     prompt_accuracy,
 )
+from sdlab.evaluation.seeds import HELD_OUT_SEED
 from sdlab.pipeline import Pipeline
+
+FLOOR_DRAWS = 4  # real samples averaged into FID's floor (4 x 1,000 is the whole training split)
+
+# name -> (architecture, weights, what it is); trained by scripts/train_eval_classifier.py
+JUDGES: dict[str, tuple[type[DigitReader], Path, str]] = {
+    "cnn": (
+        DigitClassifier,
+        EVAL_CLASSIFIER,
+        "VGG-style CNN (BatchNorm, max-pooling) on the raw pixels; seed 7",
+    ),
+    "normalised": (
+        NormalisedDigitNet,
+        EVAL_CLASSIFIER_NORMALISED,
+        "residual CNN (GroupNorm, average pooling) on MNIST-normalised digits (ink box 20x20, centred by mass); "
+        "seed 2026",
+    ),
+}
 
 
 @dataclass
 class Judge:
-    """The evaluation classifier plus the real digits it compares against.
+    """One evaluation classifier plus the real digits it compares against.
 
     FID is always taken against all held-out digits; the floor is n real training digits scored the
     same way, so a sample of n generated digits is compared with real digits at the same count.
     """
 
-    classifier: DigitClassifier
+    classifier: DigitReader
     reference: np.ndarray  # (N, 28, 28) in [0, 1]: the held-out digits, never seen by any training
     real_pool: np.ndarray  # (M, 28, 28) in [0, 1]: real training digits, drawn from for the floor
+    name: str = "cnn"
     _reference_features: np.ndarray | None = field(default=None, repr=False)
+    _floors: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, path: str | Path = EVAL_CLASSIFIER) -> Judge:
+    def load(cls, name: str = "cnn", path: str | Path | None = None) -> Judge:
+        """The judge `name` (a key of `JUDGES`), from its shipped weights or from `path`."""
+        architecture, shipped, _ = JUDGES[name]
         train, test = train_test_split()
         as_float = lambda x: (x / 255.0).astype(np.float32)  # noqa: E731
-        return cls(DigitClassifier.load(path), as_float(test.images), as_float(train.images))
+        reader = architecture.load(path or shipped)
+        return cls(reader, as_float(test.images), as_float(train.images), name)
 
     def features(self, gray: np.ndarray) -> np.ndarray:
         return self.classifier.features_of(torch.as_tensor(gray, dtype=torch.float32)).numpy()
@@ -76,8 +110,14 @@ class Judge:
         return precision_recall(self.reference_features(), self.features(gray))
 
     def floor(self, n: int, seed: int = 0) -> float:
-        """FID of n real digits (class-balanced, from the training split): the best a model can score at n."""
-        return self.fid(self.real_sample(n, seed))
+        """FID of n real training digits, the best a model can score at n: the mean over up to `FLOOR_DRAWS`
+        disjoint draws of n (one draw's value moves by a third from draw to draw at n = 500). Cached per n."""
+        if (n, seed) not in self._floors:
+            order = np.random.default_rng(seed).permutation(len(self.real_pool))
+            draws = max(1, min(FLOOR_DRAWS, len(self.real_pool) // n))
+            fids = [self.fid(self.real_pool[order[i * n : (i + 1) * n]]) for i in range(draws)]
+            self._floors[n, seed] = float(np.mean(fids))
+        return self._floors[n, seed]
 
     def real_sample(self, n: int, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -99,13 +139,15 @@ def sample_digits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate `per_digit` images of each digit; returns (gray (N, 28, 28) in [0, 1], wanted digits).
 
+    `template` names the digit as {d} ("7") or {word} ("seven").
+
     Image i has seed `seed + i`, made in batches of `batch`; under `accelerate launch` the batches are
     split across processes (as `sdlab generate --from-file` splits its lines) and gathered on every
     process, so the result equals a one-process run."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    prompts = [template.format(d=d) for d in range(10) for _ in range(per_digit)]
+    prompts = [template.format(d=d, word=WORDS[d]) for d in range(10) for _ in range(per_digit)]
     wanted = np.repeat(np.arange(10), per_digit)
     starts = list(range(0, len(prompts), batch))
     done: list[tuple[int, np.ndarray]] = []
@@ -122,21 +164,24 @@ def sample_digits(
     return np.concatenate([gray for _, gray in sorted(done, key=lambda item: item[0])]), wanted
 
 
-def evaluate(pipe: Pipeline, judge: Judge, per_digit: int = 50, **kwargs) -> dict:
-    """The headline numbers at the given sampling settings: prompt accuracy, FID and KID against the held-out
-    digits (each beside the same measure for as many real training digits), precision and recall (fidelity and
-    coverage, Kynkäänniemi et al. 2019; the real digits' own values beside them), diversity and style."""
-    gray, wanted = sample_digits(pipe, per_digit, **kwargs)
-    predicted = judge.predict(gray)
-    style = measure(gray)
+def load_judges(names: list[str] | None = None) -> list[Judge]:
+    """Every judge in `JUDGES` (or those named), loaded from their shipped weights."""
+    return [Judge.load(name) for name in names or JUDGES]
+
+
+def judge_report(judge: Judge, gray: np.ndarray, wanted: np.ndarray) -> dict:
+    """One judge's reading of generated digits (N, 28, 28) in [0, 1] prompted as `wanted` (N,): prompt accuracy,
+    FID, KID, precision and recall (Kynkäänniemi et al. 2019) and diversity, each beside the value for as many
+    real training digits (FID's real-vs-real floor)."""
     real = judge.real_sample(len(gray))
     precision, recall = judge.precision_recall(gray)
     real_precision, real_recall = judge.precision_recall(real)
+    fid, floor = judge.fid(gray), judge.floor(len(gray))
     return {
-        "samples": len(gray),
-        "prompt_accuracy": prompt_accuracy(predicted, wanted),
-        "fid": judge.fid(gray),
-        "fid_floor_real_vs_real": judge.fid(real),
+        "prompt_accuracy": prompt_accuracy(judge.predict(gray), wanted),
+        "fid": fid,
+        "fid_floor_real_vs_real": floor,
+        "fid_ratio": fid / floor,
         "kid": judge.kid(gray),
         "kid_real_vs_real": judge.kid(real),
         "precision": precision,
@@ -145,26 +190,78 @@ def evaluate(pipe: Pipeline, judge: Judge, per_digit: int = 50, **kwargs) -> dic
         "recall_real": real_recall,
         "diversity": diversity(judge.features(gray), wanted),
         "diversity_real": diversity(judge.features(judge.reference), judge.predict(judge.reference)),
+    }
+
+
+def worse_of(reports: dict[str, dict]) -> dict:
+    """The headline of several judges' reports: the lowest prompt accuracy and the highest FID / floor, each with
+    the judge that gave it."""
+    accuracy = min(reports, key=lambda name: reports[name]["prompt_accuracy"])
+    fid = max(reports, key=lambda name: reports[name]["fid_ratio"])
+    return {
+        "prompt_accuracy": reports[accuracy]["prompt_accuracy"],
+        "fid_ratio": reports[fid]["fid_ratio"],
+        "worst_judge": {"prompt_accuracy": accuracy, "fid_ratio": fid},
+    }
+
+
+def judged(judges: list[Judge], gray: np.ndarray, wanted: np.ndarray) -> dict:
+    """Sweep columns: the worse-of accuracy and FID / floor, then each judge's, suffixed by its name."""
+    reports = {j.name: judge_report(j, gray, wanted) for j in judges}
+    row = {k: v for k, v in worse_of(reports).items() if k != "worst_judge"}
+    for name, report in reports.items():
+        row[f"prompt_accuracy_{name}"] = report["prompt_accuracy"]
+        row[f"fid_ratio_{name}"] = report["fid_ratio"]
+    return row
+
+
+def evaluate(
+    pipe: Pipeline, judges: list[Judge], per_digit: int = 50, seed: int = HELD_OUT_SEED, **kwargs
+) -> dict:
+    """The headline numbers at the given sampling settings, on images `seed`, `seed + 1`, ...: the worse of the
+    judges' prompt accuracy and FID / floor (`worse_of`), measured style, the seconds spent generating, and under
+    "judges" each judge's full report (`judge_report`)."""
+    start = time.perf_counter()
+    gray, wanted = sample_digits(pipe, per_digit, seed=seed, **kwargs)
+    seconds = time.perf_counter() - start
+    reports = {judge.name: judge_report(judge, gray, wanted) for judge in judges}
+    style = measure(gray)
+    return {
+        "samples": len(gray),
+        "seed": seed,
+        "sampling_seconds": seconds,
+        **worse_of(reports),
         "thickness": float(style.thickness.mean()),
         "slant": float(style.slant.mean()),
         "size": float(style.size.mean()),
+        "judges": reports,
     }
 
 
 def negative_prompt_effect(
-    pipe: Pipeline, judge: Judge, digit: int = 7, word: str = "thick", n: int = 100, **kwargs
+    pipe: Pipeline,
+    judges: list[Judge],
+    digit: int = 7,
+    word: str = "thick",
+    n: int = 100,
+    seed: int = HELD_OUT_SEED,
+    **kwargs,
 ) -> dict:
-    """Mean stroke thickness of "a handwritten digit D" with and without the negative prompt `word`."""
+    """Mean stroke thickness of "a handwritten digit D" with and without the negative prompt `word`, on seeds
+    `seed` ... `seed + n - 1`; accuracy is the worse of the judges'."""
     prompt = f"a handwritten digit {digit}"
     out = {}
     for label, negative in (("without", None), ("with", word)):
         result = pipe.generate(
-            [prompt] * n, None if negative is None else [negative] * n, seed=list(range(n)), **kwargs
+            [prompt] * n,
+            None if negative is None else [negative] * n,
+            seed=list(range(seed, seed + n)),
+            **kwargs,
         )
         gray = to_gray(result.pixels).numpy()
         out[label] = {
             "thickness": float(measure(gray).thickness.mean()),
-            "accuracy": prompt_accuracy(judge.predict(gray), np.full(n, digit)),
+            "accuracy": min(prompt_accuracy(judge.predict(gray), np.full(n, digit)) for judge in judges),
         }
     out["thickness_change"] = out["with"]["thickness"] / out["without"]["thickness"] - 1
     return out
@@ -196,17 +293,16 @@ def strength_effect(
 
 def gradient_guidance_effect(
     pipe: Pipeline,
-    judge: Judge,
+    judges: list[Judge],
     scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0),
     per_digit: int = 20,
-    second_opinion: DigitClassifier | None = None,
     **kwargs,
 ) -> list[dict]:
     """Prompt-free generation (empty prompt, no CFG) steered to each digit by `--guide-digit`, per scale.
 
-    Scale 0 is no guidance: the share that happens to be the wanted digit (about 10%). The guide uses the
-    evaluation classifier's gradient, so its verdict could be flattered by adversarial pixels; a second
-    classifier trained with another seed (`second_opinion`) reads the same images.
+    Scale 0 is no guidance: the share that happens to be the wanted digit (about 10%). The guide follows the
+    "cnn" judge's gradient, so that judge's verdict could be flattered by adversarial pixels; every judge
+    reads the same images (`judged`'s columns), the others independently.
     """
     from sdlab.digits.guidance import digit_guide
 
@@ -220,14 +316,5 @@ def gradient_guidance_effect(
             result = pipe.generate([""] * per_digit, seed=seeds, guidance_scale=1.0, guide=guide, **kwargs)
             grays.append(to_gray(result.pixels).numpy())
         gray, wanted = np.concatenate(grays), np.repeat(np.arange(10), per_digit)
-        row = {
-            "guide_scale": scale,
-            "accuracy": prompt_accuracy(judge.predict(gray), wanted),
-            "fid": judge.fid(gray),
-            "fid_floor": judge.floor(len(gray)),
-        }
-        if second_opinion is not None:
-            predicted = second_opinion.predict(torch.as_tensor(gray)).numpy()
-            row["accuracy_second_classifier"] = prompt_accuracy(predicted, wanted)
-        rows.append(row)
+        rows.append({"guide_scale": scale, **judged(judges, gray, wanted)})
     return rows

@@ -1,7 +1,10 @@
-"""Sweeps: one sampling setting varied at a time, every point measured by the judge.
+"""Sweeps: one sampling setting varied at a time, every point measured by every judge.
 
 Each sweep returns a `Sweep`: rows of numbers plus how to plot them (y against x, one line per
-series). `sdlab eval --sweep NAME` writes each as JSON, a markdown table and a PNG plot.
+series). `sdlab eval --sweep NAME` writes each as JSON, a markdown table and a PNG plot. Rows carry
+the worse of the judges' prompt accuracy and FID / floor, then each judge's (`digits.judged`).
+Points are measured on the validation seeds; the fast sweep, which chooses a default, also reports
+its finalists on the held-out seeds.
 """
 
 from __future__ import annotations
@@ -9,17 +12,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from sdlab.atomic import atomic_path
 from sdlab.evaluation.digits import (
     Judge,
     gradient_guidance_effect,
+    judged,
     negative_prompt_effect,
     sample_digits,
     strength_effect,
 )
-from sdlab.evaluation.metrics import diversity, prompt_accuracy
+from sdlab.evaluation.metrics import diversity
+from sdlab.evaluation.seeds import HELD_OUT_SEED, VALIDATION_SEED
 from sdlab.pipeline import Pipeline
 
 GUIDANCE_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0)
@@ -37,88 +40,79 @@ class Sweep:
     x: str  # the varied setting
     y: tuple[str, ...]  # one plot panel per measured quantity
     series: str | None = None  # one line per value of this column
-    floor: str | None = None  # a column drawn as a dashed reference line (the real-vs-real FID floor)
 
 
-def guidance_sweep(pipe: Pipeline, judge: Judge, per_digit: int, **sampling) -> Sweep:
+def _fid_panels(judges: list[Judge]) -> tuple[str, ...]:
+    return tuple(f"fid_ratio_{j.name}" for j in judges)
+
+
+def guidance_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, **sampling) -> Sweep:
     sampling.pop("guidance_scale", None)
     rows = []
     for scale in GUIDANCE_SCALES:
-        gray, wanted = sample_digits(pipe, per_digit, guidance_scale=scale, **sampling)
+        gray, wanted = sample_digits(pipe, per_digit, seed=VALIDATION_SEED, guidance_scale=scale, **sampling)
         rows.append({
             "guidance_scale": scale,
-            "prompt_accuracy": prompt_accuracy(judge.predict(gray), wanted),
-            "fid": judge.fid(gray),
-            "fid_floor": judge.floor(len(gray)),
-            "diversity": diversity(judge.features(gray), wanted),
+            **judged(judges, gray, wanted),
+            "diversity": diversity(judges[0].features(gray), wanted),
         })  # fmt: skip
     return Sweep("guidance", "Classifier-free guidance scale", rows, "guidance_scale",
-                 ("prompt_accuracy", "fid", "diversity"), floor="fid_floor")  # fmt: skip
+                 ("prompt_accuracy", *_fid_panels(judges), "diversity"))  # fmt: skip
 
 
-def strength_sweep(pipe: Pipeline, judge: Judge, per_digit: int, **sampling) -> Sweep:
-    """img2img of held-out real digits prompted to another digit; `per_digit` x 10 images per strength.
-
-    At least 10 steps, so that the smallest strength (0.1) still runs one denoising step."""
+def strength_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, **sampling) -> Sweep:
+    """img2img of held-out real digits prompted to another digit; `per_digit` x 10 images per strength, read by
+    the first judge. At least 10 steps, so that the smallest strength (0.1) still runs one denoising step."""
     steps = sampling.get("num_inference_steps") or 10
     sampling = {**sampling, "num_inference_steps": max(steps, round(1 / min(STRENGTHS)))}
-    rows = strength_effect(pipe, judge, strengths=STRENGTHS, n=10 * per_digit, **sampling)
+    rows = strength_effect(pipe, judges[0], strengths=STRENGTHS, n=10 * per_digit, **sampling)
     return Sweep("strength", "img2img strength (held-out digits prompted to another digit)", rows,
                  "strength", ("keeps_source", "becomes_prompted"))  # fmt: skip
 
 
-def scheduler_sweep(pipe: Pipeline, judge: Judge, per_digit: int, **sampling) -> Sweep:
+def scheduler_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, **sampling) -> Sweep:
     sampling = {k: v for k, v in sampling.items() if k not in ("scheduler", "num_inference_steps")}
     rows = []
     for name in SCHEDULERS:
         for steps in STEPS:
             gray, wanted = sample_digits(
-                pipe, per_digit, scheduler=name, num_inference_steps=steps, **sampling
+                pipe, per_digit, seed=VALIDATION_SEED, scheduler=name, num_inference_steps=steps, **sampling
             )
-            rows.append({
-                "scheduler": name,
-                "steps": steps,
-                "prompt_accuracy": prompt_accuracy(judge.predict(gray), wanted),
-                "fid": judge.fid(gray),
-                "fid_floor": judge.floor(len(gray)),
-            })  # fmt: skip
-    return Sweep("schedulers", "Schedulers x steps", rows, "steps", ("fid", "prompt_accuracy"),
-                 series="scheduler", floor="fid_floor")  # fmt: skip
+            rows.append({"scheduler": name, "steps": steps, **judged(judges, gray, wanted)})
+    return Sweep("schedulers", "Schedulers x steps", rows, "steps", ("fid_ratio", "prompt_accuracy"),
+                 series="scheduler")  # fmt: skip
 
 
-def guide_sweep(pipe: Pipeline, judge: Judge, per_digit: int, **sampling) -> Sweep:
-    from sdlab.digits.classifier import train_classifier
-    from sdlab.digits.data import train_test_split
-
-    train, _ = train_test_split()
-    second = train_classifier(train.images, train.labels, seed=1234, epochs=4)
-    rows = gradient_guidance_effect(
-        pipe, judge, GUIDE_SCALES, per_digit=per_digit, second_opinion=second, **sampling
-    )
-    return Sweep("guide", "Gradient guidance, no prompt (--guide-digit D, --guide-scale)", rows,
-                 "guide_scale", ("accuracy", "accuracy_second_classifier", "fid"), floor="fid_floor")  # fmt: skip
+def guide_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, **sampling) -> Sweep:
+    rows = gradient_guidance_effect(pipe, judges, GUIDE_SCALES, per_digit=per_digit, **sampling)
+    accuracy = tuple(f"prompt_accuracy_{j.name}" for j in judges)
+    return Sweep("guide", "Gradient guidance, no prompt (--guide-digit D, --guide-scale), guided by the cnn judge",
+                 rows, "guide_scale", (*accuracy, "fid_ratio"))  # fmt: skip
 
 
-# The fast sweep: the cheapest settings that keep the model's quality (issue 13's targets)
-FAST_SCHEDULERS = ("unipc", "dpmpp_2m", "pndm", "lms")  # at the FID floor by 5 steps (schedulers sweep)
+# The fast sweep: the cheapest settings whose quality holds under every judge
+FAST_SCHEDULERS = ("unipc", "dpmpp_2m")  # the best two at 5-8 steps in the schedulers sweep
 FAST_STEPS = (4, 5, 6, 8)
-FAST_SCALES = (2.0, 3.0, 4.0, 6.0)
-# sigma intervals: every step; low noise only (a throwaway run here kept accuracy there and lost the least
-# FID); a middle band; high noise only, where the paper found guidance harms diversity most
+FAST_SCALES = (1.5, 2.0, 3.0, 4.0)
+# sigma intervals: every step; low noise only; a middle band; high noise only, where the paper (Kynkäänniemi
+# et al. 2024) found guidance harms diversity most
 FAST_INTERVALS = ((0.0, None), (0.0, 1.0), (0.0, 1.5), (0.0, 2.5), (0.3, 2.5), (1.0, None))
 BUDGET = 10  # UNet evaluations per image
-TARGETS = {"prompt_accuracy": 0.99, "fid_ratio": 1.2, "thick_change": -0.15}
+# under every judge: accuracy at least, FID / floor and the "thick" negative prompt's change at most
+TARGETS = {"prompt_accuracy": 0.99, "fid_ratio": 1.5, "thick_change": -0.15}
+MOONSHOT_FID_RATIO = 1.2
 FINAL_PER_DIGIT = 100  # 1,000 images for the finalists: a stable FID
 
 
-def fast_sweep(pipe: Pipeline, judge: Judge, per_digit: int, finalists: int = 6, **sampling) -> Sweep:
+def fast_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, finalists: int = 6, **sampling) -> Sweep:
     """Scheduler x steps x CFG x guidance interval within `BUDGET` UNet evaluations per image.
 
-    Stage 1 screens every setting within budget on `per_digit` x 10 images (and the negative prompt
-    "thick" on 50 sevens); stage 2 measures the `finalists` best that met the accuracy and negative-prompt
-    targets at stage 1 on 1,000 images (and 100 sevens). Rows carry `stage`; `meets` marks stage-2
-    rows meeting every target in `TARGETS`. The chosen default is the first such row (fewest
-    evaluations, then lowest FID ratio)."""
+    Stage 1 screens every setting within budget on `per_digit` x 10 images (and the negative prompt "thick"
+    on 50 sevens); stage 2 measures the `finalists` best (by the worse judge's FID / floor) that met the
+    accuracy and negative-prompt targets at stage 1, on 1,000 images (and 100 sevens). Both stages use the
+    validation seeds (`seeds` "validation"); stage 2's settings are then measured again on the held-out seeds
+    (`seeds` "held-out"), where the chosen default is reported, so that selection bias shows as the gap
+    between the two. `meets` marks stage-2 rows meeting every target in `TARGETS` under every judge."""
     from sdlab.sampling.guidance import planned_unet_evaluations
 
     cache = sampling.get("deep_cache", 1)  # every point as `sdlab eval` samples (--deep-cache)
@@ -134,36 +128,45 @@ def fast_sweep(pipe: Pipeline, judge: Judge, per_digit: int, finalists: int = 6,
                     seen.add(plan)
                     settings = dict(scheduler=scheduler, num_inference_steps=steps, guidance_scale=scale,
                                     guidance_interval=interval, deep_cache=cache)  # fmt: skip
-                    rows.append(_fast_point(pipe, judge, per_digit, 50, settings, evals, stage=1))
+                    rows.append(_fast_point(pipe, judges, per_digit, 50, settings, evals, stage=1))
     passed = [r for r in rows if r["prompt_accuracy"] >= TARGETS["prompt_accuracy"]
               and r["thick_change"] <= TARGETS["thick_change"]]  # fmt: skip
     for r in sorted(passed, key=lambda r: r["fid_ratio"])[:finalists]:
         settings = {k: r[k] for k in ("scheduler", "num_inference_steps", "guidance_scale")}
         settings["guidance_interval"] = tuple(r["guidance_interval"])
         settings["deep_cache"] = cache
-        final = _fast_point(pipe, judge, FINAL_PER_DIGIT, 100, settings, r["unet_evaluations"], stage=2)
-        final["meets"] = not _missed(final)
-        rows.append(final)
+        for seed in (VALIDATION_SEED, HELD_OUT_SEED):
+            final = _fast_point(
+                pipe, judges, FINAL_PER_DIGIT, 100, settings, r["unet_evaluations"], stage=2, seed=seed
+            )
+            final["meets"] = not _missed(final)
+            rows.append(final)
     return Sweep("fast", f"Settings within {BUDGET} UNet evaluations per image (CFG in a sigma interval)",
                  rows, "unet_evaluations", ("fid_ratio", "prompt_accuracy", "thick_change"),
                  series="scheduler")  # fmt: skip
 
 
-def choose_fast_default(sweep: Sweep) -> tuple[dict | None, list[str]]:
-    """The default from a fast sweep, and the targets it misses.
+def choose_fast_default(sweep: Sweep) -> tuple[dict | None, dict | None, list[str]]:
+    """The default a fast sweep chooses on the validation seeds, its row on the held-out seeds, and the targets
+    that held-out row misses.
 
-    Among stage-2 rows: those meeting every target, fewest UNet evaluations then lowest FID ratio;
-    failing that, those meeting the accuracy and negative-prompt targets, lowest FID ratio (the FID
-    target named as missed); else None."""
-    finals = [r for r in sweep.rows if r.get("stage") == 2]
+    Among stage-2 validation rows: those meeting every target, fewest UNet evaluations then lowest FID ratio;
+    failing that, those meeting the accuracy and negative-prompt targets, lowest FID ratio; else None."""
+    finals = [r for r in sweep.rows if r.get("stage") == 2 and r["seeds"] == "validation"]
     meeting = [r for r in finals if r.get("meets")]
-    if meeting:
-        return min(meeting, key=lambda r: (r["unet_evaluations"], r["fid_ratio"])), []
     usable = [r for r in finals if not _missed(r) - {"fid_ratio"}]
-    if not usable:
-        return None, []
-    best = min(usable, key=lambda r: (r["fid_ratio"], r["unet_evaluations"]))
-    return best, sorted(_missed(best))
+    if meeting:
+        chosen = min(meeting, key=lambda r: (r["unet_evaluations"], r["fid_ratio"]))
+    elif usable:
+        chosen = min(usable, key=lambda r: (r["fid_ratio"], r["unet_evaluations"]))
+    else:
+        return None, None, []
+    same = lambda r: all(r[k] == chosen[k] for k in _SETTING_KEYS)  # noqa: E731
+    held_out = next(r for r in sweep.rows if r.get("seeds") == "held-out" and same(r))
+    return chosen, held_out, sorted(_missed(held_out))
+
+
+_SETTING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "guidance_interval", "deep_cache")
 
 
 def _missed(row: dict) -> set[str]:
@@ -180,13 +183,22 @@ def _guided_steps(pipe: Pipeline, scheduler: str, steps: int, interval) -> tuple
     return tuple(guided_steps(sched.alphas_cumprod, sched.timesteps, interval))
 
 
-def _fast_point(pipe, judge, per_digit: int, sevens: int, settings: dict, evals: int, stage: int) -> dict:
-    gray, wanted = sample_digits(pipe, per_digit, **settings)
-    fid, floor = judge.fid(gray), judge.floor(len(gray))
-    thick = negative_prompt_effect(pipe, judge, n=sevens, **settings)
+def _fast_point(
+    pipe,
+    judges,
+    per_digit: int,
+    sevens: int,
+    settings: dict,
+    evals: int,
+    stage: int,
+    seed: int = VALIDATION_SEED,
+) -> dict:
+    gray, wanted = sample_digits(pipe, per_digit, seed=seed, **settings)
+    thick = negative_prompt_effect(pipe, judges, n=sevens, seed=seed, **settings)
     lo, hi = settings["guidance_interval"]
     return {
         "stage": stage,
+        "seeds": "validation" if seed == VALIDATION_SEED else "held-out",
         "scheduler": settings["scheduler"],
         "num_inference_steps": settings["num_inference_steps"],
         "guidance_scale": settings["guidance_scale"],
@@ -194,10 +206,7 @@ def _fast_point(pipe, judge, per_digit: int, sevens: int, settings: dict, evals:
         "deep_cache": settings.get("deep_cache", 1),
         "unet_evaluations": evals,
         "images": len(gray),
-        "prompt_accuracy": prompt_accuracy(judge.predict(gray), wanted),
-        "fid": fid,
-        "fid_floor": floor,
-        "fid_ratio": fid / floor,
+        **judged(judges, gray, wanted),
         "thick_change": thick["thickness_change"],
     }
 
@@ -259,15 +268,16 @@ def plot(sweep: Sweep, path: Path, caption: str = "") -> None:
                 xs = [r[sweep.x] for r in rows]
                 style = "none" if len(set(xs)) < len(xs) else "-"  # several points per x: a scatter
                 ax.plot(xs, [r[y] for r in rows], marker="o", linestyle=style, label=group)
-        if sweep.floor and y.startswith("fid"):
-            floor = np.mean([r[sweep.floor] for r in sweep.rows])
-            ax.axhline(floor, color="gray", linestyle="--", label="real-vs-real floor")
-            ax.axhline(2 * floor, color="gray", linestyle=":", label="2x floor")
+        if y.startswith("fid_ratio"):
+            ax.axhline(1.0, color="gray", linestyle="--", label="real-vs-real floor")
+            ax.axhline(
+                TARGETS["fid_ratio"], color="gray", linestyle=":", label=f"{TARGETS['fid_ratio']}x floor"
+            )
             ax.set_yscale("log")
         ax.set_xlabel(sweep.x)
         ax.set_title(y)
         ax.grid(alpha=0.3)
-        if sweep.series or (sweep.floor and y.startswith("fid")):
+        if sweep.series or y.startswith("fid_ratio"):
             ax.legend(fontsize=7)
     fig.suptitle(f"{sweep.title}\n{caption}", fontsize=9)
     fig.tight_layout()

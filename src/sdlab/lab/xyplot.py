@@ -18,6 +18,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
+from sdlab.digits.captioner import WORDS
 from sdlab.errors import InputError
 from sdlab.options import text_parser
 from sdlab.sampling.params import SamplingParams
@@ -38,7 +39,6 @@ AXES: dict[str, tuple[str, Any]] = {
     "Seed": ("seed", int),
     "Prompt S/R": ("prompt", str),
 }
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 MAX_CELLS = 64
 
 
@@ -48,7 +48,7 @@ class XYPlot:
     cells: list[list[list[GeneratedImage]]]  # [row][column] -> images
     x_values: list[Any]
     y_values: list[Any]
-    accuracy: list[list[float | None]] | None  # [row][column]: share read as the prompted digit
+    accuracy: list[list[float | None]] | None  # [row][column]: share read as the prompted digit, worse judge
 
 
 def parse_values(axis: str, text: str) -> list[Any]:
@@ -116,7 +116,8 @@ def xy_grid(
         cells.append(row)
     accuracy = None
     if registry.find_model(base.model).name == DIGITS:
-        accuracy = [[_digit_accuracy(images) for images in row] for row in cells]
+        readers = _judges()
+        accuracy = [[_digit_accuracy(images, readers) for images in row] for row in cells]
     grid = draw_grid(
         cells, [_label(x_axis, v) for v in x_values], [_label(y_axis, v) for v in y_values], accuracy
     )
@@ -125,11 +126,11 @@ def xy_grid(
 
 def prompted_digit(prompt: str) -> int | None:
     """The digit a prompt names ("a handwritten digit 7", "a seven"), the last one if several."""
-    found = re.findall(rf"\b([0-9]|{'|'.join(NUMBER_WORDS)})\b", prompt.lower())
+    found = re.findall(rf"\b([0-9]|{'|'.join(WORDS)})\b", prompt.lower())
     if not found:
         return None
     last = found[-1]
-    return int(last) if last.isdigit() else NUMBER_WORDS.index(last)
+    return int(last) if last.isdigit() else WORDS.index(last)
 
 
 def draw_grid(
@@ -181,15 +182,21 @@ def _label(axis: str, value: Any) -> str:
     return f"{axis}: {value:g}" if isinstance(value, float) else f"{axis}: {value}"
 
 
-def _digit_accuracy(images: list[GeneratedImage]) -> float | None:
+def _judges() -> list:
+    from sdlab.evaluation.digits import JUDGES
+
+    return [architecture.load(weights) for architecture, weights, _ in JUDGES.values()]
+
+
+def _digit_accuracy(images: list[GeneratedImage], readers: list) -> float | None:
     digit = prompted_digit(images[0].recipe["prompt"])
     if digit is None:
         return None
-    from sdlab.digits.classifier import EVAL_CLASSIFIER, DigitClassifier
     from sdlab.digits.data import to_gray
 
     pixels = torch.stack(
         [torch.from_numpy(np.array(g.image.convert("RGB"))).permute(2, 0, 1) / 255 for g in images]
     )
-    predicted = DigitClassifier.load(EVAL_CLASSIFIER).predict(to_gray(pixels))
-    return float((predicted == digit).float().mean())
+    gray = to_gray(pixels)
+    # the worse of the judges, as `sdlab eval`'s headline: a cell is not "read as prompted" on one judge's word
+    return min(float((reader.predict(gray) == digit).float().mean()) for reader in readers)
