@@ -109,7 +109,9 @@ def rows_to_measure(defaults: dict, lcm: str | None) -> tuple[list[dict], list[t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-digit", type=int, default=100, help="images per digit per row")
-    parser.add_argument("--sevens", type=int, default=100, help='sevens per row for the negative prompt "thick"')
+    parser.add_argument(
+        "--sevens", type=int, default=100, help='sevens per row for the negative prompt "thick"'
+    )
     parser.add_argument("--lcm", help="an LCM model folder made by `sdlab distill` (its OUTPUT/model)")
     parser.add_argument("--rows", help="only these rows (comma-separated keys), for a quick look")
     parser.add_argument("-o", "--output", default="runs/eval", help="folder for judges.json and judges.md")
@@ -130,6 +132,7 @@ def main() -> None:
         key = (load.get("model"), load.get("dtype", "float32"))
         if key not in pipes:
             pipes[key] = sdlab.load_pipeline(key[0], dtype=key[1])
+            pipes[key].generate(["a handwritten digit 0"] * 10, seed=list(range(10)))  # warm-up, not timed
         return pipes[key]
 
     base = pipe_for({})

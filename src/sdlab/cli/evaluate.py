@@ -68,7 +68,7 @@ def run_eval(opts: EvalOptions) -> dict:
             }
             for scale in dict.fromkeys([resolved.guidance_scale, 7.5])
         ],
-        "strength": strength_effect(pipe, judges[0], **sampling, **decoder),
+        "strength": strength_effect(pipe, judges[0], seed=opts.seed, **sampling, **decoder),
     }
     out = Path(opts.output)
     main = state.is_main_process  # every process generates its share; the main one writes
@@ -85,7 +85,7 @@ def run_eval(opts: EvalOptions) -> dict:
             "model's guidance interval and deep cache only at its own sampler, steps and CFG, as `sdlab generate` "
             "applies them."
         )
-        if name == "fast":
+        if name.startswith("fast"):
             caption = (
                 f"Stage 1: {opts.sweep_per_digit * 10} images and 50 sevens per setting; stage 2: the best that met "
                 "the accuracy and negative-prompt targets, at 1,000 images and 100 sevens, on the validation seeds "

@@ -125,7 +125,8 @@ class EvalOptions(ModelOptions):
     vae_decoder: str | None = same_as(GenerationRequest, "vae_decoder")
     compile: bool = same_as(NetworkOptions, "compile")
     sweep: str | None = option(
-        None, "also run sweeps, comma-separated: guidance, strength, schedulers, guide, fast, or all"
+        None,
+        "also run sweeps, comma-separated: guidance, strength, schedulers, guide, fast, fast-wide, or all",
     )
     sweep_per_digit: int = option(20, "images per digit at each point of a sweep")
     output: str = option("eval", "folder for eval.json, eval.md and the sweeps' .json/.md/.png", "-o")

@@ -27,7 +27,8 @@ def mnist_normalise(gray: torch.Tensor, box: int = BOX, ink: float = INK) -> tor
         raise ValueError(f"expected (N, H, W) digits, got shape {tuple(gray.shape)}")
     n, h, w = gray.shape
     mask = gray > ink
-    ys, xs = torch.arange(h, dtype=gray.dtype), torch.arange(w, dtype=gray.dtype)
+    ys = torch.arange(h, dtype=gray.dtype, device=gray.device)
+    xs = torch.arange(w, dtype=gray.dtype, device=gray.device)
     rows, cols = mask.any(2), mask.any(1)
     height = _extent(rows, ys)
     width = _extent(cols, xs)
@@ -39,7 +40,7 @@ def mnist_normalise(gray: torch.Tensor, box: int = BOX, ink: float = INK) -> tor
     # grid_sample's normalised coordinates (align_corners=False): u = (2p + 1) / size - 1. The map
     # p_in = c + (p_out - size / 2) / scale (MNIST puts the centre of mass at pixel 14 of 28) becomes
     # u_in = u_out / scale + (2c + 1 - 1 / scale) / size - 1
-    theta = torch.zeros(n, 2, 3, dtype=gray.dtype)
+    theta = torch.zeros(n, 2, 3, dtype=gray.dtype, device=gray.device)
     theta[:, 0, 0] = 1 / scale
     theta[:, 1, 1] = 1 / scale
     theta[:, 0, 2] = (2 * cx + 1 - 1 / scale) / w - 1

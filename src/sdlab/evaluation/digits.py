@@ -67,6 +67,7 @@ class Judge:
     classifier: DigitReader
     reference: np.ndarray  # (N, 28, 28) in [0, 1]: the held-out digits, never seen by any training
     real_pool: np.ndarray  # (M, 28, 28) in [0, 1]: real training digits, drawn from for the floor
+    real_labels: np.ndarray  # (M,) their digits: draws are class-balanced, as `sample_digits`' prompts are
     name: str = "cnn"
     _reference_features: np.ndarray | None = field(default=None, repr=False)
     _floors: dict = field(default_factory=dict, repr=False)
@@ -78,7 +79,7 @@ class Judge:
         train, test = train_test_split()
         as_float = lambda x: (x / 255.0).astype(np.float32)  # noqa: E731
         reader = architecture.load(path or shipped)
-        return cls(reader, as_float(test.images), as_float(train.images), name)
+        return cls(reader, as_float(test.images), as_float(train.images), train.labels, name)
 
     def features(self, gray: np.ndarray) -> np.ndarray:
         return self.classifier.features_of(torch.as_tensor(gray, dtype=torch.float32)).numpy()
@@ -111,17 +112,30 @@ class Judge:
 
     def floor(self, n: int, seed: int = 0) -> float:
         """FID of n real training digits, the best a model can score at n: the mean over up to `FLOOR_DRAWS`
-        disjoint draws of n (one draw's value moves by a third from draw to draw at n = 500). Cached per n."""
+        disjoint class-balanced draws of n (one draw's value moves by a third from draw to draw at n = 500).
+        Cached per n. Raises ValueError when the training split holds too few digits of some class for one draw."""
         if (n, seed) not in self._floors:
-            order = np.random.default_rng(seed).permutation(len(self.real_pool))
-            draws = max(1, min(FLOOR_DRAWS, len(self.real_pool) // n))
-            fids = [self.fid(self.real_pool[order[i * n : (i + 1) * n]]) for i in range(draws)]
+            draws = self._draws(n, seed)
+            fids = [self.fid(self.real_pool[index]) for index in draws[:FLOOR_DRAWS]]
             self._floors[n, seed] = float(np.mean(fids))
         return self._floors[n, seed]
 
     def real_sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """n real training digits, class-balanced (the first of `floor`'s draws)."""
+        return self.real_pool[self._draws(n, seed)[0]]
+
+    def _draws(self, n: int, seed: int) -> list[np.ndarray]:
+        """Disjoint index sets of n training digits, n // 10 of each digit (one more for the first n % 10)."""
         rng = np.random.default_rng(seed)
-        return self.real_pool[rng.permutation(len(self.real_pool))[:n]]
+        per_class = [n // 10 + (c < n % 10) for c in range(10)]
+        shuffled = [rng.permutation(np.flatnonzero(self.real_labels == c)) for c in range(10)]
+        count = min(len(pool) // k for pool, k in zip(shuffled, per_class, strict=True) if k)
+        if count < 1:
+            raise ValueError(
+                f"the FID floor needs {n} real digits, class-balanced; the training split has too few"
+            )
+        return [np.concatenate([pool[i * k : (i + 1) * k] for pool, k in zip(shuffled, per_class, strict=True)])
+                for i in range(count)]  # fmt: skip
 
     def predict(self, gray: np.ndarray) -> np.ndarray:
         return self.classifier.predict(torch.as_tensor(gray, dtype=torch.float32)).numpy()
@@ -171,8 +185,8 @@ def load_judges(names: list[str] | None = None) -> list[Judge]:
 
 def judge_report(judge: Judge, gray: np.ndarray, wanted: np.ndarray) -> dict:
     """One judge's reading of generated digits (N, 28, 28) in [0, 1] prompted as `wanted` (N,): prompt accuracy,
-    FID, KID, precision and recall (Kynkäänniemi et al. 2019) and diversity, each beside the value for as many
-    real training digits (FID's real-vs-real floor)."""
+    FID, KID, precision and recall (Kynkäänniemi et al. 2019), each beside the value for as many real training
+    digits (FID's floor: `Judge.floor`), and diversity beside the held-out digits' own."""
     real = judge.real_sample(len(gray))
     precision, recall = judge.precision_recall(gray)
     real_precision, real_recall = judge.precision_recall(real)
@@ -207,7 +221,13 @@ def worse_of(reports: dict[str, dict]) -> dict:
 
 def judged(judges: list[Judge], gray: np.ndarray, wanted: np.ndarray) -> dict:
     """Sweep columns: the worse-of accuracy and FID / floor, then each judge's, suffixed by its name."""
-    reports = {j.name: judge_report(j, gray, wanted) for j in judges}
+    reports = {
+        j.name: {
+            "prompt_accuracy": prompt_accuracy(j.predict(gray), wanted),
+            "fid_ratio": j.fid(gray) / j.floor(len(gray)),
+        }
+        for j in judges
+    }
     row = {k: v for k, v in worse_of(reports).items() if k != "worst_judge"}
     for name, report in reports.items():
         row[f"prompt_accuracy_{name}"] = report["prompt_accuracy"]
@@ -268,9 +288,15 @@ def negative_prompt_effect(
 
 
 def strength_effect(
-    pipe: Pipeline, judge: Judge, strengths=(0.3, 0.5, 0.7, 0.9), n: int = 100, **kwargs
+    pipe: Pipeline,
+    judge: Judge,
+    strengths=(0.3, 0.5, 0.7, 0.9),
+    n: int = 100,
+    seed: int = HELD_OUT_SEED,
+    **kwargs,
 ) -> list[dict]:
-    """img2img of held-out real digits towards another digit: share keeping the source vs becoming the target."""
+    """img2img of n held-out real digits towards another digit (noise seeds `seed` ... `seed + n - 1`): the share
+    keeping the source digit against the share becoming the prompted one, read by `judge`."""
     _, test = train_test_split()
     rng = np.random.default_rng(0)
     pick = rng.permutation(len(test))[:n]
@@ -280,7 +306,9 @@ def strength_effect(
     prompts = [f"a handwritten digit {t}" for t in targets]
     rows = []
     for strength in strengths:
-        result = pipe.generate(prompts, init_image=images, strength=strength, seed=list(range(n)), **kwargs)
+        result = pipe.generate(
+            prompts, init_image=images, strength=strength, seed=list(range(seed, seed + n)), **kwargs
+        )
         gray = to_gray(result.pixels).numpy()
         predicted = judge.predict(gray)
         rows.append({

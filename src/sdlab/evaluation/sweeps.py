@@ -10,6 +10,7 @@ its finalists on the held-out seeds.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from sdlab.atomic import atomic_path
@@ -65,7 +66,9 @@ def strength_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, **sampli
     the first judge. At least 10 steps, so that the smallest strength (0.1) still runs one denoising step."""
     steps = sampling.get("num_inference_steps") or 10
     sampling = {**sampling, "num_inference_steps": max(steps, round(1 / min(STRENGTHS)))}
-    rows = strength_effect(pipe, judges[0], strengths=STRENGTHS, n=10 * per_digit, **sampling)
+    rows = strength_effect(
+        pipe, judges[0], strengths=STRENGTHS, n=10 * per_digit, seed=VALIDATION_SEED, **sampling
+    )
     return Sweep("strength", "img2img strength (held-out digits prompted to another digit)", rows,
                  "strength", ("keeps_source", "becomes_prompted"))  # fmt: skip
 
@@ -91,21 +94,36 @@ def guide_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, **sampling)
 
 
 # The fast sweep: the cheapest settings whose quality holds under every judge
-FAST_SCHEDULERS = ("unipc", "dpmpp_2m")  # the best two at 5-8 steps in the schedulers sweep
-FAST_STEPS = (4, 5, 6, 8)
-FAST_SCALES = (1.5, 2.0, 3.0, 4.0)
 # sigma intervals: every step; low noise only; a middle band; high noise only, where the paper (Kynkäänniemi
 # et al. 2024) found guidance harms diversity most
 FAST_INTERVALS = ((0.0, None), (0.0, 1.0), (0.0, 1.5), (0.0, 2.5), (0.3, 2.5), (1.0, None))
-BUDGET = 10  # UNet evaluations per image
 # under every judge: accuracy at least, FID / floor and the "thick" negative prompt's change at most
 TARGETS = {"prompt_accuracy": 0.99, "fid_ratio": 1.5, "thick_change": -0.15}
-MOONSHOT_FID_RATIO = 1.2
 FINAL_PER_DIGIT = 100  # 1,000 images for the finalists: a stable FID
 
 
-def fast_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, finalists: int = 6, **sampling) -> Sweep:
-    """Scheduler x steps x CFG x guidance interval within `BUDGET` UNet evaluations per image.
+@dataclass(frozen=True)
+class Grid:
+    """The settings a fast sweep screens: every combination within `budget` UNet evaluations per image."""
+
+    name: str
+    schedulers: tuple[str, ...]
+    steps: tuple[int, ...]
+    scales: tuple[float, ...]
+    intervals: tuple[tuple[float, float | None], ...]
+    budget: int
+
+
+# the best two solvers at 5-8 steps in the schedulers sweep; at most 10 UNet evaluations per image
+FAST = Grid("fast", ("unipc", "dpmpp_2m"), (4, 5, 6, 8), (1.5, 2.0, 3.0, 4.0), FAST_INTERVALS, 10)
+# where no setting within 10 meets the targets: the fewest evaluations that do, with UniPC (the fast sweep's best)
+FAST_WIDE = Grid("fast-wide", ("unipc",), (8, 10, 12, 15), (1.5, 2.0, 3.0), FAST_INTERVALS, 30)
+
+
+def fast_sweep(
+    pipe: Pipeline, judges: list[Judge], per_digit: int, finalists: int = 6, grid: Grid = FAST, **sampling
+) -> Sweep:
+    """Scheduler x steps x CFG x guidance interval within `grid.budget` UNet evaluations per image.
 
     Stage 1 screens every setting within budget on `per_digit` x 10 images (and the negative prompt "thick"
     on 50 sevens); stage 2 measures the `finalists` best (by the worse judge's FID / floor) that met the
@@ -117,13 +135,13 @@ def fast_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, finalists: i
 
     cache = sampling.get("deep_cache", 1)  # every point as `sdlab eval` samples (--deep-cache)
     rows, seen = [], set()
-    for scheduler in FAST_SCHEDULERS:
-        for steps in FAST_STEPS:
-            for scale in FAST_SCALES:
-                for interval in FAST_INTERVALS:
+    for scheduler in grid.schedulers:
+        for steps in grid.steps:
+            for scale in grid.scales:
+                for interval in grid.intervals:
                     evals = planned_unet_evaluations(pipe, scheduler, steps, scale, interval)
                     plan = (scheduler, steps, scale, _guided_steps(pipe, scheduler, steps, interval))
-                    if evals > BUDGET or plan in seen:
+                    if evals > grid.budget or plan in seen:
                         continue
                     seen.add(plan)
                     settings = dict(scheduler=scheduler, num_inference_steps=steps, guidance_scale=scale,
@@ -141,18 +159,18 @@ def fast_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, finalists: i
             )
             final["meets"] = not _missed(final)
             rows.append(final)
-    return Sweep("fast", f"Settings within {BUDGET} UNet evaluations per image (CFG in a sigma interval)",
+    return Sweep(grid.name, f"Settings within {grid.budget} UNet evaluations per image (CFG in a sigma interval)",
                  rows, "unet_evaluations", ("fid_ratio", "prompt_accuracy", "thick_change"),
                  series="scheduler")  # fmt: skip
 
 
 def choose_fast_default(sweep: Sweep) -> tuple[dict | None, dict | None, list[str]]:
-    """The default a fast sweep chooses on the validation seeds, its row on the held-out seeds, and the targets
-    that held-out row misses.
+    """The default a fast sweep chooses on the validation seeds, its row on the held-out seeds (None in a sweep
+    that has none), and the targets that held-out row misses.
 
     Among stage-2 validation rows: those meeting every target, fewest UNet evaluations then lowest FID ratio;
     failing that, those meeting the accuracy and negative-prompt targets, lowest FID ratio; else None."""
-    finals = [r for r in sweep.rows if r.get("stage") == 2 and r["seeds"] == "validation"]
+    finals = [r for r in sweep.rows if r.get("stage") == 2 and r.get("seeds") == "validation"]
     meeting = [r for r in finals if r.get("meets")]
     usable = [r for r in finals if not _missed(r) - {"fid_ratio"}]
     if meeting:
@@ -162,8 +180,8 @@ def choose_fast_default(sweep: Sweep) -> tuple[dict | None, dict | None, list[st
     else:
         return None, None, []
     same = lambda r: all(r[k] == chosen[k] for k in _SETTING_KEYS)  # noqa: E731
-    held_out = next(r for r in sweep.rows if r.get("seeds") == "held-out" and same(r))
-    return chosen, held_out, sorted(_missed(held_out))
+    held_out = next((r for r in sweep.rows if r.get("seeds") == "held-out" and same(r)), None)
+    return chosen, held_out, sorted(_missed(held_out if held_out is not None else chosen))
 
 
 _SETTING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "guidance_interval", "deep_cache")
@@ -217,6 +235,7 @@ SWEEPS = {
     "schedulers": scheduler_sweep,
     "guide": guide_sweep,
     "fast": fast_sweep,
+    "fast-wide": partial(fast_sweep, grid=FAST_WIDE),
 }
 
 
@@ -234,9 +253,12 @@ def write_sweep(sweep: Sweep, folder: Path, caption: str = "") -> list[Path]:
 
 
 def json_text(sweep: Sweep, caption: str) -> str:
+    """The sweep, its caption and where it was measured (`provenance`: command, machine, date)."""
     import json
 
-    return json.dumps({**asdict(sweep), "caption": caption}, indent=2) + "\n"
+    from sdlab.evaluation.provenance import provenance
+
+    return json.dumps({**asdict(sweep), "caption": caption, "provenance": provenance()}, indent=2) + "\n"
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -2,8 +2,8 @@
 
 Axes: CFG scale, steps, sampler, seed, denoising strength, and prompt S/R (search and replace: the
 first value is searched for in the prompt and each value put in its place). On the digits model each
-cell also carries the evaluation classifier's verdict, the share of its images read as the digit the
-prompt names, so the lesson notes' points on guidance scale and strength become pictures with numbers.
+cell also carries the judges' verdict, the share of its images read as the digit the prompt names by the
+stricter of `sdlab eval`'s judges, so the lesson notes' points on guidance scale and strength become pictures with numbers.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The X/Y plot tab: one request varied over two settings, as a labelled grid with, on the digits model,
-the evaluation classifier's verdict per cell (`sdlab.lab.xyplot`)."""
+the judges' verdict per cell, the worse of `sdlab eval`'s judges (`sdlab.lab.xyplot`)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,6 @@ def accuracy_table(plot) -> str:
         cells = " | ".join("—" if a is None else f"{a:.0%}" for a in row)
         rows.append(f"| {'' if y is None else y} | {cells} |")
     return (
-        "Share of each cell's digits that the evaluation classifier reads as the prompted digit:\n\n"
+        "Share of each cell's digits read as the prompted digit (the stricter of the two judges):\n\n"
         + "\n".join(rows)
     )
