@@ -78,13 +78,14 @@ def test_watch_keeps_a_frame_per_step_and_the_guidance_split(registry):
     seen = watch(
         registry,
         GenerationRequest(
-            "a handwritten digit 3", num_inference_steps=6, seed=2
-        ),  # the model's CFG and interval
+            "a handwritten digit 3", seed=2
+        ),  # the model's steps, CFG and interval
         split_step=3,
         attention=True,
     )
-    assert [f.step for f in seen.frames] == [1, 2, 3, 4, 5, 6]
-    # the model guides only at sigma <= 1.5 (its default interval): the split shows the nearest guided step
+    steps = registry.cached("digits").recommended.num_inference_steps  # loaded by watch
+    assert [f.step for f in seen.frames] == list(range(1, steps + 1))
+    # the model guides only at low noise (its recommended interval): the split shows the nearest guided step
     guided = [f.step for f in seen.frames if f.guided]
     assert guided and 1 not in guided and seen.split.step == min(guided, key=lambda s: abs(s - 3))
     assert seen.frames[0].x0.size == (32, 32)
