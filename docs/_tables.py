@@ -129,12 +129,13 @@ def eval_judges() -> str:
     path = "eval/judges.json"
     d = _load(path)
     names = list(d["judges"])
+    shown = [r for i, r in enumerate(d["rows"]) if all(r["headline"] != e["headline"] for e in d["rows"][:i])]
     rows = [
         [r["label"], r["unet_evaluations"], f"{r['ms_per_image']:.1f}",
          *(f"{r['headline']['judges'][n]['prompt_accuracy']:.3f} / {r['headline']['judges'][n]['fid_ratio']:.2f}×"
            for n in names),
          _pct(r["thick_change"])]
-        for r in d["rows"]
+        for r in shown  # a row whose settings equal an earlier one's was measured once
     ]  # fmt: skip
     table = _table(["setting", "UNet evals", "ms / image", *(f"{n}: accuracy / FID÷floor" for n in names),
                     '"thick"'], rows)  # fmt: skip
@@ -377,13 +378,37 @@ def train_base_quick() -> str:
     )
 
 
+def fast_finalists() -> str:
+    path = "eval/fast.json"
+    d = _load(path)
+    finals = [r for r in d["rows"] if r.get("stage") == 2]
+    names = [k.removeprefix("fid_ratio_") for k in finals[0] if k.startswith("fid_ratio_")]
+    rows = []
+    for r in finals:
+        lo, hi = r["guidance_interval"]
+        where = (
+            "every step" if hi is None and not lo else f"σ in ({lo:g}, {'∞' if hi is None else f'{hi:g}'}]"
+        )
+        rows.append([
+            f"{r['scheduler']} {r['num_inference_steps']}, CFG {r['guidance_scale']:g} at {where}",
+            r["unet_evaluations"], r["seeds"],
+            *(f"{r[f'prompt_accuracy_{n}']:.3f} / {r[f'fid_ratio_{n}']:.2f}×" for n in names),
+            _pct(r["thick_change"]), "✓" if r["meets"] else "✗",
+        ])  # fmt: skip
+    header = ["setting", "UNet evals", "seeds", *(f"{n}: accuracy / FID÷floor" for n in names), '"thick"',
+              "meets every target"]  # fmt: skip
+    return _table(header, rows) + "\n" + provenance_line(path, d, "sdlab eval --sweep fast --deep-cache 1")
+
+
 def guide_sweep() -> str:
     path = "eval/guide.json"
     d = _load(path)
-    rows = [[f"{r['guide_scale']:g}", f"{r['accuracy']:.3f}", f"{r['accuracy_second_classifier']:.3f}",
-             f"{r['fid']:.1f}"] for r in d["rows"]]  # fmt: skip
-    return _table(["`--guide-scale`", "drawn as the wanted digit (guiding classifier)", "(second classifier)",
-                   "classifier-FID"], rows) + "\n" + provenance_line(path, d, "sdlab eval --sweep guide")  # fmt: skip
+    names = [k.removeprefix("prompt_accuracy_") for k in d["rows"][0] if k.startswith("prompt_accuracy_")]
+    rows = [[f"{r['guide_scale']:g}", *(f"{r[f'prompt_accuracy_{n}']:.3f}" for n in names),
+             *(f"{r[f'fid_ratio_{n}']:.2f}×" for n in names)] for r in d["rows"]]  # fmt: skip
+    header = ["`--guide-scale`", *(f"drawn as the wanted digit ({n}{', the guide' if n == 'cnn' else ''})"
+                                   for n in names), *(f"FID ÷ floor ({n})" for n in names)]  # fmt: skip
+    return _table(header, rows) + "\n" + provenance_line(path, d, "sdlab eval --sweep guide")
 
 
 TABLES: dict[str, Callable[[], str]] = {
@@ -391,6 +416,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "guide": guide_sweep,
     "eval": eval_headline,
     "judges": eval_judges,
+    "fast-finalists": fast_finalists,
     "demo-finetune": demo_finetune,
     "demo-finetune-italic": lambda: demo_finetune("finetune-italic"),
     "demo-textual-inversion": demo_textual_inversion,

@@ -13,7 +13,7 @@ of 100 in this process:
 
 Each row: ms per image, UNet passes per image, prompt accuracy and classifier-FID / floor.
 
-    sdlab distill -o runs/lcm                                  # ~20 minutes on 2 CPU cores
+    sdlab distill -o runs/lcm                                  # 20-50 minutes on 2 CPU cores
     python scripts/eval_distilled.py --lcm runs/lcm/model      # ~3 minutes; writes docs/eval/distilled.*
 """
 
