@@ -129,11 +129,14 @@ def _sweep_names(text: str | None, known: dict) -> list[str]:
 
 def sweep_settings(name: str, s: dict) -> str:
     """The settings a sweep holds fixed (the varied one is its x axis)."""
+    from sdlab.evaluation.sweeps import STRENGTH_MIN_STEPS
+
     scheduler = s["scheduler"] or "default scheduler"
     return {
         "guidance": f"{scheduler}, {s['num_inference_steps']} steps.",
         "schedulers": f"CFG {s['guidance_scale']}.",
         "guide": f"{scheduler}, {s['num_inference_steps']} steps, empty prompt, no CFG.",
+        "strength": f"{scheduler}, {max(s['num_inference_steps'], STRENGTH_MIN_STEPS)} steps, CFG {s['guidance_scale']}.",
     }.get(name, describe(s))
 
 

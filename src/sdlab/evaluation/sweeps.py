@@ -28,6 +28,7 @@ from sdlab.pipeline import Pipeline
 
 GUIDANCE_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0)
 STRENGTHS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+STRENGTH_MIN_STEPS = round(1 / min(STRENGTHS))  # so that the smallest strength still re-runs one step
 SCHEDULERS = ("ddim", "pndm", "lms", "euler_a", "dpmpp_2m", "unipc")  # the seed's three, then today's
 STEPS = (5, 10, 20, 40)
 GUIDE_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -65,7 +66,7 @@ def strength_sweep(pipe: Pipeline, judges: list[Judge], per_digit: int, **sampli
     """img2img of held-out real digits prompted to another digit; `per_digit` x 10 images per strength, read by
     the first judge. At least 10 steps, so that the smallest strength (0.1) still runs one denoising step."""
     steps = sampling.get("num_inference_steps") or 10
-    sampling = {**sampling, "num_inference_steps": max(steps, round(1 / min(STRENGTHS)))}
+    sampling = {**sampling, "num_inference_steps": max(steps, STRENGTH_MIN_STEPS)}
     rows = strength_effect(
         pipe, judges[0], strengths=STRENGTHS, n=10 * per_digit, seed=VALIDATION_SEED, **sampling
     )
