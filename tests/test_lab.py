@@ -77,9 +77,7 @@ def test_attention_maps_land_where_the_probabilities_point_on_non_square_latents
 def test_watch_keeps_a_frame_per_step_and_the_guidance_split(registry):
     seen = watch(
         registry,
-        GenerationRequest(
-            "a handwritten digit 3", seed=2
-        ),  # the model's steps, CFG and interval
+        GenerationRequest("a handwritten digit 3", seed=2),  # the model's steps, CFG and interval
         split_step=3,
         attention=True,
     )
