@@ -7,6 +7,7 @@ no analytics) and that the browser console shows no errors.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 
@@ -17,6 +18,7 @@ import torch
 
 from sdlab.cli.main import main
 from sdlab.images import read_png_text
+from sdlab.loading import DEFAULT_MODEL
 from sdlab.metadata import parse_parameters
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -24,6 +26,8 @@ if not os.path.exists(CHROMIUM):
     if os.environ.get("CI"):
         raise RuntimeError("CI must install Debian's chromium for the browser tests (.ci/run does)")
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+# the digits model's recommended steps, where the UI's fields start
+DIGITS_STEPS = json.loads((DEFAULT_MODEL / "sdlab.json").read_text())["sampling"]["num_inference_steps"]
 
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
@@ -120,7 +124,7 @@ def test_a_default_generate_shows_the_digit_and_equals_the_cli(page, tmp_path, c
     from sdlab.digits.classifier import EVAL_CLASSIFIER, DigitClassifier
     from sdlab.digits.data import to_gray
 
-    assert page.input_value("#t2i-steps input[type=number]") == "6"
+    assert page.input_value("#t2i-steps input[type=number]") == str(DIGITS_STEPS)
     assert page.input_value("#t2i-cfg input[type=number]") == "3"
     assert page.input_value("#t2i-sampler input") == "UniPC"
     set_number(page, "t2i-seed", 12345)
@@ -182,7 +186,9 @@ def test_a_batch_fits_the_gallery_and_the_fields_follow_the_model(page):
     assert "Steps: 4, Sampler: Euler, Schedule type: SGM Uniform, CFG scale: 0" in parameters
     page.locator("#t2i-model input").click()
     page.get_by_role("option", name="digits", exact=True).click()
-    page.wait_for_function("document.querySelector('#t2i-steps input[type=number]').value === '6'")
+    page.wait_for_function(
+        f"document.querySelector('#t2i-steps input[type=number]').value === '{DIGITS_STEPS}'"
+    )
     assert not page.locator("#t2i-sdxl").is_visible()
 
 
