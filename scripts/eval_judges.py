@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import sdlab
-    from sdlab.evaluation.digits import JUDGES, evaluate, load_judges, negative_prompt_effect
+    from sdlab.evaluation.digits import evaluate, judge_descriptions, load_judges, negative_prompt_effect
     from sdlab.evaluation.provenance import write_measurement
     from sdlab.loading.decoder import load_vae_decoder, vae_decoder_folder
     from sdlab.sampling.guidance import planned_unet_evaluations
@@ -190,7 +190,7 @@ def main() -> None:
         _verdict(name, by_key[a], by_key[b]) for name, a, b in speedups if a in by_key and b in by_key
     ]
     report = {
-        "judges": {name: text for name, (_, _, text) in JUDGES.items()},
+        "judges": judge_descriptions(),
         "per_digit": args.per_digit,
         "sevens": args.sevens,
         "defaults": {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()},

@@ -13,7 +13,13 @@ from sdlab.sampling.params import PACKAGE
 
 
 def run_eval(opts: EvalOptions) -> dict:
-    from sdlab.evaluation.digits import JUDGES, evaluate, load_judges, negative_prompt_effect, strength_effect
+    from sdlab.evaluation.digits import (
+        evaluate,
+        judge_descriptions,
+        load_judges,
+        negative_prompt_effect,
+        strength_effect,
+    )
     from sdlab.evaluation.sweeps import SWEEPS, write_sweep
     from sdlab.sampling.guidance import planned_unet_evaluations
     from sdlab.sampling.params import SamplingParams
@@ -55,7 +61,7 @@ def run_eval(opts: EvalOptions) -> dict:
         "sampling": resolved.to_json(),
         "unet_evaluations": evaluations,
         "vae_decoder": opts.vae_decoder,
-        "judges": {name: description for name, (_, _, description) in JUDGES.items()},
+        "judges": judge_descriptions(),
         "headline": evaluate(pipe, judges, opts.per_digit, seed=opts.seed, **sampling, **decoder),
         # negative prompts act through guidance: measured at the chosen scale and at SD's usual 7.5 (which,
         # as `generate --cfg 7.5` would, leaves the model's interval and cache out unless they were asked for)

@@ -178,6 +178,11 @@ def sample_digits(
     return np.concatenate([gray for _, gray in sorted(done, key=lambda item: item[0])]), wanted
 
 
+def judge_descriptions() -> dict[str, str]:
+    """name -> what each judge is, for reports."""
+    return {name: text for name, (_, _, text) in JUDGES.items()}
+
+
 def load_judges(names: list[str] | None = None) -> list[Judge]:
     """Every judge in `JUDGES` (or those named), loaded from their shipped weights."""
     return [Judge.load(name) for name in names or JUDGES]
@@ -203,7 +208,7 @@ def judge_report(judge: Judge, gray: np.ndarray, wanted: np.ndarray) -> dict:
         "precision_real": real_precision,
         "recall_real": real_recall,
         "diversity": diversity(judge.features(gray), wanted),
-        "diversity_real": diversity(judge.features(judge.reference), judge.predict(judge.reference)),
+        "diversity_real": diversity(judge.reference_features(), judge.predict(judge.reference)),
     }
 
 
