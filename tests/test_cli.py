@@ -250,6 +250,9 @@ def test_eval_refuses_unknown_sweeps(capsys, tiny_dir):
     assert code == 2 and "unknown sweep 'colour'" in err
     code, _, err = run(capsys, "eval", "--model", tiny_dir, "--sweep", "guidance", "--vae-decoder", "tiny")
     assert code == 2 and "run the sweeps without it" in err
+    # more images per digit than FID's floor has real digits of each: one sentence before any generating
+    code, _, err = run(capsys, "eval", "--model", tiny_dir, "--per-digit", "500")
+    assert code == 2 and "--per-digit can be at most 400" in err and "Traceback" not in err
 
 
 def test_the_recipe_records_the_dtype_and_replay_under_auto_repeats_it(capsys, tmp_path, tiny_dir):

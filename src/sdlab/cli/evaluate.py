@@ -17,6 +17,7 @@ def run_eval(opts: EvalOptions) -> dict:
         evaluate,
         judge_descriptions,
         load_judges,
+        max_per_digit,
         negative_prompt_effect,
         strength_effect,
     )
@@ -28,9 +29,15 @@ def run_eval(opts: EvalOptions) -> dict:
     sweeps = _sweep_names(opts.sweep, SWEEPS)
     if sweeps and opts.vae_decoder:
         raise InputError("--vae-decoder measures the headline numbers; run the sweeps without it")
+    most = max_per_digit()
     for name, value in (("--per-digit", opts.per_digit), ("--sweep-per-digit", opts.sweep_per_digit)):
         if value < 2:
             raise InputError(f"{name} must be at least 2 (FID needs a covariance), got {value}")
+        if value > most:
+            raise InputError(
+                f"{name} can be at most {most} (FID's floor needs as many real training digits of each digit), "
+                f"got {value}"
+            )
     asked = SamplingParams(**{name: getattr(opts, name) for name in PACKAGE}).validate()
     state, opts = process_state(opts)
     pipe = load_model(opts)

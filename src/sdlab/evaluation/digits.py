@@ -178,6 +178,12 @@ def sample_digits(
     return np.concatenate([gray for _, gray in sorted(done, key=lambda item: item[0])]), wanted
 
 
+def max_per_digit() -> int:
+    """The most images per digit a sample may have: FID's floor draws as many real training digits of each digit."""
+    train, _ = train_test_split()
+    return int(np.bincount(train.labels, minlength=10).min())
+
+
 def judge_descriptions() -> dict[str, str]:
     """name -> what each judge is, for reports."""
     return {name: text for name, (_, _, text) in JUDGES.items()}
